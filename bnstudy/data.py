@@ -1,0 +1,176 @@
+"""Find and load the real Fashion-MNIST; iterate over it in seeded, device-resident batches.
+
+The whole dataset (60,000 + 10,000 images of 28x28 bytes, about 55 MB as float32) is
+decoded once into tensors and moved to the run's device, so an epoch is a sequence of
+tensor slices: no DataLoader, no worker processes, no per-batch host synchronisation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bnstudy.errors import UserError
+
+TRAIN_SIZE, TEST_SIZE, NUM_CLASSES, IMAGE_SIDE = 60_000, 10_000, 10, 28
+
+# Base names of the four IDX files; each may also be stored gzip-compressed (".gz").
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+INSTALL_HINT = (
+    "install it with `make data` (Debian's dataset-fashion-mnist), "
+    "or pass --data DIR / set BNSTUDY_DATA to a folder holding the four *-ubyte[.gz] files"
+)
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """The dataset on one device.
+
+    train_x: (N_train, 1, 28, 28) float32 in [0, 1] (torchvision's ToTensor scaling, as the
+    reference notebook uses); train_y: (N_train,) int64 in 0..9; likewise test_x, test_y.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> FashionMNIST:
+        """The same data on `device` (a no-op when it is already there)."""
+        return FashionMNIST(*(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)))
+
+
+def candidate_dirs(explicit: str | os.PathLike | None = None) -> list[Path]:
+    """Where to look, in order: --data, else $BNSTUDY_DATA (either one is the only place
+    looked in), else ./data/fashion-mnist, Debian's folder, then torchvision roots
+    (`<root>/FashionMNIST/raw`) under ./data and $TORCHVISION_ROOT."""
+    chosen = explicit or os.environ.get("BNSTUDY_DATA")
+    if chosen:
+        return [Path(chosen)]
+    dirs = [Path("data/fashion-mnist"), DEBIAN_DIR, Path("data/FashionMNIST/raw")]
+    if os.environ.get("TORCHVISION_ROOT"):
+        dirs.append(Path(os.environ["TORCHVISION_ROOT"]) / "FashionMNIST" / "raw")
+    return dirs
+
+
+def _file_in(directory: Path, base: str) -> Path | None:
+    for name in (base, base + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The first candidate folder that holds all four files; UserError if none does.
+
+    An explicit folder (--data or $BNSTUDY_DATA) that lacks a file is an error naming the
+    file, never a silent fall-through to another copy.
+    """
+    candidates = candidate_dirs(explicit)
+    for directory in candidates:
+        missing = [base for base in FILES.values() if _file_in(directory, base) is None]
+        if not missing:
+            return directory
+        if explicit or os.environ.get("BNSTUDY_DATA"):
+            raise UserError(f"{directory}: no {missing[0]}[.gz] there; {INSTALL_HINT}")
+    return _download_with_torchvision(candidates)
+
+
+def _download_with_torchvision(looked_in: list[Path]) -> Path:
+    """Last resort: torchvision's own download into ./data (needs the internet)."""
+    try:
+        from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+        TorchvisionFashionMNIST(root="data", train=True, download=True)
+        TorchvisionFashionMNIST(root="data", train=False, download=True)
+    except Exception:  # no network, a proxy error, a checksum mismatch: all mean "not found"
+        where = ", ".join(str(d) for d in looked_in)
+        raise UserError(f"Fashion-MNIST not found (looked in {where}); {INSTALL_HINT}") from None
+    return Path("data/FashionMNIST/raw")
+
+
+def read_idx(path: Path, magic: int, count: int) -> torch.Tensor:
+    """Decode one IDX file into a uint8 tensor: (count, 28, 28) for images, (count,) for labels.
+
+    Checks the magic number, the dimensions and the payload length, so a truncated,
+    corrupt or swapped file is a UserError naming it.
+    """
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"{path}: cannot read ({exc}); {INSTALL_HINT}") from None
+    ndim = 3 if magic == IMAGES_MAGIC else 1
+    header = 4 + 4 * ndim
+    if len(raw) < header or struct.unpack(">I", raw[:4])[0] != magic:
+        raise UserError(f"{path}: not an IDX file of {'images' if ndim == 3 else 'labels'}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = (count, IMAGE_SIDE, IMAGE_SIDE)[:ndim]
+    if dims != expected:
+        raise UserError(f"{path}: dimensions {dims}, expected {expected}")
+    payload = raw[header:]
+    if len(payload) != count * (IMAGE_SIDE * IMAGE_SIDE if ndim == 3 else 1):
+        raise UserError(f"{path}: truncated or padded ({len(payload)} data bytes for dimensions {dims})")
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(expected)
+
+
+def _labels(path: Path, count: int) -> torch.Tensor:
+    labels = read_idx(path, LABELS_MAGIC, count).long()
+    if labels.max() >= NUM_CLASSES or torch.bincount(labels, minlength=NUM_CLASSES).min() == 0:
+        raise UserError(f"{path}: labels are not the 10 Fashion-MNIST classes")
+    return labels
+
+
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> FashionMNIST:
+    """Find, decode and verify the dataset; keep the first `limit_*` images; move to `device`.
+
+    Raises UserError for a missing, truncated or wrong file.
+    """
+    directory = find_data_dir(data_dir)
+    paths = {key: _file_in(directory, base) for key, base in FILES.items()}
+    train_x = read_idx(paths["train_images"], IMAGES_MAGIC, TRAIN_SIZE)
+    test_x = read_idx(paths["test_images"], IMAGES_MAGIC, TEST_SIZE)
+    train_y = _labels(paths["train_labels"], TRAIN_SIZE)
+    test_y = _labels(paths["test_labels"], TEST_SIZE)
+    train_x, train_y = train_x[:limit_train], train_y[:limit_train]
+    test_x, test_y = test_x[:limit_test], test_y[:limit_test]
+    to_float = lambda x: (x.float() / 255.0).unsqueeze(1)  # noqa: E731  (N,28,28) u8 -> (N,1,28,28)
+    return FashionMNIST(to_float(train_x), train_y, to_float(test_x), test_y).to(device)
+
+
+def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches, drawn from `generator` (a CPU generator, so the
+    order for a seed is the same on every device) and moved to `device` in one copy.
+
+    Every sample appears exactly once. The last batch keeps the remainder, as a
+    DataLoader without drop_last does, except that a lone final sample joins the batch
+    before it: BatchNorm cannot normalise a batch of one.
+    """
+    perm = torch.randperm(num_samples, generator=generator).to(device, non_blocking=True)
+    batches = list(torch.split(perm, batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def fixed_batches(num_samples: int, batch_size: int, device) -> list[torch.Tensor]:
+    """Index batches 0..num_samples-1 in order (for evaluation), on `device`."""
+    return list(torch.split(torch.arange(num_samples, device=device), batch_size))

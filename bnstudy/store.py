@@ -1,0 +1,170 @@
+"""The results layout on disk: atomic run files, completed-run detection, the study lock.
+
+    <root>/runs/<run_id>.csv    one row per epoch, columns train.CSV_COLUMNS
+    <root>/runs/<run_id>.json   config, status, times, device, versions (written last)
+    <root>/spec.toml            the study spec as run (sweeps only)
+    <root>/.lock                held (flock) by the one sweep writing <root>
+
+A run is *done* when its JSON says "complete" or "diverged". Both files are written to a
+temporary name and moved into place with os.replace, CSV first, so a process killed at
+any moment leaves either a finished run or nothing that counts as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import fcntl
+import functools
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+import bnstudy
+from bnstudy.errors import UserError
+from bnstudy.spec import RunConfig
+from bnstudy.train import CSV_COLUMNS
+
+DONE_STATUSES = ("complete", "diverged")
+
+
+def check_writable(path: Path) -> None:
+    """UserError unless `path` is, or could be created as, a writable folder. Creates nothing."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{path}: cannot create a results folder there ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: not writable ({existing} does not allow it)")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and os.replace,
+    so readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """CSV text with CSV_COLUMNS in order; None becomes an empty field; floats keep full precision."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
+    return buffer.getvalue()
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The checkout's commit (with "-dirty" when it has changes), or None outside git."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_metadata(config: RunConfig, status: str, device: str, started: str, ended: str, error: str | None = None,
+                 epochs_done: int = 0) -> dict:  # fmt: skip
+    """The content of a run's JSON file."""
+    return {
+        "run_id": config.run_id,
+        "study": config.study,
+        "status": status,
+        "config": config.identity(),
+        "epochs_done": epochs_done,
+        "error": error,
+        "started": started,
+        "ended": ended,
+        "device": device,
+        "torch_version": torch.__version__,
+        "bnstudy_version": bnstudy.__version__,
+        "git_commit": git_commit(),
+    }
+
+
+class RunStore:
+    """The files of one results folder (a study's, or `bnstudy run`'s --out)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+
+    def csv_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.csv"
+
+    def json_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.json"
+
+    def status(self, run_id: str) -> str | None:
+        """The status its JSON records, or None when there is no readable JSON."""
+        try:
+            return json.loads(self.json_path(run_id).read_text())["status"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def is_done(self, run_id: str) -> bool:
+        return self.status(run_id) in DONE_STATUSES and self.csv_path(run_id).is_file()
+
+    def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
+        """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
+        run_id = metadata["run_id"]
+        atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
+        atomic_write_text(self.json_path(run_id), json.dumps(metadata, indent=2) + "\n")
+        return self.csv_path(run_id), self.json_path(run_id)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock for a sweep; UserError if another process holds it.
+
+        flock is released by the kernel when its holder dies, even by SIGKILL, so a killed
+        sweep never leaves a stale lock behind.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,221 @@
+"""Fit one run: per-epoch training metrics, eval-mode test metrics and BN diagnostics.
+
+Each epoch yields one row with the columns of CSV_COLUMNS (DESIGN.md's schema). All
+per-batch accumulation stays on the device; the host reads the epoch's numbers once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
+from bnstudy.models import bn_layers, build_lenet
+from bnstudy.spec import RunConfig
+
+IDENTITY_COLUMNS = ["run_id", "study", "variant", "bn_impl", "optimizer", "lr", "batch_size", "seed"]
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+    "test_acc_batch_stats", "test_acc_precise_bn",
+    "train_seconds", "eval_seconds", "samples_per_second",
+]  # fmt: skip
+CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
+EVAL_BATCH_SIZE = 2000  # eval-mode results do not depend on it; larger is faster
+PRECISE_BN_SEED_OFFSET = 7919  # the PreciseBN subset's generator is independent of the data order's
+
+
+@dataclass
+class RunResult:
+    """What fit returns: rows (one dict per finished epoch, CSV_COLUMNS keys) and status
+    "complete" or "diverged" (the loss turned non-finite; the rows up to then are kept)."""
+
+    rows: list[dict] = field(default_factory=list)
+    status: str = "complete"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels, so wall-clock times measure the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """Adam (PyTorch defaults) or plain SGD (no momentum, as in the textbook)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The run's LeNet, initialised from `config.seed` alone (torch's global RNG is reseeded)."""
+    torch.manual_seed(config.seed)
+    return build_lenet(config.variant, config.bn_impl).to(device=device, dtype=dtype)
+
+
+def train_epoch(model, optimizer, data: FashionMNIST, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over `batches` (index tensors into data.train_*), train mode.
+
+    Returns device tensors (sum of per-sample losses, number correct) over exactly the
+    samples in `batches`; no host synchronisation.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=data.train_x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.train_x.device, dtype=torch.int64)
+    for idx in batches:
+        x, y = data.train_x[idx], data.train_y[idx]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+    return loss_sum, correct
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of losses, number correct) over all of x, in the model's *current* mode, as
+    device tensors. Changes nothing only in eval mode: see `preserved_state`."""
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for idx in fixed_batches(len(x), batch_size, x.device):
+        logits = model(x[idx])
+        loss_sum += F.cross_entropy(logits, y[idx], reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y[idx]).sum()
+    return loss_sum, correct
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module):
+    """Run a diagnostic that may touch BN statistics, then put back every buffer (running
+    statistics, batch counters), every BN momentum and the train/eval mode as they were."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    momenta = [m.momentum for m in bn_layers(model)]
+    was_training = model.training
+    try:
+        yield model
+    finally:
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        for m, momentum in zip(bn_layers(model), momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def accuracy_with_batch_stats(model, data: FashionMNIST, batch_size: int) -> torch.Tensor:
+    """Number correct on the test set with every BN layer normalising by the statistics of
+    the test batch it sees (train-mode BN, batches of the run's size, no gradients)."""
+    with preserved_state(model):
+        model.train()
+        return evaluate(model, data.test_x, data.test_y, batch_size)[1]
+
+
+@torch.no_grad()
+def recompute_population_stats(model, x: torch.Tensor, batch_size: int) -> None:
+    """PreciseBN: replace every BN layer's running statistics by the plain average of the
+    batch statistics over `x` (weights frozen). Setting momentum = 1/(k+1) before batch k
+    turns the exponential average into an arithmetic one. Mutates the model's buffers and
+    momenta: call it inside `preserved_state`."""
+    layers = bn_layers(model)
+    for m in layers:
+        m.reset_running_stats()
+    model.train()
+    for k, idx in enumerate(fixed_batches(len(x), batch_size, x.device)):
+        for m in layers:
+            m.momentum = 1.0 / (k + 1)
+        model(x[idx])
+
+
+def accuracy_with_precise_bn(model, data: FashionMNIST, subset: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Number correct on the test set (eval mode) after PreciseBN on data.train_x[subset];
+    the model's own running statistics are restored afterwards."""
+    with preserved_state(model):
+        recompute_population_stats(model, data.train_x[subset], batch_size)
+        model.eval()
+        return evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE)[1]
+
+
+def precise_bn_subset(config: RunConfig, device) -> torch.Tensor:
+    """The run's fixed random PreciseBN sample of training indices (same for every epoch)."""
+    generator = torch.Generator().manual_seed(config.seed + PRECISE_BN_SEED_OFFSET)
+    count = min(config.precise_bn_samples, config.train_size)
+    return torch.randperm(config.train_size, generator=generator)[:count].to(device)
+
+
+def identity_fields(config: RunConfig) -> dict:
+    """The identity columns of a row."""
+    return {"run_id": config.run_id, **{k: getattr(config, k) for k in IDENTITY_COLUMNS[1:]}}
+
+
+def fit(
+    config: RunConfig,
+    data: FashionMNIST,
+    on_epoch: Callable[[dict], None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> RunResult:
+    """Train `config` on `data` (already on the run's device) for config.epochs epochs.
+
+    Deterministic on the CPU for a given seed: the seed fixes the initialisation, the data
+    order (a CPU generator, so also the same order on a GPU) and the PreciseBN subset.
+    Calls on_epoch(row) after each epoch. Stops early, status "diverged", when an epoch's
+    training loss is not finite. `dtype` float64 serves exactness tests.
+    """
+    device = data.train_x.device
+    if dtype != data.train_x.dtype:
+        data = FashionMNIST(data.train_x.to(dtype), data.train_y, data.test_x.to(dtype), data.test_y)
+    model = build_model(config, device, dtype)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    order = torch.Generator().manual_seed(config.seed)
+    has_bn = bool(bn_layers(model))
+    subset = precise_bn_subset(config, device) if has_bn else None
+    n_train, n_test = len(data.train_x), len(data.test_x)
+    result = RunResult()
+    for epoch in range(1, config.epochs + 1):
+        sync(device)
+        start = time.perf_counter()
+        loss_sum, correct = train_epoch(model, optimizer, data, epoch_batches(n_train, config.batch_size, order, device))
+        sync(device)
+        trained = time.perf_counter()
+        model.eval()
+        test_loss_sum, test_correct = evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE)
+        counts = [loss_sum, correct, test_loss_sum, test_correct]
+        if has_bn:
+            counts += [
+                accuracy_with_batch_stats(model, data, config.batch_size),
+                accuracy_with_precise_bn(model, data, subset, config.batch_size),
+            ]
+        values = torch.stack([c.double() for c in counts]).tolist()  # the epoch's one host read
+        train_loss, train_correct, test_loss, test_correct_n = values[:4]
+        batch_stats, precise = (v / n_test for v in values[4:]) if has_bn else (None, None)
+        sync(device)
+        evaluated = time.perf_counter()
+        row = {
+            **identity_fields(config),
+            "epoch": epoch,
+            "train_loss": train_loss / n_train,
+            "train_acc": train_correct / n_train,
+            "test_loss": test_loss / n_test,
+            "test_acc": test_correct_n / n_test,
+            "test_acc_batch_stats": batch_stats,
+            "test_acc_precise_bn": precise,
+            "train_seconds": trained - start,
+            "eval_seconds": evaluated - trained,
+            "samples_per_second": n_train / (trained - start),
+        }
+        result.rows.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if not math.isfinite(row["train_loss"]):
+            result.status = "diverged"
+            break
+    return result
