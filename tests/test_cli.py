@@ -1,0 +1,98 @@
+"""`bnstudy run`: the files it writes, its progress lines, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bnstudy.cli import main
+from bnstudy.train import CSV_COLUMNS
+
+TINY = ["--limit-train", "512", "--limit-test", "256", "--precise-bn-samples", "128", "--device", "cpu"]
+
+
+def test_run_writes_csv_and_json_and_prints_each_epoch(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnstudy", "run", "--variant", "bn_before", "--batch-size", "64", "--epochs", "2",
+         "--seed", "3", *TINY, "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
+    (csv_path,) = (out / "runs").glob("*.csv")
+    assert csv_path.name.startswith("bn_before-adam-lr1e-03-bs64-s3-")
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["status"] == "complete" and meta["config"]["seed"] == 3 and meta["device"] == "cpu"
+    assert {"started", "ended", "torch_version", "bnstudy_version", "git_commit"} <= set(meta)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([csv_path.name, csv_path.with_suffix(".json").name])
+
+
+def test_none_writes_empty_diagnostic_fields(tmp_path):
+    assert main(["run", "--variant", "none", "--epochs", "1", *TINY, "--out", str(tmp_path)]) == 0
+    (csv_path,) = (tmp_path / "runs").glob("*.csv")
+    with open(csv_path) as f:
+        row = next(csv.DictReader(f))
+    assert row["test_acc_batch_stats"] == "" and row["test_acc_precise_bn"] == ""
+
+
+def _assert_one_line_error(capsys, argv, out, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bnstudy: error: "), err
+    assert expected in err
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--variant", "bn_middle"], "--variant"),
+    (["--variant", "none", "--lr", "0"], "--lr: must be > 0"),
+    (["--variant", "none", "--lr=-1e-3"], "--lr: must be > 0"),
+    (["--variant", "none", "--lr", "nan"], "--lr: must be a finite number"),
+    (["--variant", "none", "--lr", "fast"], "--lr"),
+    (["--variant", "none", "--batch-size", "0"], "--batch-size: must be between"),
+    (["--variant", "none", "--batch-size", "60001"], "--batch-size: must be between 1 and 60000"),
+    (["--variant", "none", "--limit-train", "100", "--batch-size", "101"], "between 1 and 100"),
+    (["--variant", "bn_before", "--batch-size", "1"], "--batch-size: must be between 2"),
+    (["--variant", "none", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["--variant", "none", "--optimizer", "rmsprop"], "--optimizer"),
+    (["--variant", "none", "--device", "tpu"], "--device"),
+    (["--variant", "none", "--epochs", "1", "--data", "/nonexistent/fmnist"], "train-images-idx3-ubyte"),
+    (["--lr", "1e-3"], "--variant"),
+])  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags, expected):
+    out = tmp_path / "out"
+    _assert_one_line_error(capsys, ["run", *flags, "--out", str(out)], out, expected)
+
+
+def test_corrupt_dataset_is_one_line_exit_2(capsys, tmp_path):
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"\0\0\x08\x03" + b"\0" * 20)
+    out = tmp_path / "out"
+    _assert_one_line_error(capsys, ["run", "--variant", "none", "--data", str(data), "--out", str(out)], out, str(data))
+
+
+def test_unwritable_out_is_one_line_exit_2(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "results"
+    _assert_one_line_error(capsys, ["run", "--variant", "none", "--epochs", "1", *TINY, "--out", str(out)], out,
+                           "not a folder")  # fmt: skip
+
+
+def test_errors_show_no_traceback_from_the_console_script(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bnstudy", "run", "--variant", "none", "--lr", "-1",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == "bnstudy: error: --lr: must be > 0 (got -1.0)\n"
+    assert proc.stdout == "" and not (tmp_path / "o").exists()

@@ -1,0 +1,96 @@
+"""The from-scratch BatchNorm matches nn.BatchNorm1d/2d, and the LeNet variants have the
+notebook's shape."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bnstudy.models import BatchNorm, bn_layers, build_lenet
+
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_dims, shape", [(2, (32, 7)), (4, (16, 5, 6, 6))])
+def test_scratch_batch_norm_matches_torch_in_train_and_eval_mode(num_dims, shape):
+    torch.manual_seed(0)
+    channels = shape[1]
+    ours = BatchNorm(channels, num_dims).double()
+    theirs = (nn.BatchNorm2d if num_dims == 4 else nn.BatchNorm1d)(channels).double()
+    with torch.no_grad():  # non-trivial affine parameters, the same in both
+        for layer in (ours, theirs):
+            layer.weight.copy_(torch.linspace(0.5, 2.0, channels, dtype=torch.float64))
+            layer.bias.copy_(torch.linspace(-1.0, 1.0, channels, dtype=torch.float64))
+    for step in range(3):  # several updates of the running statistics
+        x = torch.randn(shape, dtype=torch.float64) * (step + 1) + step
+        x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+        torch.testing.assert_close(y_ours, y_theirs, **TIGHT)
+        y_ours.square().sum().backward()
+        y_theirs.square().sum().backward()
+        torch.testing.assert_close(x_ours.grad, x_theirs.grad, **TIGHT)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, **TIGHT)
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, **TIGHT)
+        # PyTorch folds the *unbiased* batch variance into running_var.
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, **TIGHT)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, **TIGHT)
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), **TIGHT)
+
+
+def test_scratch_and_torch_state_dicts_are_interchangeable():
+    torch.manual_seed(0)
+    ours, theirs = build_lenet("bn_before", "scratch"), build_lenet("bn_before", "torch")
+    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert missing == [] and all(k.endswith("num_batches_tracked") for k in unexpected)
+
+
+@pytest.mark.parametrize("variant", ["bn_before", "bn_after"])
+def test_scratch_and_torch_lenets_train_identically(variant, small_data):
+    """Same seed, same data: the two implementations give the same network after training."""
+    models = []
+    for impl in ("torch", "scratch"):
+        torch.manual_seed(3)
+        models.append(build_lenet(variant, impl).double())
+    x, y = small_data.train_x[:256].double(), small_data.train_y[:256]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in models]
+    for batch in torch.split(torch.arange(256), 64):
+        for model, opt in zip(models, optimizers):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    theirs, ours = models
+    ours_state = ours.state_dict()
+    for name, value in theirs.state_dict().items():
+        if not name.endswith("num_batches_tracked"):
+            torch.testing.assert_close(ours_state[name], value, rtol=1e-10, atol=1e-10, msg=name)
+    for model in models:
+        model.eval()
+    torch.testing.assert_close(theirs(x), ours(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant, first_block", [
+    ("none", [nn.Conv2d, nn.Sigmoid, nn.MaxPool2d]),
+    ("bn_before", [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid, nn.MaxPool2d]),
+    ("bn_after", [nn.Conv2d, nn.Sigmoid, nn.BatchNorm2d, nn.MaxPool2d]),
+])  # fmt: skip
+def test_variants_place_batch_norm_around_the_sigmoid(variant, first_block):
+    model = build_lenet(variant)
+    assert [type(m) for m in model[: len(first_block)]] == first_block
+    assert len(bn_layers(model)) == (0 if variant == "none" else 4)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lenet_has_the_notebook_layer_sizes():
+    model = build_lenet("bn_before", "scratch")
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 6, (5, 5)), (6, 16, (5, 5))]
+    assert [(l.in_features, l.out_features) for l in linears] == [(256, 120), (120, 84), (84, 10)]
+    assert [m.weight.numel() for m in bn_layers(model)] == [6, 16, 120, 84]
+    copy.deepcopy(model)  # scratch layers must copy like any module (fused groups rely on it)
