@@ -61,11 +61,15 @@ def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype = to
     return build_lenet(config.variant, config.bn_impl).to(device=device, dtype=dtype)
 
 
-def train_epoch(model, optimizer, data: FashionMNIST, batches) -> tuple[torch.Tensor, torch.Tensor]:
+def train_epoch(model, optimizer, data: FashionMNIST, batches,
+                criterion=F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One pass over `batches` (index tensors into data.train_*), train mode.
 
+    `criterion(logits, y)` is the mean loss of each model trained: F.cross_entropy's scalar
+    for one model; a fused group (bnstudy.fused) passes one that returns its G members'
+    means, shape (G,). Their sum is minimised, so each member gets its own gradient.
     Returns device tensors (sum of per-sample losses, number correct) over exactly the
-    samples in `batches`; no host synchronisation.
+    samples in `batches`, shaped like the criterion's value; no host synchronisation.
     """
     model.train()
     loss_sum = torch.zeros((), device=data.train_x.device, dtype=torch.float64)
@@ -73,25 +77,28 @@ def train_epoch(model, optimizer, data: FashionMNIST, batches) -> tuple[torch.Te
     for idx in batches:
         x, y = data.train_x[idx], data.train_y[idx]
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         optimizer.step()
-        loss_sum += loss.detach().double() * len(idx)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
+        # out of place and summed over dim 0 only, so a group's sums stay one per member
+        loss_sum = loss_sum + loss.detach().double() * len(idx)
+        correct = correct + (logits.detach().argmax(dim=1) == y).sum(dim=0)
     return loss_sum, correct
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             criterion=F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(sum of losses, number correct) over all of x, in the model's *current* mode, as
-    device tensors. Changes nothing only in eval mode: see `preserved_state`."""
+    device tensors, one per model (`criterion` as in train_epoch, called with
+    reduction="sum"). Changes nothing only in eval mode: see `preserved_state`."""
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for idx in fixed_batches(len(x), batch_size, x.device):
         logits = model(x[idx])
-        loss_sum += F.cross_entropy(logits, y[idx], reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y[idx]).sum()
+        loss_sum = loss_sum + criterion(logits, y[idx], reduction="sum").double()
+        correct = correct + (logits.argmax(dim=1) == y[idx]).sum(dim=0)
     return loss_sum, correct
 
 
@@ -145,16 +152,86 @@ def accuracy_with_precise_bn(model, data: FashionMNIST, subset: torch.Tensor, ba
         return evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE)[1]
 
 
-def precise_bn_subset(config: RunConfig, device) -> torch.Tensor:
-    """The run's fixed random PreciseBN sample of training indices (same for every epoch)."""
+def precise_bn_subset(config: RunConfig, num_train: int, device) -> torch.Tensor:
+    """The run's fixed random PreciseBN sample: min(precise_bn_samples, num_train) training
+    indices drawn from the run's seed, the same for every epoch."""
     generator = torch.Generator().manual_seed(config.seed + PRECISE_BN_SEED_OFFSET)
-    count = min(config.precise_bn_samples, config.train_size)
-    return torch.randperm(config.train_size, generator=generator)[:count].to(device)
+    return torch.randperm(num_train, generator=generator)[: config.precise_bn_samples].to(device)
 
 
 def identity_fields(config: RunConfig) -> dict:
     """The identity columns of a row."""
     return {"run_id": config.run_id, **{k: getattr(config, k) for k in IDENTITY_COLUMNS[1:]}}
+
+
+def with_dtype(data: FashionMNIST, dtype: torch.dtype) -> FashionMNIST:
+    """`data` with its images in `dtype` (labels untouched); `data` itself if they already are."""
+    if dtype == data.train_x.dtype:
+        return data
+    return FashionMNIST(data.train_x.to(dtype), data.train_y, data.test_x.to(dtype), data.test_y)
+
+
+def train_and_evaluate(model, optimizer, data: FashionMNIST, draw_batches: Callable[[], list[torch.Tensor]],
+                       batch_size: int, subset: torch.Tensor | None,
+                       criterion=F.cross_entropy) -> tuple[list, float, float]:  # fmt: skip
+    """One epoch: train on draw_batches() (drawn inside the timed span: the epoch's cost),
+    then evaluate in eval mode and, when `subset` is given (the model has BN), the
+    batch-statistics and PreciseBN diagnostics (`batch_size`: the run's).
+
+    Returns (sums, train_seconds, eval_seconds), device-synchronised wall times, and
+    sums = [train loss sum, train correct, test loss sum, test correct] + (with `subset`)
+    [batch-stats correct, PreciseBN correct]: each a float for one model, a list of G
+    floats for a fused group (`criterion` as in train_epoch). One host read. Side
+    effects: trains `model` (parameters, optimizer state, BN running statistics).
+    """
+    device = data.train_x.device
+    sync(device)
+    start = time.perf_counter()
+    loss_sum, correct = train_epoch(model, optimizer, data, draw_batches(), criterion)
+    sync(device)
+    trained = time.perf_counter()
+    model.eval()
+    counts = [loss_sum, correct, *evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE, criterion)]
+    if subset is not None:
+        counts += [
+            accuracy_with_batch_stats(model, data, batch_size),
+            accuracy_with_precise_bn(model, data, subset, batch_size),
+        ]
+    sums = torch.stack([c.double() for c in counts]).tolist()  # the epoch's one host read
+    sync(device)
+    return sums, trained - start, time.perf_counter() - trained
+
+
+def epoch_row(config: RunConfig, epoch: int, sums: list[float], n_train: int, n_test: int,
+              train_seconds: float, eval_seconds: float, samples_per_second: float) -> dict:  # fmt: skip
+    """One run's CSV row (CSV_COLUMNS) for `epoch`, from its model's `sums` as
+    train_and_evaluate returns them (no BN-diagnostic sums: those columns are None)."""
+    train_loss, train_correct, test_loss, test_correct = sums[:4]
+    batch_stats, precise = (v / n_test for v in sums[4:]) if len(sums) > 4 else (None, None)
+    return {
+        **identity_fields(config),
+        "epoch": epoch,
+        "train_loss": train_loss / n_train,
+        "train_acc": train_correct / n_train,
+        "test_loss": test_loss / n_test,
+        "test_acc": test_correct / n_test,
+        "test_acc_batch_stats": batch_stats,
+        "test_acc_precise_bn": precise,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "samples_per_second": samples_per_second,
+    }
+
+
+def record(result: RunResult, row: dict, on_epoch: Callable[[dict], None] | None) -> bool:
+    """Append `row` to `result` and pass it to on_epoch; if its training loss is not
+    finite, mark the run "diverged". Returns whether the run goes on."""
+    result.rows.append(row)
+    if on_epoch is not None:
+        on_epoch(row)
+    if not math.isfinite(row["train_loss"]):
+        result.status = "diverged"
+    return result.status != "diverged"
 
 
 def fit(
@@ -171,51 +248,19 @@ def fit(
     training loss is not finite. `dtype` float64 serves exactness tests.
     """
     device = data.train_x.device
-    if dtype != data.train_x.dtype:
-        data = FashionMNIST(data.train_x.to(dtype), data.train_y, data.test_x.to(dtype), data.test_y)
+    data = with_dtype(data, dtype)
     model = build_model(config, device, dtype)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     order = torch.Generator().manual_seed(config.seed)
-    has_bn = bool(bn_layers(model))
-    subset = precise_bn_subset(config, device) if has_bn else None
     n_train, n_test = len(data.train_x), len(data.test_x)
+    subset = precise_bn_subset(config, n_train, device) if bn_layers(model) else None
     result = RunResult()
     for epoch in range(1, config.epochs + 1):
-        sync(device)
-        start = time.perf_counter()
-        loss_sum, correct = train_epoch(model, optimizer, data, epoch_batches(n_train, config.batch_size, order, device))
-        sync(device)
-        trained = time.perf_counter()
-        model.eval()
-        test_loss_sum, test_correct = evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE)
-        counts = [loss_sum, correct, test_loss_sum, test_correct]
-        if has_bn:
-            counts += [
-                accuracy_with_batch_stats(model, data, config.batch_size),
-                accuracy_with_precise_bn(model, data, subset, config.batch_size),
-            ]
-        values = torch.stack([c.double() for c in counts]).tolist()  # the epoch's one host read
-        train_loss, train_correct, test_loss, test_correct_n = values[:4]
-        batch_stats, precise = (v / n_test for v in values[4:]) if has_bn else (None, None)
-        sync(device)
-        evaluated = time.perf_counter()
-        row = {
-            **identity_fields(config),
-            "epoch": epoch,
-            "train_loss": train_loss / n_train,
-            "train_acc": train_correct / n_train,
-            "test_loss": test_loss / n_test,
-            "test_acc": test_correct_n / n_test,
-            "test_acc_batch_stats": batch_stats,
-            "test_acc_precise_bn": precise,
-            "train_seconds": trained - start,
-            "eval_seconds": evaluated - trained,
-            "samples_per_second": n_train / (trained - start),
-        }
-        result.rows.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if not math.isfinite(row["train_loss"]):
-            result.status = "diverged"
+        sums, train_seconds, eval_seconds = train_and_evaluate(
+            model, optimizer, data, lambda: epoch_batches(n_train, config.batch_size, order, device),
+            config.batch_size, subset,
+        )  # fmt: skip
+        row = epoch_row(config, epoch, sums, n_train, n_test, train_seconds, eval_seconds, n_train / train_seconds)
+        if not record(result, row, on_epoch):
             break
     return result
