@@ -86,12 +86,104 @@ def cmd_run(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bnstudy sweep
+def add_sweep_parser(commands) -> None:
+    p = commands.add_parser("sweep", help="run a study's grid, skipping the runs already done",
+                            description="Run every run of a TOML study spec that is not done yet, writing each "
+                                        "run's CSV and JSON as it finishes; a killed sweep resumes where it "
+                                        "stopped.")  # fmt: skip
+    p.add_argument("spec", metavar="SPEC", help="study spec, e.g. experiments/quick.toml")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec setting, e.g. --set epochs=2 --set grid.seed=[0] (repeatable)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="CPU worker processes (default: the cores) or GPUs to use (default: all); "
+                        "a dask cluster uses all its workers")
+    p.add_argument("--backend", default="local", choices=("local", "dask"), help="default: local")
+    p.add_argument("--scheduler", default=None, metavar="ADDR", help="the dask scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="default: the spec's device, else auto (CUDA when available)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train and write nothing")
+    p.add_argument("--data", default=None, metavar="DIR", help="folder with the Fashion-MNIST *-ubyte[.gz] files")
+    p.set_defaults(handler=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from bnstudy.runner import SweepOptions, sweep
+    from bnstudy.spec import load_study
+
+    study = load_study(args.spec, args.overrides)
+    options = SweepOptions(out=args.out or f"results/{study.name}", jobs=args.jobs, backend=args.backend,
+                           scheduler=args.scheduler, device=args.device or study.device or "auto",
+                           data_dir=args.data, dry_run=args.dry_run)  # fmt: skip
+    return sweep(study, options)
+
+
+# ---------------------------------------------------------------- bnstudy status
+def add_status_parser(commands) -> None:
+    p = commands.add_parser("status", help="done / diverged / failed / pending runs of a study, per variant",
+                            description="Count a study's runs by state: give its spec (results in --out, "
+                                        "default results/<name>) or its results folder (which holds the spec "
+                                        "as run).")  # fmt: skip
+    p.add_argument("target", metavar="SPEC|DIR", help="a study spec or a sweep's results folder")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder of SPEC (default: results/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the overrides the sweep ran with")
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args) -> int:
+    from pathlib import Path
+
+    from bnstudy.spec import load_study
+    from bnstudy.store import RunStore, format_status
+
+    target = Path(args.target)
+    if target.is_dir():
+        store = RunStore(target)
+        if not store.spec_path.is_file():
+            raise UserError(f"{target}: no spec.toml here (not a sweep's results folder); give the study's spec file")
+        study = load_study(store.spec_path, args.overrides)
+    else:
+        study = load_study(target, args.overrides)
+        store = RunStore(args.out or f"results/{study.name}")
+    print(f"study {study.name} ({study.source}) in {store.root}")
+    print(format_status(study.runs(), store))
+    return 0
+
+
+# ---------------------------------------------------------------- bnstudy report
+def add_report_parser(commands) -> None:
+    p = commands.add_parser("report", help="stability metrics, tables, figures and report.md of a study",
+                            description="Read a study's finished runs (DIR/runs/) and write DIR/summary.csv, "
+                                        "DIR/cells.csv, DIR/figures/*.png|svg and DIR/report.md.")  # fmt: skip
+    p.add_argument("dir", metavar="DIR", help="a study's results folder, e.g. results/default")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from bnstudy.report import write_report  # pandas, seaborn, matplotlib: loaded only for this command
+
+    out = write_report(args.dir)
+    print(f"{out.runs} runs reported" + (f", {out.skipped} run files skipped" if out.skipped else ""))
+    for _, row in out.incomplete.iterrows():
+        print(f"incomplete: {row['cell']}: missing {row['missing runs']}")
+    print(f"wrote {out.summary_csv}, {out.cells_csv}")
+    if out.figures:  # none when every run diverged in its first epoch
+        print(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
+    print(f"wrote {out.report_md}")
+    return 0
+
+
 # ---------------------------------------------------------------- the command
 def build_parser() -> Parser:
     parser = Parser(prog="bnstudy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bnstudy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(commands)
+    add_sweep_parser(commands)
+    add_status_parser(commands)
+    add_report_parser(commands)
     return parser
 
 

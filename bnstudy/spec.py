@@ -1,5 +1,7 @@
-"""Run settings: one frozen RunConfig per training run, its validation and its stable id.
+"""Run settings and study specs.
 
+One frozen RunConfig per training run (its validation and its stable id), and the TOML
+study spec (DESIGN.md, "Study spec") parsed into a frozen Study that expands into runs.
 Every setting has one name everywhere: the CLI flag `--limit-train` is the spec key
 `limit_train` and the CSV/JSON field `limit_train`.
 """
@@ -8,9 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
+import re
+import tomllib
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 from bnstudy.data import TEST_SIZE, TRAIN_SIZE
 from bnstudy.errors import UserError
@@ -109,3 +116,200 @@ def validate(config: RunConfig) -> None:
     _check_int("precise_bn_samples", config.precise_bn_samples, 2)
     if not isinstance(config.study, str) or not config.study or "/" in config.study:
         raise SettingError("study", f"must be a non-empty name without '/' (got {config.study!r})")
+
+
+# ---------------------------------------------------------------- study specs
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "study")
+REQUIRED_SETTINGS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.default is dataclasses.MISSING)
+DEVICES = ("auto", "cpu", "cuda")
+# `name` becomes RunConfig.study; `device` says how to run, not what, so it is no part of a run's identity.
+STUDY_KEYS = ("name", "device", *RUN_SETTINGS)
+TYPE_NAMES = {float: "a number", int: "an integer", str: "a string"}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder name under results/, never "." or ".."
+
+
+def _setting_type(key: str) -> type:
+    """float, int or str: the type a spec value of run setting `key` must have (a spec never holds None)."""
+    hint = typing.get_type_hints(RunConfig)[key]
+    return next(t for t in TYPE_NAMES if t == hint or t in typing.get_args(hint))
+
+
+SETTING_TYPES = {key: _setting_type(key) for key in RUN_SETTINGS}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A checked study spec: settings fixed for every run and grid axes whose product is the runs.
+
+    `fixed` holds (key, value) and `axes` (key, values) pairs in the spec's order, each value
+    already of its setting's type (an integer lr is a float, so `lr = 1` and `lr = 1.0` are one
+    run). `device` is None when the spec leaves it to the command line. `source` and
+    `overrides` (the --set items) say where it came from.
+    """
+
+    name: str
+    source: str
+    fixed: tuple[tuple[str, object], ...]
+    axes: tuple[tuple[str, tuple], ...]
+    device: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def runs(self) -> list[RunConfig]:
+        """One RunConfig per point of the grid, in spec order (the last axis varies fastest).
+        Raises SettingError for an impossible combination."""
+        keys = [key for key, _ in self.axes]
+        return [
+            RunConfig(study=self.name, **dict(self.fixed), **dict(zip(keys, point)))
+            for point in itertools.product(*(values for _, values in self.axes))
+        ]
+
+    def to_toml(self) -> str:
+        """The spec as run: TOML that `load_study` reads back into the same runs."""
+        origin = " ".join([self.source, *(f"--set {item}" for item in self.overrides)]).replace("\n", " ")
+        lines = [f"# the study spec as run: {origin}", f"name = {_toml_value(self.name)}"]
+        if self.device is not None:
+            lines.append(f"device = {_toml_value(self.device)}")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in self.fixed]
+        lines += ["", "[grid]"] + [f"{key} = [{', '.join(map(_toml_value, values))}]" for key, values in self.axes]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    """A str, int or float as a TOML literal (JSON's string escapes are valid TOML; repr keeps floats exact)."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+@dataclass(frozen=True)
+class _Problems:
+    """Builds the one-line UserError `<file>: <key>: <problem>`, naming the --set item a key came from."""
+
+    path: str
+    set_by: dict
+
+    def __call__(self, key: str, problem: str) -> UserError:
+        origin = f" (from --set {self.set_by[key]})" if key in self.set_by else ""
+        return UserError(f"{self.path}: {key}: {problem}{origin}")
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read the spec at `path`, apply `--set KEY=VALUE` overrides, check every key, type and
+    value, and expand the grid once so that an impossible run is reported now.
+
+    Raises UserError `<path>: <key>: <problem>` for the first mistake. Reads one file; writes nothing.
+    """
+    path = str(path)
+    raw = _read_toml(path)
+    grid = raw.pop("grid", {})
+    problem = _Problems(path, {})
+    if not isinstance(grid, dict):
+        raise problem("grid", "must be a table of axes: [grid] then KEY = [values]")
+    for item in overrides:
+        _apply_override(raw, grid, item, problem)
+    study = _build(raw, grid, path, tuple(overrides), problem)
+    try:
+        study.runs()
+    except SettingError as exc:
+        axis_keys = {key for key, _ in study.axes}
+        key = "name" if exc.key == "study" else f"grid.{exc.key}" if exc.key in axis_keys else exc.key
+        raise problem(key, exc.problem) from None
+    return study
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
+def parse_override_value(text: str):
+    """A --set value read as TOML (`2`, `1e-3`, `[0, 1]`, `"x"`); a bare word such as `none` is
+    that string. ValueError for a malformed list, table or quoted string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        word = text.strip()
+        if not word or word[0] in "[{\"'":
+            hint = "quote the strings in a list: ['none', 'bn_after']"
+            raise ValueError(f"{text!r} is not a TOML value ({hint})") from None
+        return word
+
+
+def _apply_override(top: dict, grid: dict, item: str, problem: _Problems) -> None:
+    """Apply one `KEY=VALUE` (or `grid.KEY=[...]`) to the raw spec in place: a run setting moves
+    to where --set puts it (top level or [grid]). Records the key's origin in `problem`."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        example = "e.g. --set epochs=2 or --set grid.seed=[0,1]"
+        raise UserError(f"{problem.path}: --set {item}: expected KEY=VALUE, {example}")
+    problem.set_by[key] = item
+    if key == "grid":
+        raise problem(key, "set one axis at a time: --set grid.KEY=[values]")
+    try:
+        value = parse_override_value(text)
+    except ValueError as exc:
+        raise problem(key, str(exc)) from None
+    if key.startswith("grid."):
+        axis = key.removeprefix("grid.")
+        top.pop(axis, None)
+        grid[axis] = value
+    else:
+        grid.pop(key, None)
+        top[key] = value
+
+
+def _build(top: dict, grid: dict, path: str, overrides: tuple[str, ...], problem: _Problems) -> Study:
+    """Check keys and types of the raw spec (top level and [grid]) and make the Study."""
+    for key in top:
+        if key not in STUDY_KEYS:
+            raise problem(key, f"unknown key; the keys are {', '.join(STUDY_KEYS)} and [grid]")
+    for key in grid:
+        if key in ("name", "device"):
+            raise problem(f"grid.{key}", f"{key} cannot be an axis; set it at the top level")
+        if key not in RUN_SETTINGS:
+            raise problem(f"grid.{key}", f"unknown setting; axes can be {', '.join(RUN_SETTINGS)}")
+        if key in top:
+            raise problem(key, "set both at the top level and as a [grid] axis; keep one")
+    for key in REQUIRED_SETTINGS:
+        if key not in top and key not in grid:
+            raise problem(key, "missing; set it at the top level or make it a [grid] axis")
+    name = top.get("name", Path(path).stem)
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise problem("name", f"must be a folder name of letters, digits, '.', '_' or '-' (got {name!r})")
+    device = top.get("device")
+    if device is not None and device not in DEVICES:
+        raise problem("device", f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    fixed = tuple((key, _typed(key, value, problem)) for key, value in top.items() if key in RUN_SETTINGS)
+    axes = tuple((key, _axis(key, values, problem)) for key, values in grid.items())
+    return Study(name, path, fixed, axes, device, overrides)
+
+
+def _typed(key: str, value, problem: _Problems, where: str | None = None):
+    """`value` as run setting `key`'s type (an int becomes a float for a float setting)."""
+    kind = SETTING_TYPES[key]
+    accepted = (int, float) if kind is float else kind
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        hint = f"; to vary it, make it a [grid] axis: grid.{key} = [...]" if isinstance(value, list) else ""
+        raise problem(where or key, f"must be {TYPE_NAMES[kind]} (got {value!r}){hint}")
+    return float(value) if kind is float else value
+
+
+def _axis(key: str, values, problem: _Problems) -> tuple:
+    """A checked [grid] axis: a non-empty list of distinct values of the setting's type."""
+    where = f"grid.{key}"
+    if not isinstance(values, list):
+        raise problem(where, f"must be a list of values (got {values!r}); to fix one value, set {key} at the top level")
+    if not values:
+        raise problem(where, "empty axis; give at least one value")
+    typed = [_typed(key, value, problem, where) for value in values]
+    for i, value in enumerate(typed):
+        if value in typed[:i]:
+            raise problem(where, f"duplicate value {value!r}")
+    return tuple(typed)

@@ -7,7 +7,8 @@
 
 A run is *done* when its JSON says "complete" or "diverged". Both files are written to a
 temporary name and moved into place with os.replace, CSV first, so a process killed at
-any moment leaves either a finished run or nothing that counts as one.
+any moment leaves either a finished run or nothing that counts as one (at worst a
+temporary `.<name>.*.tmp`, which the next sweep removes under the lock).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bnstudy.spec import RunConfig
 from bnstudy.train import CSV_COLUMNS
 
 DONE_STATUSES = ("complete", "diverged")
+RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
 
 
 def check_writable(path: Path) -> None:
@@ -52,6 +54,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
             f.flush()
@@ -61,6 +64,13 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def rows_to_csv(rows: list[dict]) -> str:
@@ -136,7 +146,37 @@ class RunStore:
             return None
 
     def is_done(self, run_id: str) -> bool:
-        return self.status(run_id) in DONE_STATUSES and self.csv_path(run_id).is_file()
+        return self.state(run_id) in DONE_STATUSES
+
+    def state(self, run_id: str) -> str:
+        """One of RUN_STATES: a done run's status, "failed", or "pending" (never run, killed,
+        or its files are incomplete); "pending" and "failed" runs are what a sweep runs."""
+        status = self.status(run_id)
+        if status in DONE_STATUSES:
+            return status if self.csv_path(run_id).is_file() else "pending"
+        return "failed" if status == "failed" else "pending"
+
+    def recorded_run_ids(self) -> set[str]:
+        """The ids of every run with a JSON file here, whatever spec it came from."""
+        return {path.stem for path in self.runs_dir.glob("*.json")}
+
+    @property
+    def spec_path(self) -> Path:
+        return self.root / "spec.toml"
+
+    def write_spec(self, text: str) -> Path:
+        """Keep the study spec as run (the last sweep's) beside its runs."""
+        atomic_write_text(self.spec_path, text)
+        return self.spec_path
+
+    def remove_stale_temps(self) -> int:
+        """Delete temporary files left by a writer killed mid-write; returns how many.
+        Call it holding the lock, so that no live writer's file goes."""
+        stale = [*self.root.glob(".*.tmp"), *self.runs_dir.glob(".*.tmp")]
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return len(stale)
 
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
         """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
@@ -168,3 +208,21 @@ class RunStore:
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def format_status(configs: list[RunConfig], store: RunStore) -> str:
+    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`.
+    "done" counts complete runs; diverged runs are results too and are not rerun."""
+    counts: dict[str, dict[str, int]] = {}
+    for config in configs:
+        row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
+        row[store.state(config.run_id)] += 1
+    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
+    header = ["variant", "done", "diverged", "failed", "pending", "total"]
+    table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
+    width = max(len(line[0]) for line in table)
+    lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
+    others = len(store.recorded_run_ids() - {config.run_id for config in configs})
+    if others:
+        lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
+    return "\n".join(lines)

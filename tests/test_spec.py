@@ -1,0 +1,169 @@
+"""Study specs: parsing, --set overrides, grid expansion, stable ids, the spec as run, and
+one clear error line for each kind of bad spec."""
+
+from pathlib import Path
+
+import pytest
+
+from bnstudy.cli import main
+from bnstudy.errors import UserError
+from bnstudy.spec import RunConfig, load_study
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+SMALL = """
+name = "small"
+epochs = 2
+limit_train = 1000
+[grid]
+variant = ["none", "bn_before"]
+lr = [1e-3, 1e-2]
+batch_size = [64]
+seed = [0, 1, 2]
+"""
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def axis(study, key):
+    return dict(study.axes).get(key, ())
+
+
+def test_expands_the_product_in_spec_order_with_fixed_settings(small):
+    runs = load_study(small).runs()
+    assert len(runs) == 2 * 2 * 3
+    assert [(r.variant, r.lr, r.seed) for r in runs[:4]] == [("none", 1e-3, 0), ("none", 1e-3, 1), ("none", 1e-3, 2),
+                                                              ("none", 1e-2, 0)]  # fmt: skip
+    assert {(r.epochs, r.limit_train, r.batch_size, r.study) for r in runs} == {(2, 1000, 64, "small")}
+    assert len({r.run_id for r in runs}) == len(runs)
+
+
+def test_run_ids_are_stable_and_integer_lr_is_a_float(tmp_path, small):
+    ids = [r.run_id for r in load_study(small).runs()]
+    assert ids == [r.run_id for r in load_study(small).runs()]
+    assert ids[0] == RunConfig(variant="none", lr=1e-3, batch_size=64, epochs=2, limit_train=1000).run_id
+    as_int = tmp_path / "int.toml"
+    as_int.write_text('variant = "none"\nlr = 1\nbatch_size = 8\nepochs = 1\n')
+    as_float = tmp_path / "float.toml"
+    as_float.write_text('variant = "none"\nlr = 1.0\nbatch_size = 8\nepochs = 1\n')
+    assert load_study(as_int).runs()[0].run_id == load_study(as_float).runs()[0].run_id
+
+
+def test_name_defaults_to_the_file_stem(tmp_path):
+    path = tmp_path / "my-study.toml"
+    path.write_text('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n')
+    study = load_study(path)
+    assert study.name == "my-study" and len(study.runs()) == 1
+
+
+def test_set_overrides_values_and_moves_settings_between_top_level_and_grid(small):
+    study = load_study(small, ["epochs=3", "grid.seed=[0]", "lr=0.1", "grid.limit_train=[500, 800]", "variant=none"])
+    runs = study.runs()
+    assert {r.epochs for r in runs} == {3} and {r.seed for r in runs} == {0} and {r.variant for r in runs} == {"none"}
+    assert {r.lr for r in runs} == {0.1} and axis(study, "lr") == ()
+    assert axis(study, "limit_train") == (500, 800) and "limit_train" not in dict(study.fixed)
+
+
+def test_the_spec_as_run_reads_back_into_the_same_runs(tmp_path, small):
+    study = load_study(small, ["epochs=3", "grid.seed=[4, 5]", 'name="renamed"', "device=cpu"])
+    copy = tmp_path / "copy.toml"
+    copy.write_text(study.to_toml())
+    again = load_study(copy)
+    assert [r.run_id for r in again.runs()] == [r.run_id for r in study.runs()]
+    assert (again.name, again.device, again.fixed, again.axes) == ("renamed", "cpu", study.fixed, study.axes)
+    assert "--set epochs=3" in study.to_toml().splitlines()[0]
+
+
+def test_shipped_specs_are_valid_and_named_after_their_files():
+    specs = sorted(EXPERIMENTS.glob("*.toml"))
+    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full"}
+    for path in specs:
+        study = load_study(path)
+        assert study.name == path.stem
+        assert {r.variant for r in study.runs()} == {"none", "bn_before", "bn_after"}
+
+
+def test_default_spans_the_asked_ranges():
+    study = load_study(EXPERIMENTS / "default.toml")
+    runs = study.runs()
+    batch_sizes, lrs = {r.batch_size for r in runs}, {r.lr for r in runs}
+    assert min(batch_sizes) <= 32 and max(batch_sizes) >= 1024
+    assert min(lrs) <= 1e-4 and max(lrs) >= 1e-2 and {r.optimizer for r in runs} == {"adam"}
+    assert len({r.seed for r in runs}) >= 3 and {r.epochs for r in runs} <= set(range(5, 11))
+
+
+def test_seed_spec_is_the_notebook_setting():
+    runs = load_study(EXPERIMENTS / "seed.toml").runs()
+    notebook = [r for r in runs if r.variant == "bn_before"]
+    assert {(r.optimizer, r.lr, r.batch_size, r.epochs, r.limit_train) for r in runs} == {("adam", 1e-3, 256, 5, None)}
+    assert len({r.seed for r in notebook}) >= 3
+
+
+def test_full_spec_has_both_optimizers():
+    assert {r.optimizer for r in load_study(EXPERIMENTS / "full.toml").runs()} == {"adam", "sgd"}
+
+
+BAD = [  # (spec text or None for SMALL, --set items, the key the error names, words of the problem)
+    ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\nepoch = 2\n', [], "epoch", "unknown key"),
+    (None, ["grid.sed=[0]"], "grid.sed", "unknown setting"),
+    ('variant = "none"\nlr = 1e-3\nbatch_size = "8"\nepochs = 1\n', [], "batch_size", "must be an integer"),
+    (None, ["grid.lr=[0.1, true]"], "grid.lr", "must be a number"),
+    (None, ["grid.seed=[]"], "grid.seed", "empty axis"),
+    (None, ["grid.variant=['none', 'bn_middle']"], "grid.variant", "unknown value 'bn_middle'"),
+    (None, ["optimizer='rmsprop'"], "optimizer", "unknown value 'rmsprop'"),
+    (None, ["grid.lr=[1e-3, 0]"], "grid.lr", "must be > 0"),
+    (None, ["lr=-1"], "lr", "must be > 0"),
+    (None, ["grid.batch_size=[64, 2000]"], "grid.batch_size", "between"),
+    (None, ["grid.batch_size=[1]"], "grid.batch_size", "between 2"),
+    (None, ["grid.seed=[0, 1, 0]"], "grid.seed", "duplicate value 0"),
+    (None, ["grid.lr=[1e-3, 0.001]"], "grid.lr", "duplicate value"),
+    (None, ["epochs=[1, 2]"], "epochs", "make it a [grid] axis"),
+    (None, ["grid.epochs=3"], "grid.epochs", "must be a list"),
+    (None, ["epoch=2"], "epoch", "unknown key"),
+    (None, ["grid.device=['cpu']"], "grid.device", "cannot be an axis"),
+    (None, ["device=tpu"], "device", "unknown device"),
+    (None, ["name=../up"], "name", "folder name"),
+    (None, ["grid.variant=[none]"], "grid.variant", "not a TOML value"),
+    ('lr = 1e-3\nbatch_size = 8\nepochs = 1\n', [], "variant", "missing"),
+    ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n[grid]\nlr = [0.1]\n', [], "lr", "set both"),
+    ('grid = 3\n', [], "grid", "must be a table"),
+]
+
+
+@pytest.mark.parametrize("text, overrides, key, problem", BAD)
+def test_bad_specs_name_the_file_and_key(tmp_path, small, text, overrides, key, problem):
+    path = small if text is None else tmp_path / "bad.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_study(path, overrides)
+    assert str(error.value).startswith(f"{path}: {key}: ")
+    assert problem in str(error.value)
+    if overrides:
+        assert f"(from --set {overrides[0]})" in str(error.value)
+
+
+def test_unreadable_specs(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = \n[grid\n")
+    with pytest.raises(UserError, match=r"broken\.toml: not valid TOML"):
+        load_study(broken)
+    with pytest.raises(UserError, match=r"missing\.toml: cannot read the spec \(No such file"):
+        load_study(tmp_path / "missing.toml")
+    with pytest.raises(UserError, match=r"--set epochs: expected KEY=VALUE"):
+        load_study(EXPERIMENTS / "quick.toml", ["epochs"])
+
+
+@pytest.mark.parametrize("command", ["sweep", "status"])
+def test_cli_reports_a_bad_spec_in_one_line_and_writes_nothing(tmp_path, small, capsys, command):
+    out = tmp_path / "out"
+    argv = [command, str(small), "--out", str(out), "--set", "grid.seed=[]"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnstudy: error: {small}: grid.seed: empty axis; give at least one value (from --set grid.seed=[])\n"
+    assert not out.exists()

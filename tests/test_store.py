@@ -1,0 +1,90 @@
+"""The results store: what counts as done, atomic files, the spec as run, stale temporary
+files, the study lock and the status table."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from bnstudy.errors import UserError
+from bnstudy.spec import RunConfig
+from bnstudy.store import RunStore, format_status, run_metadata
+from bnstudy.train import CSV_COLUMNS
+
+CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
+
+
+def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
+    rows = [dict.fromkeys(CSV_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e} for e in range(1, epochs + 1)]
+    store.write_run(rows, run_metadata(config, status, "cpu", "start", "end", epochs_done=epochs))
+
+
+def test_done_means_a_complete_or_diverged_json_beside_a_csv(tmp_path):
+    store = RunStore(tmp_path)
+    complete, diverged, failed, pending = CONFIGS
+    write(store, complete, "complete")
+    write(store, diverged, "diverged", epochs=1)
+    write(store, failed, "failed", epochs=1)
+    assert [store.state(c.run_id) for c in CONFIGS] == ["complete", "diverged", "failed", "pending"]
+    assert [store.is_done(c.run_id) for c in CONFIGS] == [True, True, False, False]
+    assert store.recorded_run_ids() == {complete.run_id, diverged.run_id, failed.run_id}
+
+
+def test_partial_files_do_not_count_as_done(tmp_path):
+    store = RunStore(tmp_path)
+    truncated, csv_only, json_only = CONFIGS[:3]
+    write(store, truncated, "complete")
+    text = store.json_path(truncated.run_id).read_text()
+    store.json_path(truncated.run_id).write_text(text[: len(text) // 2])
+    write(store, csv_only, "complete")
+    store.json_path(csv_only.run_id).unlink()
+    write(store, json_only, "complete")
+    store.csv_path(json_only.run_id).unlink()
+    assert [store.state(c.run_id) for c in (truncated, csv_only, json_only)] == ["pending"] * 3
+
+
+def test_writes_are_whole_files_with_ordinary_permissions(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    files = sorted(p.name for p in store.runs_dir.iterdir())
+    assert files == sorted([f"{CONFIGS[0].run_id}.csv", f"{CONFIGS[0].run_id}.json"])  # no temporary left
+    assert json.loads(store.json_path(CONFIGS[0].run_id).read_text())["status"] == "complete"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(store.csv_path(CONFIGS[0].run_id).stat().st_mode) == 0o666 & ~umask
+
+
+def test_spec_copy_and_stale_temporaries(tmp_path):
+    store = RunStore(tmp_path)
+    store.runs_dir.mkdir(parents=True)
+    (store.runs_dir / ".x.json.abc.tmp").write_text("{")
+    (tmp_path / ".spec.toml.abc.tmp").write_text("na")
+    assert store.write_spec("name = 'x'\n") == tmp_path / "spec.toml"
+    assert store.remove_stale_temps() == 2
+    assert not list(tmp_path.rglob("*.tmp")) and store.spec_path.read_text() == "name = 'x'\n"
+
+
+def test_a_second_lock_on_a_study_is_refused(tmp_path):
+    store = RunStore(tmp_path / "study")
+    with store.lock():
+        with pytest.raises(UserError, match="another sweep is writing this study"):
+            with RunStore(tmp_path / "study").lock():
+                pass
+    with store.lock():  # released on exit
+        pass
+
+
+def test_status_table_counts_states_per_variant(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    write(store, CONFIGS[2], "failed", epochs=1)
+    write(store, RunConfig(variant="none", lr=0.5, batch_size=8, epochs=1), "complete")  # another spec's run
+    lines = format_status(CONFIGS, store).splitlines()
+    assert lines[0].split() == ["variant", "done", "diverged", "failed", "pending", "total"]
+    assert [line.split() for line in lines[1:4]] == [
+        ["none", "1", "0", "0", "1", "2"],
+        ["bn_after", "0", "0", "1", "1", "2"],
+        ["all", "1", "0", "1", "2", "4"],
+    ]
+    assert "1 more runs" in lines[4]
