@@ -103,6 +103,8 @@ def add_sweep_parser(commands) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="the dask scheduler, e.g. tcp://HOST:8786")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="default: the spec's device, else auto (CUDA when available)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="on a GPU, train every run on its own instead of fusing runs of one shape into one network")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train and write nothing")
     p.add_argument("--data", default=None, metavar="DIR", help="folder with the Fashion-MNIST *-ubyte[.gz] files")
     p.set_defaults(handler=cmd_sweep)
@@ -115,7 +117,7 @@ def cmd_sweep(args) -> int:
     study = load_study(args.spec, args.overrides)
     options = SweepOptions(out=args.out or f"results/{study.name}", jobs=args.jobs, backend=args.backend,
                            scheduler=args.scheduler, device=args.device or study.device or "auto",
-                           data_dir=args.data, dry_run=args.dry_run)  # fmt: skip
+                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse)  # fmt: skip
     return sweep(study, options)
 
 

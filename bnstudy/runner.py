@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from bnstudy.data import TEST_SIZE, FashionMNIST, find_data_dir, load_fashion_mnist
 from bnstudy.errors import UserError
+from bnstudy.fused import fit_group, max_group_size, shape_key
 from bnstudy.spec import RunConfig, Study
 from bnstudy.store import RunStore, check_writable, device_name, now, run_metadata
 from bnstudy.train import fit
@@ -126,6 +127,12 @@ def estimate_seconds(config: RunConfig) -> float:
     return config.epochs * micros * slowdown * 1e-6
 
 
+def own_seconds(rows: list[dict], group_size: int = 1) -> float:
+    """A run's share of the train+eval time of its rows: a fused group's rows carry the
+    whole group's time, split evenly among its `group_size` members."""
+    return sum(row["train_seconds"] + row["eval_seconds"] for row in rows) / group_size
+
+
 class Eta:
     """The remaining wall time of a sweep: the cost model's seconds for the unfinished runs,
     scaled by actual/predicted over the finished epochs, shared among the busy workers."""
@@ -136,12 +143,12 @@ class Eta:
         self.predicted_left = sum(map(estimate_seconds, configs))
         self.predicted_done = self.actual_done = 0.0
 
-    def finished(self, config: RunConfig, rows: list[dict]) -> None:
+    def finished(self, config: RunConfig, rows: list[dict], group_size: int = 1) -> None:
         predicted = estimate_seconds(config)
         self.runs_left -= 1
         self.predicted_left -= predicted
         self.predicted_done += predicted * len(rows) / config.epochs
-        self.actual_done += sum(row["train_seconds"] + row["eval_seconds"] for row in rows)
+        self.actual_done += own_seconds(rows, group_size)
 
     def seconds(self) -> float:
         scale = self.actual_done / self.predicted_done if self.predicted_done else 1.0
@@ -157,10 +164,6 @@ def format_duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- where runs execute
-SHAPE_FIELDS = ("variant", "bn_impl", "batch_size", "optimizer", "epochs", "limit_train", "limit_test",
-                "precise_bn_samples")  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Execution:
     """Where a sweep's runs execute.
@@ -168,34 +171,37 @@ class Execution:
     backend "local": one worker per entry of `slots` ("cpu" once per job, or "cuda:<i>" per
     GPU); a single slot runs in the driver's own process. backend "dask": the cluster at
     `scheduler`, each worker resolving `device` itself. `grouped`: tasks hold the runs of one
-    shape on CUDA (for dask: --device cuda), else one run each (on the CPU a fused group is
-    slower than solo runs).
+    shape, trained as fused groups, on CUDA (for dask: --device cuda) unless `fuse` is off
+    (--no-fuse); else one run each (on the CPU a fused group is slower than solo runs).
     """
 
     backend: str
     device: str
     slots: tuple[str, ...] = ()
     scheduler: str | None = None
+    fuse: bool = True
 
     @property
     def grouped(self) -> bool:
-        return self.device == "cuda"
+        return self.device == "cuda" and self.fuse
 
     def describe(self) -> str:
         if self.backend == "dask":
             return (f"the dask cluster at {self.scheduler} (device {self.device}; one run at a time per worker "
                     f"process, so start workers with --nthreads 1)")  # fmt: skip
         if len(self.slots) == 1:
-            return f"{self.device} in this process" + (", one torch thread" if self.device == "cpu" else "")
-        kind = "processes, one torch thread each" if self.device == "cpu" else "processes, one per GPU"
-        return f"{self.device} with {len(self.slots)} worker {kind}"
+            where = f"{self.device} in this process" + (", one torch thread" if self.device == "cpu" else "")
+        else:
+            kind = "processes, one torch thread each" if self.device == "cpu" else "processes, one per GPU"
+            where = f"{self.device} with {len(self.slots)} worker {kind}"
+        return where + (", runs of one shape fused into one network" if self.grouped else "")
 
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None) -> Execution:
+def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True) -> Execution:
     """Check the execution flags and pick the workers. Connects to nothing; UserError for a bad
     combination or a device that is not here."""
     if jobs is not None and jobs < 1:
@@ -203,24 +209,24 @@ def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int |
     if backend == "dask":
         if not scheduler:
             raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (a running dask scheduler)")
-        return Execution("dask", device, scheduler=scheduler)
+        return Execution("dask", device, scheduler=scheduler, fuse=fuse)
     if scheduler:
         raise UserError("--scheduler is for --backend dask")
     resolved = resolve_device(device)
     if resolved.type == "cpu":
-        return Execution("local", "cpu", ("cpu",) * (jobs or available_cores()))
+        return Execution("local", "cpu", ("cpu",) * (jobs or available_cores()), fuse=fuse)
     gpus = min(jobs or torch.cuda.device_count(), torch.cuda.device_count())
-    return Execution("local", "cuda", ("cuda",) if gpus == 1 else tuple(f"cuda:{i}" for i in range(gpus)))
+    return Execution("local", "cuda", ("cuda",) if gpus == 1 else tuple(f"cuda:{i}" for i in range(gpus)), fuse=fuse)
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
     """Cut runs into worker tasks, costliest first, so that the workers finish together on
-    short tasks. Grouped: one task per shape (SHAPE_FIELDS), which a fused engine can train
-    as one network; otherwise one run per task."""
+    short tasks. Grouped: one task per shape (fused.shape_key), which run_group trains as
+    fused networks; otherwise one run per task."""
     if grouped:
         groups: dict[tuple, list[RunConfig]] = {}
         for config in configs:
-            groups.setdefault(tuple(getattr(config, key) for key in SHAPE_FIELDS), []).append(config)
+            groups.setdefault(shape_key(config), []).append(config)
         tasks = list(groups.values())
     else:
         tasks = [[config] for config in configs]
@@ -230,11 +236,29 @@ def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]
 def run_group(configs: list[RunConfig], data: FashionMNIST) -> list[Result]:
     """Train runs of one shape on `data`; one (rows, metadata) per config, in order.
 
-    The seam for the fused engine (bnstudy.fused.fit_group(configs, data) -> [RunResult]),
-    which will train a GPU group as one grouped network. Until it lands, and always on the
-    CPU, each run is trained on its own.
+    Chunks of up to fused.max_group_size (what fits the device's free memory; 1 on the CPU,
+    where fusion does not pay) train as one fused network each; a chunk of one trains solo.
     """
-    return [execute(config, data) for config in configs]
+    size = max_group_size(data.train_x.device, configs[0].batch_size)
+    results: list[Result] = []
+    for start in range(0, len(configs), size):
+        chunk = configs[start : start + size]
+        results += execute_group(chunk, data) if len(chunk) > 1 else [execute(chunk[0], data)]
+    return results
+
+
+def execute_group(configs: list[RunConfig], data: FashionMNIST) -> list[Result]:
+    """fused.fit_group on `configs` (one shape); one (rows, metadata) per config, in order.
+    An exception inside the group marks every member "failed" (the sweep goes on)."""
+    where, started = device_name(data.train_x.device), now()
+    try:
+        results = fit_group(configs, data)
+    except Exception as exc:  # noqa: BLE001  (recorded, the sweep goes on)
+        error = describe_error(exc)
+        return [([], run_metadata(c, "failed", where, started, now(), error, 0, len(configs))) for c in configs]
+    ended = now()
+    return [(r.rows, run_metadata(c, r.status, where, started, ended, None, len(r.rows), len(configs)))
+            for c, r in zip(configs, results)]  # fmt: skip
 
 
 @functools.cache
@@ -344,6 +368,7 @@ class SweepOptions:
     device: str = "auto"
     data_dir: str | None = None
     dry_run: bool = False
+    fuse: bool = True
 
 
 @dataclass
@@ -363,7 +388,7 @@ def sweep(study: Study, options: SweepOptions) -> int:
     failed, else 0. With dry_run, lists the runs and their state, and writes nothing."""
     configs = study.runs()
     store = RunStore(options.out)
-    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs)
+    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse)
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
@@ -398,7 +423,7 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
                 record(store, rows, metadata, tally)
                 if metadata["status"] == "failed":
                     bar.write(f"failed: {metadata['run_id']}: {metadata['error'].splitlines()[0]}", file=sys.stderr)
-                eta.finished(configs[metadata["run_id"]], rows)
+                eta.finished(configs[metadata["run_id"]], rows, metadata["group_size"])
                 bar.update(1)
             bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
     tally.wall_seconds = time.perf_counter() - start
@@ -412,7 +437,7 @@ def record(store: RunStore, rows: list[dict], metadata: dict, tally: Tally) -> N
     except OSError as exc:
         raise UserError(f"{store.root}: cannot write results ({exc.strerror})") from None
     tally.ran[metadata["status"]] += 1
-    tally.run_seconds += sum(row["train_seconds"] + row["eval_seconds"] for row in rows)
+    tally.run_seconds += own_seconds(rows, metadata["group_size"])
     if metadata["status"] == "failed":
         tally.failures.append((metadata["run_id"], json_path, metadata["error"].splitlines()[0]))
 

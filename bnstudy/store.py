@@ -107,8 +107,9 @@ def now() -> str:
 
 
 def run_metadata(config: RunConfig, status: str, device: str, started: str, ended: str, error: str | None = None,
-                 epochs_done: int = 0) -> dict:  # fmt: skip
-    """The content of a run's JSON file."""
+                 epochs_done: int = 0, group_size: int = 1) -> dict:  # fmt: skip
+    """The content of a run's JSON file. `group_size`: how many runs trained together as one
+    fused network (1: solo); the rows' timing columns are that whole group's."""
     return {
         "run_id": config.run_id,
         "study": config.study,
@@ -119,6 +120,7 @@ def run_metadata(config: RunConfig, status: str, device: str, started: str, ende
         "started": started,
         "ended": ended,
         "device": device,
+        "group_size": group_size,
         "torch_version": torch.__version__,
         "bnstudy_version": bnstudy.__version__,
         "git_commit": git_commit(),
