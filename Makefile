@@ -7,6 +7,7 @@ BIN        := $(VENV)/bin
 # e.g. `make test TORCH_PINS=` to let pip choose within pyproject.toml's ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 EXP        ?= experiments/default.toml
+ARGS       ?=
 STUDY      ?= results/$(basename $(notdir $(EXP)))
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -15,7 +16,7 @@ STAMP      := $(VENV)/.installed
 .PHONY: help setup data test sweep report bench clean
 
 help:
-	@echo "make sweep   set up, then run the study in EXP (default $(EXP))"
+	@echo "make sweep   set up, then run the study in EXP (default $(EXP)); ARGS=\"--set epochs=2\" passes flags"
 	@echo "make report  tables and figures for STUDY (default $(STUDY))"
 	@echo "make test    set up, then run the tests"
 	@echo "make bench   time bnstudy against the reference notebook loop"
@@ -42,7 +43,7 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 sweep: $(STAMP) data
-	$(BIN)/bnstudy sweep $(EXP)
+	$(BIN)/bnstudy sweep $(EXP) $(ARGS)
 
 report: $(STAMP)
 	$(BIN)/bnstudy report $(STUDY)
