@@ -473,7 +473,9 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
                             "batch size": frame["batch_size"].astype(str)})  # fmt: skip
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for variant, points in frame.groupby("variant"):
-        bars = {axis: [points[axis] - 100 * points[f"{m}_min"], 100 * points[f"{m}_max"] - points[axis]]
+        # Clipped at 0: the mean of equal seeds can exceed their max by a rounding error
+        # (three runs stuck at 10% average to 10.000000000000002%), which errorbar refuses.
+        bars = {axis: np.maximum(0, [points[axis] - 100 * points[f"{m}_min"], 100 * points[f"{m}_max"] - points[axis]])
                 for axis, m in zip("xy", metrics)}  # fmt: skip
         ax.errorbar(points["x"], points["y"], xerr=bars["x"], yerr=bars["y"], fmt="none", ecolor=PALETTE[variant],
                     alpha=0.4, lw=1)  # fmt: skip

@@ -225,6 +225,18 @@ def test_single_epoch_study_findings(tmp_path):
     assert report.notebook_comparison(summary) is None  # one epoch shows no swing to compare
 
 
+def test_seeds_with_equal_accuracy_draw_zero_length_bars(tmp_path):
+    """Three seeds stuck at 10% (a model that never learns): their mean rounds above their
+    max, and the scatter's range bars must still be drawn, with length 0."""
+    for seed in range(3):
+        config = cfg("none", seed=seed)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.1, 0.1, 0.1, 0.1]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert cells["final_acc_mean"].iloc[0] > 0.1  # the rounding this test is about
+    assert (tmp_path / "figures" / "accuracy_vs_volatility.png").is_file()
+
+
 # ---------------------------------------------------------------- errors
 
 
