@@ -86,16 +86,26 @@ def cmd_run(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- bnstudy sweep
+# ---------------------------------------------------------------- bnstudy sweep / status
+def add_study_location_args(p, set_help: str) -> None:
+    """--out and --set, which sweep and status share: where a spec's results live and the
+    overrides that change its runs (and so their ids)."""
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
+def results_dir(study, out: str | None) -> str:
+    """The results folder of a study: --out, else results/<name>."""
+    return out or f"results/{study.name}"
+
+
 def add_sweep_parser(commands) -> None:
     p = commands.add_parser("sweep", help="run a study's grid, skipping the runs already done",
                             description="Run every run of a TOML study spec that is not done yet, writing each "
                                         "run's CSV and JSON as it finishes; a killed sweep resumes where it "
                                         "stopped.")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="study spec, e.g. experiments/quick.toml")
-    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/<name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec setting, e.g. --set epochs=2 --set grid.seed=[0] (repeatable)")
+    add_study_location_args(p, "override a spec setting, e.g. --set epochs=2 --set grid.seed=[0] (repeatable)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="CPU worker processes (default: the cores) or GPUs to use (default: all); "
                         "a dask cluster uses all its workers")
@@ -115,7 +125,7 @@ def cmd_sweep(args) -> int:
     from bnstudy.spec import load_study
 
     study = load_study(args.spec, args.overrides)
-    options = SweepOptions(out=args.out or f"results/{study.name}", jobs=args.jobs, backend=args.backend,
+    options = SweepOptions(out=results_dir(study, args.out), jobs=args.jobs, backend=args.backend,
                            scheduler=args.scheduler, device=args.device or study.device or "auto",
                            data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse)  # fmt: skip
     return sweep(study, options)
@@ -128,9 +138,7 @@ def add_status_parser(commands) -> None:
                                         "default results/<name>) or its results folder (which holds the spec "
                                         "as run).")  # fmt: skip
     p.add_argument("target", metavar="SPEC|DIR", help="a study spec or a sweep's results folder")
-    p.add_argument("--out", default=None, metavar="DIR", help="results folder of SPEC (default: results/<name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="the overrides the sweep ran with")
+    add_study_location_args(p, "the overrides the sweep ran with")
     p.set_defaults(handler=cmd_status)
 
 
@@ -148,7 +156,7 @@ def cmd_status(args) -> int:
         study = load_study(store.spec_path, args.overrides)
     else:
         study = load_study(target, args.overrides)
-        store = RunStore(args.out or f"results/{study.name}")
+        store = RunStore(results_dir(study, args.out))
     print(f"study {study.name} ({study.source}) in {store.root}")
     print(format_status(study.runs(), store))
     return 0
