@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.models import BatchNorm, bn_layers, build_lenet
+from bnstudy.models import BatchNorm, MaxPool2x2, bn_layers, build_lenet
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
@@ -75,9 +75,9 @@ def test_scratch_and_torch_lenets_train_identically(variant, small_data):
 
 
 @pytest.mark.parametrize("variant, first_block", [
-    ("none", [nn.Conv2d, nn.Sigmoid, nn.MaxPool2d]),
-    ("bn_before", [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid, nn.MaxPool2d]),
-    ("bn_after", [nn.Conv2d, nn.Sigmoid, nn.BatchNorm2d, nn.MaxPool2d]),
+    ("none", [nn.Conv2d, MaxPool2x2, nn.Sigmoid]),  # pooling before the sigmoid: see below
+    ("bn_before", [nn.Conv2d, nn.BatchNorm2d, MaxPool2x2, nn.Sigmoid]),
+    ("bn_after", [nn.Conv2d, nn.Sigmoid, nn.BatchNorm2d, MaxPool2x2]),
 ])  # fmt: skip
 def test_variants_place_batch_norm_around_the_sigmoid(variant, first_block):
     model = build_lenet(variant)
@@ -94,3 +94,60 @@ def test_lenet_has_the_notebook_layer_sizes():
     assert [(l.in_features, l.out_features) for l in linears] == [(256, 120), (120, 84), (84, 10)]
     assert [m.weight.numel() for m in bn_layers(model)] == [6, 16, 120, 84]
     copy.deepcopy(model)  # scratch layers must copy like any module (fused groups rely on it)
+
+
+def pool_values_and_gradients(pool, x: torch.Tensor, grad_out: torch.Tensor):
+    x = x.clone().requires_grad_()
+    y = pool(x)
+    (grad_x,) = torch.autograd.grad(y, x, grad_out)
+    return y, grad_x
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 24, 24), (3, 16, 8, 8), (2, 1, 4, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_max_pool_gives_max_pool2d_values_and_gradients(shape, dtype):
+    """Random inputs, and small integers, whose many ties must go where ATen sends them."""
+    torch.manual_seed(0)
+    out_shape = (*shape[:2], shape[2] // 2, shape[3] // 2)
+    grad_out = torch.randn(out_shape, dtype=dtype)
+    for x in (torch.randn(shape, dtype=dtype), torch.randint(0, 3, shape).to(dtype)):
+        ours = pool_values_and_gradients(MaxPool2x2(), x, grad_out)
+        theirs = pool_values_and_gradients(nn.MaxPool2d(2), x, grad_out)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+        with torch.no_grad():
+            assert torch.equal(MaxPool2x2()(x), theirs[0])
+
+
+def test_fast_max_pool_falls_back_on_odd_sizes():
+    x = torch.randn(2, 3, 5, 7)
+    assert torch.equal(MaxPool2x2()(x), nn.MaxPool2d(2)(x))
+
+
+def notebook_order(model: nn.Sequential) -> nn.Sequential:
+    """The same modules (shared parameters) with every pooling moved back behind the
+    sigmoid it precedes: the layer order of the notebook."""
+    layers = list(model)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], MaxPool2x2) and isinstance(layers[i + 1], nn.Sigmoid):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("variant", ["none", "bn_before"])
+def test_pooling_before_the_sigmoid_computes_the_notebooks_function(variant, small_data):
+    """Same logits, same parameter gradients, same BN running statistics as the
+    notebook's order (sigmoid, then pooling), on real images in train and eval mode."""
+    torch.manual_seed(0)
+    ours = build_lenet(variant).double()
+    theirs = notebook_order(copy.deepcopy(ours))
+    assert [type(m) for m in theirs[:3]] in ([nn.Conv2d, nn.Sigmoid, MaxPool2x2],
+                                             [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid])  # fmt: skip
+    x, y = small_data.train_x[:128].double(), small_data.train_y[:128]
+    for model in (ours, theirs):
+        nn.functional.cross_entropy(model(x), y).backward()
+    for (name, p_ours), p_theirs in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p_ours.grad, p_theirs.grad, **TIGHT, msg=name)
+    for b_ours, b_theirs in zip(ours.buffers(), theirs.buffers()):
+        torch.testing.assert_close(b_ours, b_theirs, **TIGHT)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), **TIGHT)
