@@ -1,0 +1,273 @@
+"""A study's run files -> per-run stability metrics (summary) and per-cell tables (cells).
+
+    DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only runs whose JSON says
+                                    complete or diverged count, the rest are skipped and counted
+
+Conventions that make DESIGN.md's metrics precise:
+
+- An epoch *counts* when its train_loss, test_loss and test_acc are all finite. A diverged
+  run keeps the epochs before its loss turned non-finite (the last row's accuracy comes from
+  NaN weights and means nothing); its metrics are computed over the epochs that count,
+  summary.csv flags it (`diverged`, `epochs_used`) and cells.csv counts it (`n_diverged`).
+- late_std: *population* standard deviation (ddof=0) of the last ceil(E/2) counted epochs:
+  it describes those epochs themselves, not a sample of something larger, and is 0 rather
+  than undefined for a single epoch.
+- Spread over seeds (`<metric>_std`, `seed_std`): *sample* standard deviation (ddof=1),
+  NaN for a cell with one seed.
+- Accuracies are fractions here and in the CSVs; figures and report.md show percent (%)
+  and percentage points (pp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnstudy import spec
+from bnstudy.errors import UserError
+from bnstudy.models import VARIANTS
+from bnstudy.store import DONE_STATUSES, RunStore
+from bnstudy.train import CSV_COLUMNS, METRIC_COLUMNS
+
+CONFIG_KEYS = list(spec.RUN_SETTINGS)  # a run's identity; `study` only names its folder
+CELL_KEYS = [k for k in CONFIG_KEYS if k != "seed"]
+BN_VARIANTS = [v for v in VARIANTS if v != "none"]
+
+CURVE_METRICS = ["final_acc", "best_acc", "mean_abs_change", "worst_drop", "late_std"]
+RUN_METRICS = CURVE_METRICS + ["gen_gap", "ema_gap"]
+# Volatility of the BN diagnostic curves, to tell how much instability the running statistics cause.
+EVAL_MODES = {
+    "test_acc": "running statistics (eval mode)",
+    "test_acc_precise_bn": "PreciseBN statistics",
+    "test_acc_batch_stats": "test-batch statistics",
+}
+DIAGNOSTIC_METRICS = [f"{m}_{col.removeprefix('test_acc_')}" for col in list(EVAL_MODES)[1:]
+                      for m in ("mean_abs_change", "worst_drop")]  # fmt: skip
+ALL_METRICS = RUN_METRICS + DIAGNOSTIC_METRICS
+
+
+# ---------------------------------------------------------------- metrics of one curve
+def drops(acc: np.ndarray) -> np.ndarray:
+    """(E-1,) for acc of shape (E,): how far a(e) lies below the best of a(1..e-1), for e >= 2
+    (negative where a(e) is a new best)."""
+    return np.maximum.accumulate(acc)[:-1] - acc[1:]
+
+
+def curve_metrics(acc: np.ndarray) -> dict:
+    """DESIGN.md's metrics of one accuracy curve acc (E,) of finite fractions, epochs 1..E.
+
+    mean_abs_change is NaN for a single epoch (no change to measure), worst_drop is 0 for it;
+    every metric is NaN for an empty curve.
+    """
+    acc = np.asarray(acc, dtype=float)
+    if acc.size == 0:
+        return dict.fromkeys(CURVE_METRICS, math.nan)
+    late = acc[acc.size // 2 :]  # the last ceil(E/2) epochs
+    return {
+        "final_acc": acc[-1],
+        "best_acc": acc.max(),
+        "mean_abs_change": np.abs(np.diff(acc)).mean() if acc.size > 1 else math.nan,
+        "worst_drop": max(0.0, drops(acc).max()) if acc.size > 1 else 0.0,
+        "late_std": late.std(ddof=0),
+    }
+
+
+def counts(epochs: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: which epoch rows count (train_loss, test_loss and test_acc finite)."""
+    return np.isfinite(epochs[["train_loss", "test_loss", "test_acc"]].to_numpy(dtype=float)).all(axis=1)
+
+
+def run_metrics(run: pd.DataFrame) -> dict:
+    """All per-run metrics (ALL_METRICS keys) from one run's epoch rows (CSV columns)."""
+    used = run[counts(run)].sort_values("epoch")
+    metrics = curve_metrics(used["test_acc"].to_numpy())
+    last = used.tail(1)
+    metrics["gen_gap"] = float((last["train_acc"] - last["test_acc"]).sum()) if len(last) else math.nan
+    ema = (used["test_acc_precise_bn"] - used["test_acc"]).dropna()
+    metrics["ema_gap"] = ema.mean() if len(ema) else math.nan  # NaN for `none`: it has no BN
+    for col in list(EVAL_MODES)[1:]:
+        diagnostic = curve_metrics(used[col].dropna().to_numpy())
+        for name in ("mean_abs_change", "worst_drop"):
+            metrics[f"{name}_{col.removeprefix('test_acc_')}"] = diagnostic[name]
+    metrics["epochs_used"] = len(used)
+    return metrics
+
+
+# ---------------------------------------------------------------- loading a study
+RUN_INFO = ["study", "device", "started", "ended", "torch_version", "bnstudy_version", "git_commit"]  # from the JSON
+
+
+@dataclasses.dataclass
+class StudyResults:
+    """A study's results, read from disk.
+
+    epochs:   one row per epoch of every done run: CSV_COLUMNS, then the JSON's config
+              (CONFIG_KEYS), status and device; typed (variant an ordered category).
+    runs:     one row per done run: run_id, CONFIG_KEYS, status, RUN_INFO.
+    skipped:  one row per run file set that does not count: run_id, reason.
+    expected: one row per run the grid should hold: run_id, CONFIG_KEYS.
+    grid_source: where `expected` comes from, in words.
+    """
+
+    root: Path
+    epochs: pd.DataFrame
+    runs: pd.DataFrame
+    skipped: pd.DataFrame
+    expected: pd.DataFrame
+    grid_source: str
+
+    @property
+    def name(self) -> str:
+        return str(self.runs["study"].iloc[0])
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the setting columns it has cast to their types: variant ordered as
+    VARIANTS, the limits (None: all images) as nullable Int64."""
+    types = {"variant": pd.CategoricalDtype(VARIANTS, ordered=True), "bn_impl": str, "optimizer": str,
+             "lr": float, "batch_size": int, "epochs": int, "seed": int, "limit_train": "Int64",
+             "limit_test": "Int64", "precise_bn_samples": int, "epoch": int}  # fmt: skip
+    return frame.astype({k: v for k, v in types.items() if k in frame.columns})
+
+
+def read_json(path: Path) -> dict | None:
+    """A run's metadata, or None when it is unreadable or lacks its status or a setting."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "status" in meta
+    return meta if ok and set(CONFIG_KEYS) <= set(meta["config"]) else None
+
+
+def read_csv(path: Path) -> pd.DataFrame | None:
+    """A run's epoch rows, or None when the file is missing, unreadable or not a run CSV."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    return frame if list(frame.columns) == CSV_COLUMNS and len(frame) else None
+
+
+def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
+    """(the run's epoch rows with the JSON's settings and status as columns, or None when
+    the run does not count; its record: run_id, `reason` it does not count or None, and,
+    where its JSON is readable, `config` and the JSON's study/status/device/times)."""
+    meta = read_json(store.json_path(run_id))
+    if meta is None:
+        reason = "unreadable or incomplete JSON" if store.json_path(run_id).exists() else "no JSON (in flight or killed)"
+        return None, {"run_id": run_id, "reason": reason}
+    config = {k: meta["config"][k] for k in CONFIG_KEYS}
+    record = {"run_id": run_id, "reason": None, "config": config, "status": meta["status"],
+              **{k: meta.get(k) for k in RUN_INFO}}  # fmt: skip
+    if meta["status"] not in DONE_STATUSES:
+        return None, {**record, "reason": str(meta["status"])}
+    rows = read_csv(store.csv_path(run_id))
+    if rows is None:
+        return None, {**record, "reason": "missing or unreadable CSV"}
+    # The JSON's settings are the whole config (the CSV repeats only some of them).
+    rows = rows.drop(columns=[k for k in CONFIG_KEYS if k in rows.columns])
+    return rows.assign(**config, status=meta["status"], device=meta.get("device")), record
+
+
+def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
+    """The grid inferred as the product of every setting's observed values (`configs`: the
+    settings of each run seen, done or not). Combinations RunConfig rejects (e.g. a batch
+    larger than a training limit) belong to no grid and are left out."""
+    axes = [sorted({c[k] for c in configs}, key=lambda v: (v is not None, v)) for k in CONFIG_KEYS]
+    grid = []
+    for values in itertools.product(*axes):
+        try:
+            grid.append(spec.RunConfig(**dict(zip(CONFIG_KEYS, values))))
+        except spec.SettingError:
+            continue
+    return grid
+
+
+def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str]:
+    """(the runs the study should hold, where that list comes from in words): the sweep's
+    copy of its spec when there is a readable one, else the grid inferred from `configs`."""
+    problem = ""
+    if store.spec_path.is_file():
+        try:
+            return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}"
+        except UserError as exc:  # an old or damaged copy must not stop the report
+            problem = f"; {store.spec_path.name} is unusable: {exc}"
+    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}"
+
+
+def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
+    """One typed row per config: run_id, CONFIG_KEYS."""
+    return typed(pd.DataFrame([{"run_id": c.run_id, **c.identity()} for c in configs], columns=["run_id", *CONFIG_KEYS]))
+
+
+def load_results(root: str | os.PathLike) -> StudyResults:
+    """Read every run of the study in `root`; UserError when there is none to report."""
+    root = Path(root)
+    store = RunStore(root)
+    if not root.is_dir():
+        problem = "not a folder" if root.exists() else "no such folder"
+        raise UserError(f"{root}: {problem}; give a study's results folder, e.g. results/default (`make sweep` makes one)")
+    run_ids = sorted({p.stem for p in store.runs_dir.glob("*.csv")} | {p.stem for p in store.runs_dir.glob("*.json")})
+    if not run_ids:
+        raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
+    loaded = [load_run(store, run_id) for run_id in run_ids]
+    records = pd.DataFrame([record for _, record in loaded])
+    skipped = records.loc[records["reason"].notna(), ["run_id", "reason"]].reset_index(drop=True)
+    frames = [rows for rows, _ in loaded if rows is not None]
+    if not frames:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped["reason"].value_counts().items())
+        raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
+    done = records[records["reason"].isna()]
+    runs = typed(pd.concat([done[["run_id"]].reset_index(drop=True), pd.DataFrame(done["config"].tolist()),
+                            done[["status", *RUN_INFO]].reset_index(drop=True)], axis=1))  # fmt: skip
+    grid, grid_source = expected_grid(store, records["config"].dropna().tolist())
+    epochs = pd.concat(frames, ignore_index=True)[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]]
+    return StudyResults(root, typed(epochs), runs, skipped, config_frame(grid), grid_source)
+
+
+# ---------------------------------------------------------------- tables
+def summarize_runs(study: StudyResults) -> pd.DataFrame:
+    """summary.csv: one row per done run, in grid order: run_id, CONFIG_KEYS, status,
+    diverged, epochs_used, ALL_METRICS, train_seconds and eval_seconds (sums over epochs)."""
+    by_run = study.epochs.groupby("run_id", sort=False)
+    metrics = pd.DataFrame({run_id: run_metrics(run) for run_id, run in by_run}).T
+    seconds = by_run[["train_seconds", "eval_seconds"]].sum()
+    summary = study.runs[["run_id", *CONFIG_KEYS, "status"]].set_index("run_id").join(metrics).join(seconds)
+    summary["diverged"] = summary["status"] == "diverged"
+    summary = summary.astype({"epochs_used": int, **dict.fromkeys(ALL_METRICS, float)})
+    columns = [*CONFIG_KEYS, "status", "diverged", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
+    return summary[columns].reset_index().sort_values([*CELL_KEYS, "seed"], ignore_index=True)
+
+
+def aggregate_cells(summary: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFrame:
+    """cells.csv: one row per grid cell (CELL_KEYS), expected cells without runs included:
+    n (done runs), n_expected, n_diverged, seed_std (sample std of final_acc over seeds),
+    then <metric>_mean and <metric>_std (ddof=1) for each of ALL_METRICS."""
+    groups = summary.groupby(CELL_KEYS, dropna=False, observed=True)
+    stats = groups[ALL_METRICS].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    sizes = groups.agg(n=("run_id", "size"), n_diverged=("diverged", "sum"))
+    n_expected = expected.groupby(CELL_KEYS, dropna=False, observed=True).size().rename("n_expected")
+    cells = sizes.join(stats).join(n_expected, how="outer")
+    cells[["n", "n_diverged"]] = cells[["n", "n_diverged"]].fillna(0).astype(int)
+    # A done cell outside the expected grid (its spec changed since) expects just what it has.
+    cells["n_expected"] = cells["n_expected"].fillna(cells["n"]).astype(int)
+    cells["seed_std"] = cells["final_acc_std"]
+    stat_columns = [f"{m}_{s}" for m in ALL_METRICS for s in ("mean", "std")]
+    return cells.reset_index()[[*CELL_KEYS, "n", "n_expected", "n_diverged", "seed_std", *stat_columns]]
+
+
+def missing_runs(study: StudyResults) -> pd.DataFrame:
+    """The expected runs that are not done: run_id, CONFIG_KEYS, reason (the skipped
+    run's status or problem, or "not run")."""
+    missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
+    reasons = study.skipped.set_index("run_id")["reason"]
+    return missing.assign(reason=missing["run_id"].map(reasons).fillna("not run")).reset_index(drop=True)

@@ -1,0 +1,228 @@
+"""The report's figures (FIGURES), drawn from a study's tables with seaborn, saved as PNG and SVG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: the report runs headless
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from bnstudy.aggregate import BN_VARIANTS, CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
+from bnstudy.data import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.models import VARIANTS  # noqa: E402
+from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
+
+# One colour per variant in every figure (Okabe-Ito: colour-blind safe).
+PALETTE = {"none": "#7f7f7f", "bn_before": "#d55e00", "bn_after": "#0072b2"}
+
+FIGURES = {  # name: (heading, what it shows)
+    "accuracy_curves": ("Test accuracy per epoch", "One panel per learning rate and batch size, one line per "
+                        "variant (mean over seeds), band: lowest to highest seed."),
+    "stability_mean_abs_change": ("Volatility: mean |change| per epoch", "Per variant, the cells' mean over "
+                                  "seeds of the mean absolute change of test accuracy between consecutive epochs."),
+    "stability_worst_drop": ("Volatility: worst drop", "Per variant, the cells' mean over seeds of the largest "
+                             "fall of test accuracy below an earlier best."),
+    "accuracy_vs_volatility": ("Final accuracy against volatility", "One point per cell (mean over seeds, bars from "
+                               "the lowest to the highest seed): up and to the left is accurate and steady."),
+    "eval_modes": ("Which BN statistics the test accuracy uses", "The BN variants' test accuracy with the running "
+                   "statistics (what eval mode uses), PreciseBN statistics and each test batch's own statistics."),
+    "train_vs_test": ("Train against test accuracy", "Train accuracy (train mode, during the epoch) and test "
+                      "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
+                      "generalization gap."),
+}  # fmt: skip
+
+
+def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(frame plus `facet_row` = learning rate and any other varying setting, `facet_col` =
+    batch size, as labels; the row and column label orders, sorted by value)."""
+    extra = extra_axes(frame)
+    frame = frame.sort_values(["lr", *extra, "batch_size"])
+    rows = frame[["lr", *extra]].apply(lambda r: ", ".join(setting_text(k, r[k]) for k in r.index), axis=1)
+    frame = frame.assign(facet_row=rows, facet_col=frame["batch_size"].map(lambda b: setting_text("batch_size", b)))
+    return frame, list(dict.fromkeys(frame["facet_row"])), list(dict.fromkeys(frame["facet_col"]))
+
+
+def variants_in(frame: pd.DataFrame) -> list[str]:
+    """The variants present in frame, in VARIANTS order (the order of every legend)."""
+    present = set(frame["variant"].astype(str))
+    return [v for v in VARIANTS if v in present]
+
+
+def data_note(study: StudyResults) -> str:
+    """What every figure's title says about the data: "study demo: 3,000 training / 1,000 test images"."""
+
+    def images(column: str, full: int) -> str:
+        values = study.runs[column].unique()
+        return "varying" if len(values) > 1 else f"{full if pd.isna(values[0]) else int(values[0]):,}"
+
+    train, test = images("limit_train", TRAIN_SIZE), images("limit_test", TEST_SIZE)
+    return f"study {study.name}: {train} training / {test} test images"
+
+
+def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, title: str, style: str | None = None,
+               errorbar=None) -> plt.Figure:  # fmt: skip
+    """Accuracy (in %) against epoch: a facet per (learning rate [+ other settings], batch
+    size), colour = variant, optional line style; each line the mean over seeds, with
+    `errorbar` (seaborn's spec) drawn as a band. `long`: one row per (run, epoch[, style]);
+    `title`: the first line of the title, followed by what the data and lines are."""
+    frame, row_order, col_order = with_facets(long.assign(variant=long["variant"].astype(str)))
+    single = len(row_order) * len(col_order) == 1  # one panel: draw it larger, the legend and title need the room
+    grid = sns.relplot(data=frame, kind="line", x="epoch", y=y, hue="variant", hue_order=variants_in(frame),
+                       palette=PALETTE, style=style, row="facet_row", col="facet_col", row_order=row_order,
+                       col_order=col_order, errorbar=errorbar, marker="o", markersize=4, height=3.6 if single else 2.8, aspect=1.4 if single else 1.3,
+                       facet_kws={"margin_titles": True})  # fmt: skip
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels("epoch", ylabel)
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lines = f"line: mean over {seeds_note(frame)}" + ("; band: lowest to highest seed" if errorbar else "")
+    diverged = int((study.runs["status"] == "diverged").sum())
+    if diverged:  # else a line that stops early looks like a plotting fault
+        lines += f"; {plural(diverged, 'diverged run')} {'ends at its' if diverged == 1 else 'end at their'} last finite epoch"
+    grid.figure.suptitle(f"{title}\n{data_note(study)}\n{lines}", y=1.0, va="bottom")
+    return grid.figure
+
+
+def seeds_note(frame: pd.DataFrame) -> str:
+    """ "2 seeds" or "1-3 seeds": how many seeds the curves average over."""
+    n = frame.groupby(CELL_KEYS, dropna=False, observed=True)["seed"].nunique()
+    return f"{n.min()} seed{'s' if n.max() > 1 else ''}" if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
+
+
+def plot_accuracy_curves(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
+    """Figure 1: test accuracy per epoch, band = min-max over seeds. `epochs`: counted rows."""
+    frame = epochs.assign(test_acc=100 * epochs["test_acc"])
+    return plot_lines(study, frame, "test_acc", "test accuracy (%)", "Test accuracy per epoch", errorbar=("pi", 100))
+
+
+def plot_eval_modes(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
+    """Figure 4: the BN variants' test accuracy with running statistics, PreciseBN and
+    test-batch statistics (line style), mean over seeds; None without BN runs."""
+    bn = epochs[epochs["variant"].isin(BN_VARIANTS)]
+    if bn.empty:
+        return None
+    long = bn.melt(id_vars=[*CONFIG_KEYS, "epoch"], value_vars=list(EVAL_MODES), var_name="BN statistics",
+                   value_name="accuracy").dropna(subset=["accuracy"])  # fmt: skip
+    long = long.assign(**{"accuracy": 100 * long["accuracy"], "BN statistics": long["BN statistics"].map(EVAL_MODES)})
+    title = "Test accuracy of the BN variants by the BN statistics used to measure it"
+    return plot_lines(study, long, "accuracy", "test accuracy (%)", title, style="BN statistics")
+
+
+def plot_train_vs_test(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
+    """Figure 5: train accuracy (train mode, over the epoch) and test accuracy (eval mode)
+    per epoch, mean over seeds: the gap between them is the generalization gap."""
+    long = epochs.melt(id_vars=[*CONFIG_KEYS, "epoch"], value_vars=["train_acc", "test_acc"], var_name="data",
+                       value_name="accuracy")  # fmt: skip
+    names = {"train_acc": "train (train mode, during the epoch)", "test_acc": "test (eval mode)"}
+    long = long.assign(accuracy=100 * long["accuracy"], data=long["data"].map(names))
+    title = "Train vs test accuracy: the generalization gap"
+    return plot_lines(study, long, "accuracy", "accuracy (%)", title, style="data")
+
+
+METRIC_LABELS = {
+    "mean_abs_change": "mean |change| of test accuracy from one epoch to the next (pp)",
+    "worst_drop": "worst drop of test accuracy below an earlier best (pp)",
+}
+
+
+def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.Figure:
+    """Figure 2: a learning rate x batch size heat map of the cells' mean `metric` (in pp)
+    per variant (and per combination of other varying settings), annotated, one shared
+    colour scale; cells without a value (no finished run, or one epoch only) stay grey."""
+    extra, variants = extra_axes(cells), variants_in(cells)
+    blocks = list(cells.groupby(extra, dropna=False, observed=True)) if extra else [((), cells)]
+    lrs, batches = sorted(cells["lr"].unique(), reverse=True), sorted(cells["batch_size"].unique())
+    values = 100 * cells[f"{metric}_mean"]
+    vmax = values.max() if values.notna().any() and values.max() > 0 else 1.0
+    # inches: about square cells, and panels wide enough for their titles
+    size = (1.5 + max(2.2, 1.2 * len(batches)) * len(variants), 1.7 + 0.7 * len(lrs) * len(blocks))
+    fig, axes = plt.subplots(len(blocks), len(variants), squeeze=False, layout="constrained", figsize=size)
+    for (key, block), row in zip(blocks, axes):
+        for variant, ax in zip(variants, row):
+            cell = block[block["variant"] == variant]
+            table = 100 * cell.set_index(["lr", "batch_size"])[f"{metric}_mean"].unstack()
+            table = table.reindex(index=lrs, columns=batches)  # every panel shows the whole grid
+            sns.heatmap(table, ax=ax, annot=True, fmt=".1f", vmin=0, vmax=vmax, cmap="rocket_r", cbar=False,
+                        linewidths=1, linecolor="white", yticklabels=[f"{lr:g}" for lr in lrs])  # fmt: skip
+            ax.set_facecolor("0.85")
+            label = ", ".join(setting_text(k, v) for k, v in zip(extra, key))
+            ax.set_title(variant + (f" ({label})" if label else ""), color=PALETTE[variant], fontweight="bold")
+            ax.set(xlabel="", ylabel="")  # one label per figure (below), not one per panel
+            ax.tick_params(axis="y", rotation=0)
+    fig.supxlabel("batch size (images)")
+    fig.supylabel("learning rate")
+    fig.colorbar(axes[0, 0].collections[0], ax=axes, label="pp", shrink=0.9)
+    missing = " (grey: not measured)" if values.isna().any() else ""
+    fig.suptitle(f"{METRIC_LABELS[metric].capitalize()}, mean over seeds{missing}\n{data_note(study)}")
+    return fig
+
+
+def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> plt.Figure:
+    """Figure 3: one point per cell with runs, final accuracy against mean |change|, both
+    means over seeds, with bars from the lowest to the highest seed (a std bar would reach
+    below 0 for a metric that cannot); colour = variant, marker = learning rate, size =
+    batch size."""
+    metrics = ["mean_abs_change", "final_acc"]
+    spread = summary.groupby(CELL_KEYS, dropna=False, observed=True)[metrics].agg(["min", "max"])
+    spread.columns = [f"{m}_{stat}" for m, stat in spread.columns]
+    frame = cells.join(spread, on=CELL_KEYS, how="inner").astype({"variant": str})
+    frame = frame.assign(x=100 * frame["mean_abs_change_mean"], y=100 * frame["final_acc_mean"],
+                         **{"learning rate": frame["lr"].map("{:g}".format),
+                            "batch size": frame["batch_size"].astype(str)})  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    for variant, points in frame.groupby("variant"):
+        # Clipped at 0: the mean of equal seeds can exceed their max by a rounding error
+        # (three runs stuck at 10% average to 10.000000000000002%), which errorbar refuses.
+        bars = {axis: np.maximum(0, [points[axis] - 100 * points[f"{m}_min"], 100 * points[f"{m}_max"] - points[axis]])
+                for axis, m in zip("xy", metrics)}  # fmt: skip
+        ax.errorbar(points["x"], points["y"], xerr=bars["x"], yerr=bars["y"], fmt="none", ecolor=PALETTE[variant],
+                    alpha=0.4, lw=1)  # fmt: skip
+    batches = sorted(frame["batch size"].unique(), key=int)
+    sns.scatterplot(data=frame, x="x", y="y", hue="variant", hue_order=variants_in(frame), palette=PALETTE,
+                    style="learning rate", style_order=sorted(frame["learning rate"].unique(), key=float),
+                    size="batch size", size_order=batches, sizes=dict(zip(batches, np.linspace(40, 160, len(batches)))),
+                    ax=ax, zorder=3)  # fmt: skip
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.set_xlabel(METRIC_LABELS["mean_abs_change"] + ", mean over seeds")
+    ax.set_ylabel("final test accuracy (%), mean over seeds")
+    ax.set_title(f"Final accuracy vs volatility, one point per grid cell; bars: lowest to highest seed\n{data_note(study)}")
+    return fig
+
+
+def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> dict[str, plt.Figure]:
+    """The figures of FIGURES by name (eval_modes only when the study has BN runs)."""
+    epochs = study.epochs[counts(study.epochs)]
+    if epochs.empty:  # every run diverged in its first epoch: nothing to draw
+        return {}
+    with plt.rc_context(sns.axes_style("whitegrid")):
+        figures = {
+            "accuracy_curves": plot_accuracy_curves(study, epochs),
+            "stability_mean_abs_change": plot_heatmaps(study, cells, "mean_abs_change"),
+            "stability_worst_drop": plot_heatmaps(study, cells, "worst_drop"),
+            "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
+            "eval_modes": plot_eval_modes(study, epochs),
+            "train_vs_test": plot_train_vs_test(study, epochs),
+        }
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
+    """Write each figure as directory/<name>.png (150 dpi) and .svg, close it; the PNG paths.
+    The SVGs carry no date and fixed ids, so an unchanged study rewrites identical files."""
+    if figures:
+        directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with plt.rc_context({"svg.hashsalt": "bnstudy"}):
+        for name, fig in figures.items():
+            fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
+            fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+            plt.close(fig)
+            paths.append(directory / f"{name}.png")
+    return paths

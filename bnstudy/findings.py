@@ -1,0 +1,243 @@
+"""The report's findings: sentences computed from a study's tables, and the comparison
+with the reference notebook's published log."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bnstudy.aggregate import ALL_METRICS, BN_VARIANTS, CURVE_METRICS, curve_metrics, drops
+from bnstudy.data import TRAIN_SIZE
+from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp
+
+# The reference notebook's published log (d2l, batch-norm chapter: bn_before, Adam, lr 1e-3,
+# batch 256, 5 epochs): test accuracy per epoch and the last epoch's train accuracy.
+NOTEBOOK_TEST_ACC = (0.838, 0.821, 0.704, 0.842, 0.686)
+NOTEBOOK_FINAL_TRAIN_ACC = 0.919
+NOTEBOOK_CELL = {"variant": "bn_before", "optimizer": "adam", "lr": 1e-3, "batch_size": 256}
+
+
+def upward_share(epochs: pd.DataFrame) -> pd.Series:
+    """Per variant: the fraction of all epoch-to-epoch |change| of test accuracy that is a
+    rise (`epochs`: counted rows). mean_abs_change counts rises and falls alike."""
+    ordered = epochs.sort_values(["run_id", "epoch"])
+    change = ordered.groupby("run_id")["test_acc"].diff()
+    frame = pd.DataFrame({"variant": ordered["variant"], "up": change.clip(lower=0), "abs": change.abs()})
+    sums = frame.groupby("variant", observed=True)[["up", "abs"]].sum()
+    return (sums["up"] / sums["abs"]).where(sums["abs"] > 0)
+
+
+def variant_findings(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
+    """How the variants compare, averaged over their cells (`cells`: cells with runs)."""
+    means = cells.groupby("variant", observed=True)[["mean_abs_change_mean", "worst_drop_mean", "gen_gap_mean"]].mean()
+    up = upward_share(epochs).dropna()
+    steadiest = means["worst_drop_mean"].idxmin()
+    sentences = [
+        f"Averaged over their grid cells, the worst drop of test accuracy below an earlier best is "
+        f"{per_variant(means['worst_drop_mean'], pp)}, smallest for {steadiest}.",
+        f"The train-minus-test gap at the last epoch (gen_gap) averages {per_variant(means['gen_gap_mean'], pp)}.",
+    ]
+    if means["mean_abs_change_mean"].notna().any():  # needs two epochs
+        sentences.insert(0, f"Averaged over their grid cells, the mean |change| of test accuracy from one epoch to "
+                            f"the next is {per_variant(means['mean_abs_change_mean'], pp)}.")  # fmt: skip
+    if len(up):
+        mostly = ("learning progress rather than instability" if (up > 0.5).all() else
+                  "falls, that is instability" if (up < 0.5).all() else
+                  "gains for some variants and falls for others")  # fmt: skip
+        sentences.append(f"Mean |change| counts gains and falls alike; its upward share is "
+                         f"{per_variant(up, '{:.0%}'.format)}, so here it mostly measures {mostly}.")  # fmt: skip
+    return sentences
+
+
+def largest_drop_finding(summary: pd.DataFrame, epochs: pd.DataFrame, extra: list[str]) -> str:
+    """The run with the largest worst drop, where its accuracy peaked and where it fell to."""
+    worst = summary.loc[summary["worst_drop"].idxmax()]
+    if not worst["worst_drop"] > 0:
+        return "No run's test accuracy ever fell below an earlier best."
+    run = epochs[epochs["run_id"] == worst["run_id"]].sort_values("epoch")
+    acc, epoch = run["test_acc"].to_numpy(), run["epoch"].to_numpy()
+    fall = int(np.argmax(drops(acc))) + 1
+    peak = int(np.argmax(acc[:fall]))
+    return (f"The largest worst drop of any run is {pp(worst['worst_drop'])}: {cell_text(worst, extra)}, seed "
+            f"{worst['seed']}, fell from {pct(acc[peak])} at epoch {epoch[peak]} to {pct(acc[fall])} at epoch "
+            f"{epoch[fall]}.")  # fmt: skip
+
+
+def cell_findings(cells: pd.DataFrame, extra: list[str]) -> list[str]:
+    """The extreme cells: largest mean worst drop and mean |change|, best and worst final
+    accuracy, largest spread over seeds (`cells`: cells with runs)."""
+    drop, best, worst = (cells.loc[i] for i in (cells["worst_drop_mean"].idxmax(), cells["final_acc_mean"].idxmax(),
+                                                 cells["final_acc_mean"].idxmin()))  # fmt: skip
+    never = int((cells["worst_drop_mean"] == 0).sum())
+    sentences = [
+        f"By cell (mean over seeds), the largest worst drop is {pp(drop['worst_drop_mean'])} ({cell_text(drop, extra)}); "
+        f"cells whose accuracy never drops in any seed: {never} of {len(cells)}.",
+        f"The best final test accuracy is {pct(best['final_acc_mean'])} ({cell_text(best, extra)}), "
+        f"the worst {pct(worst['final_acc_mean'])} ({cell_text(worst, extra)}).",
+    ]  # fmt: skip
+    if cells["mean_abs_change_mean"].notna().any():  # needs two epochs
+        change = cells.loc[cells["mean_abs_change_mean"].idxmax()]
+        sentences.insert(1, f"The largest mean |change| of a cell is {pp(change['mean_abs_change_mean'])} "
+                            f"({cell_text(change, extra)}).")  # fmt: skip
+    spread = cells["seed_std"].dropna()
+    if len(spread):
+        top = cells.loc[spread.idxmax()]
+        sentences.append(f"Seeds disagree most for {cell_text(top, extra)}: the std of final accuracy over its "
+                         f"{top['n']} seeds is {pp(top['seed_std'])} (median over cells: "
+                         f"{pp(spread.median())}).")  # fmt: skip
+    return sentences
+
+
+def removal_text(name: str, before: float, after: float) -> tuple[str, float]:
+    """("removes 80% of the {name}" | "adds 25% to the {name}" | "has no {name} to remove",
+    the fraction of `before` that `after` removes, NaN when `before` is 0)."""
+    if not before > 0:
+        return f"has no {name} to remove", math.nan
+    share = 1 - after / before
+    return (f"removes {share:.0%} of the {name}" if share >= 0 else f"adds {-share:.0%} to the {name}"), share
+
+
+def precise_bn_findings(summary: pd.DataFrame) -> list[str]:
+    """Per BN variant: how PreciseBN and test-batch statistics change the volatility, and
+    whether PreciseBN removes most of it (mean |change| and worst drop both at least halved)."""
+    sentences = []
+    for variant, runs in summary[summary["variant"].isin(BN_VARIANTS)].groupby("variant", observed=True):
+        m = runs[ALL_METRICS].mean()
+        named = (("mean |change|", "mean_abs_change"), ("worst drop", "worst_drop"))
+        texts, shares = zip(*(removal_text(name, m[metric], m[f"{metric}_precise_bn"]) for name, metric in named))
+        shares = [s for s in shares if not math.isnan(s)]
+        verdict = ("most of the instability comes from the running statistics" if shares and min(shares) >= 0.5 else
+                   "the running statistics cause part of the instability" if any(s > 0 for s in shares) else
+                   "the running statistics do not cause the instability")  # fmt: skip
+        sentences.append(
+            f"For {variant} ({plural(len(runs), 'run')}), PreciseBN statistics instead of the running ones take the "
+            f"mean |change| from {pp(m['mean_abs_change'])} to {pp(m['mean_abs_change_precise_bn'])} and the worst drop from "
+            f"{pp(m['worst_drop'])} to {pp(m['worst_drop_precise_bn'])} (test-batch statistics: "
+            f"{pp(m['mean_abs_change_batch_stats'])} and {pp(m['worst_drop_batch_stats'])}) and move test accuracy by "
+            f"{m['ema_gap'] * 100:+.1f} pp on average (ema_gap): PreciseBN {join_words(list(texts))}, "
+            f"so {verdict}.")  # fmt: skip
+    return sentences
+
+
+def divergence_finding(summary: pd.DataFrame, extra: list[str]) -> str:
+    """Which runs diverged (their loss turned non-finite), if any."""
+    diverged = summary[summary["diverged"]]
+    if diverged.empty:
+        return f"No run diverged ({plural(len(summary), 'run')})."
+    runs = [f"{cell_text(r, extra)}, seed {r['seed']} (after {r['epochs_used']} finite epochs)"
+            for _, r in diverged.iterrows()]  # fmt: skip
+    return f"{len(diverged)} of {len(summary)} runs diverged: {'; '.join(runs)}."
+
+
+def findings(summary: pd.DataFrame, cells: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
+    """The report's findings, each sentence computed from this study's numbers (`epochs`: counted rows)."""
+    extra = extra_axes(cells)
+    measured = summary[summary["epochs_used"] > 0]  # runs that diverged in epoch 1 have no metrics
+    if measured.empty:
+        return [divergence_finding(summary, extra)]
+    done = cells[cells["final_acc_mean"].notna()]
+    return [
+        *variant_findings(done, epochs),
+        largest_drop_finding(measured, epochs, extra),
+        *cell_findings(done, extra),
+        *precise_bn_findings(measured),
+        divergence_finding(summary, extra),
+    ]
+
+
+# ---------------------------------------------------------------- the reference notebook
+def notebook_metrics() -> dict:
+    """The stability metrics of the notebook's published log (its numbers, not ours)."""
+    metrics = curve_metrics(np.array(NOTEBOOK_TEST_ACC))
+    return {**metrics, "gen_gap": NOTEBOOK_FINAL_TRAIN_ACC - NOTEBOOK_TEST_ACC[-1]}
+
+
+def in_notebook_cell(frame: pd.DataFrame) -> pd.Series:
+    """(rows,) bool: rows with the notebook's optimizer, learning rate and batch size."""
+    return ((frame["optimizer"] == NOTEBOOK_CELL["optimizer"]) & np.isclose(frame["lr"], NOTEBOOK_CELL["lr"])
+            & (frame["batch_size"] == NOTEBOOK_CELL["batch_size"]))  # fmt: skip
+
+
+def seed_range(values: pd.Series) -> str:
+    """ "12.1 pp (seeds: 3.0 to 20.4 pp)": the mean over seeds and their range ("0.0 pp
+    (every seed)" when they agree)."""
+    if len(values) == 1 or values.min() == values.max():
+        return pp(values.mean()) + ("" if len(values) == 1 else " (every seed)")
+    return f"{pp(values.mean())} (seeds: {100 * values.min():.1f} to {pp(values.max())})"
+
+
+def reproduction_verdict(ours: pd.Series, theirs: float) -> str:
+    """Whether the notebook's worst drop `theirs` lies within the range of our seeds' `ours`."""
+    seeds, s = plural(len(ours), "seed"), "s" if len(ours) == 1 else ""
+    if theirs > ours.max():
+        extent = "in full" if ours.max() > 0 else "at all"  # smaller swings are a partial reproduction
+        return (f"do not reproduce {extent} here: our {seeds} drop{s} at most {pp(ours.max())}, less than the "
+                f"notebook's {pp(theirs)}")  # fmt: skip
+    if theirs < ours.min():
+        return (f"reproduce and are exceeded: our {seeds} drop{s} at least {pp(ours.min())}, more than the "
+                f"notebook's {pp(theirs)}")  # fmt: skip
+    return (f"reproduce: the notebook's worst drop of {pp(theirs)} lies within the range of our {seeds} "
+            f"({100 * ours.min():.1f} to {pp(ours.max())})")  # fmt: skip
+
+
+def rank_text(values: pd.Series, name: str) -> str:
+    """Where bn_before's value stands among the variants' `values` (indexed by variant):
+    "the largest worst drop", "the 2nd largest mean |change|", "the smallest ..."."""
+    rank = int(values.rank(ascending=False, method="min")[NOTEBOOK_CELL["variant"]])
+    if rank == 1:
+        return f"the largest {name}"
+    if rank == len(values):
+        return f"the smallest {name}"
+    return f"the {rank}{'nd' if rank == 2 else 'rd' if rank == 3 else 'th'} largest {name}"
+
+
+def differences_from_notebook(runs: pd.DataFrame) -> list[str]:
+    """How our runs' setting differs from the notebook's 5 epochs on all 60,000 images."""
+    notes = []
+    if set(runs["epochs"]) != {len(NOTEBOOK_TEST_ACC)}:
+        notes.append(f"{join_words(sorted({str(e) for e in runs['epochs']}))} epochs instead of {len(NOTEBOOK_TEST_ACC)}")
+    limits = runs["limit_train"].dropna().unique()
+    if len(limits):
+        notes.append(f"{join_words([f'{int(n):,}' for n in sorted(limits)])} training images instead of {TRAIN_SIZE:,}")
+    return notes
+
+
+def notebook_comparison(summary: pd.DataFrame) -> tuple[list[str], pd.DataFrame] | None:
+    """Sentences comparing the notebook's log with our bn_before runs at its setting and
+    with none and bn_after there, and the table behind them (rows: the notebook, then each
+    variant's mean over seeds; columns: CURVE_METRICS + gen_gap); None when the study lacks
+    the notebook's cell with runs of two or more finite epochs."""
+    cell = summary[in_notebook_cell(summary) & (summary["epochs_used"] > 1)]  # a swing needs two epochs
+    ours = cell[cell["variant"] == NOTEBOOK_CELL["variant"]]
+    if ours.empty:
+        return None
+    theirs = notebook_metrics()
+    log = ", ".join(f"{100 * a:.1f}" for a in NOTEBOOK_TEST_ACC)
+    by_variant = cell.groupby("variant", observed=True)[["mean_abs_change", "worst_drop"]].mean()
+    sentences = [
+        f"The notebook's published log (bn_before, Adam, learning rate 0.001, batch size 256, "
+        f"{len(NOTEBOOK_TEST_ACC)} epochs on all {TRAIN_SIZE:,} training images) has test accuracy {log}% "
+        f"— numbers from the notebook, not from this study: mean |change| {pp(theirs['mean_abs_change'])}, "
+        f"worst drop {pp(theirs['worst_drop'])}, late std {pp(theirs['late_std'])}.",
+        f"This study's bn_before runs at that setting ({plural(len(ours), 'seed')}) have mean |change| "
+        f"{seed_range(ours['mean_abs_change'])} and worst drop {seed_range(ours['worst_drop'])}; "
+        f"{(ours['worst_drop'] > 0).sum()} of them fall below an earlier best at some epoch.",
+    ]  # fmt: skip
+    notes = differences_from_notebook(ours)
+    if notes:
+        sentences.append(f"Our runs differ from the notebook's in {join_words(notes)}.")
+    sentences.append(f"The notebook's swings {reproduction_verdict(ours['worst_drop'], theirs['worst_drop'])}.")
+    if len(by_variant) > 1:
+        others = by_variant.drop(NOTEBOOK_CELL["variant"])
+        sentences.append(
+            f"At the same setting the mean |change| is {per_variant(others['mean_abs_change'], pp)} and the worst drop "
+            f"{per_variant(others['worst_drop'], pp)}: of the {len(by_variant)} variants, bn_before has "
+            f"{rank_text(by_variant['worst_drop'], 'worst drop')} and "
+            f"{rank_text(by_variant['mean_abs_change'], 'mean |change|')}.")  # fmt: skip
+    metrics = CURVE_METRICS + ["gen_gap"]
+    ours_by_variant = cell.groupby("variant", observed=True)[metrics].mean()
+    table = pd.concat([pd.DataFrame([theirs], index=["notebook log (bn_before)"])[metrics],
+                       ours_by_variant.rename(index=lambda v: f"this study: {v}")])  # fmt: skip
+    return sentences, table

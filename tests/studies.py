@@ -1,0 +1,46 @@
+"""Hand-made run files for the report's tests: rows with chosen accuracies, written
+through bnstudy.store as a sweep writes them, so the expected metrics can be computed by
+hand. (The real runs live in conftest.py's real_study.)"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bnstudy.spec import RunConfig
+from bnstudy.store import RunStore, now, run_metadata
+from bnstudy.train import CSV_COLUMNS, identity_fields
+
+VARIANTS = ["none", "bn_before", "bn_after"]
+
+
+def hand_rows(config: RunConfig, test_acc, train_acc=None, precise=None, batch_stats=None, nan_from=None):
+    """CSV rows for `config` with the given per-epoch accuracies; from epoch `nan_from` on
+    (1-based) the losses are NaN, as in a diverged run."""
+    n = len(test_acc)
+    train_acc = train_acc if train_acc is not None else [a + 0.05 for a in test_acc]
+    has_bn = config.variant != "none"
+    precise = precise if precise is not None else ([a + 0.01 for a in test_acc] if has_bn else [None] * n)
+    batch_stats = batch_stats if batch_stats is not None else ([a - 0.01 for a in test_acc] if has_bn else [None] * n)
+    rows = []
+    for e in range(n):
+        broken = nan_from is not None and e + 1 >= nan_from
+        rows.append({**identity_fields(config), "epoch": e + 1, "train_loss": math.nan if broken else 0.5,
+                     "train_acc": train_acc[e], "test_loss": math.nan if broken else 0.6, "test_acc": test_acc[e],
+                     "test_acc_batch_stats": batch_stats[e], "test_acc_precise_bn": precise[e],
+                     "train_seconds": 2.0, "eval_seconds": 1.0, "samples_per_second": 100.0})  # fmt: skip
+    return rows
+
+
+def write_hand_run(root, config: RunConfig, rows, status="complete") -> None:
+    RunStore(root).write_run(rows, run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows)))
+
+
+def cfg(variant="bn_before", lr=1e-3, batch_size=256, seed=0, epochs=4, **kw) -> RunConfig:
+    return RunConfig(variant=variant, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, limit_train=1024,
+                     limit_test=512, study="hand", **kw)  # fmt: skip
+
+
+def frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)

@@ -1,0 +1,133 @@
+"""bnstudy.aggregate: curve and run metrics against hand-computed values, loading of
+partial and broken studies, summary and cells against a direct pandas computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from studies import cfg, frame, hand_rows
+
+from bnstudy import aggregate
+
+
+def test_curve_metrics_hand_example():
+    m = aggregate.curve_metrics([0.5, 0.7, 0.6, 0.8, 0.75])
+    assert m["final_acc"] == 0.75 and m["best_acc"] == 0.8
+    assert m["mean_abs_change"] == pytest.approx((0.2 + 0.1 + 0.2 + 0.05) / 4)
+    assert m["worst_drop"] == pytest.approx(0.1)  # 0.7 -> 0.6 beats 0.8 -> 0.75
+    # the last ceil(5/2) = 3 epochs 0.6, 0.8, 0.75 (mean 0.71667), population std
+    assert m["late_std"] == pytest.approx(math.sqrt((0.11667**2 + 0.08333**2 + 0.03333**2) / 3), abs=1e-5)
+
+
+def test_late_std_uses_last_half_of_an_even_count():
+    assert aggregate.curve_metrics([0.1, 0.2, 0.3, 0.4])["late_std"] == pytest.approx(0.05)  # [0.3, 0.4]
+
+
+def test_ties_and_plateaus():
+    flat = aggregate.curve_metrics([0.8, 0.8, 0.8])
+    assert (flat["mean_abs_change"], flat["worst_drop"], flat["late_std"], flat["best_acc"]) == (0, 0, 0, 0.8)
+    tied_best = aggregate.curve_metrics([0.8, 0.7, 0.8, 0.7])
+    assert tied_best["worst_drop"] == pytest.approx(0.1)
+    assert tied_best["mean_abs_change"] == pytest.approx(0.1)
+    assert aggregate.curve_metrics([0.1, 0.3, 0.3, 0.9])["worst_drop"] == 0  # never below an earlier best
+
+
+def test_single_epoch_and_empty_curve():
+    one = aggregate.curve_metrics([0.6])
+    assert one["final_acc"] == one["best_acc"] == 0.6
+    assert math.isnan(one["mean_abs_change"]) and one["worst_drop"] == 0 and one["late_std"] == 0
+    assert all(math.isnan(v) for v in aggregate.curve_metrics([]).values())
+
+
+def test_run_metrics_gaps_and_diagnostics():
+    rows = hand_rows(cfg(), [0.5, 0.6, 0.55], train_acc=[0.6, 0.7, 0.9], precise=[0.7, 0.7, 0.7],
+                     batch_stats=[0.6, 0.5, 0.6])  # fmt: skip
+    m = aggregate.run_metrics(frame(rows))
+    assert m["gen_gap"] == pytest.approx(0.9 - 0.55)
+    assert m["ema_gap"] == pytest.approx(((0.7 - 0.5) + (0.7 - 0.6) + (0.7 - 0.55)) / 3)
+    assert m["mean_abs_change_precise_bn"] == 0 and m["worst_drop_precise_bn"] == 0
+    assert m["mean_abs_change_batch_stats"] == pytest.approx(0.1) and m["worst_drop_batch_stats"] == pytest.approx(0.1)
+    assert m["epochs_used"] == 3
+
+
+def test_run_metrics_without_bn_has_no_ema_gap():
+    m = aggregate.run_metrics(frame(hand_rows(cfg(variant="none"), [0.5, 0.6])))
+    assert math.isnan(m["ema_gap"]) and math.isnan(m["mean_abs_change_precise_bn"])
+    assert m["final_acc"] == 0.6
+
+
+def test_diverged_run_counts_its_finite_epochs_only():
+    # epoch 3's loss is NaN: its accuracy (NaN weights) must not count as a drop
+    rows = hand_rows(cfg(), [0.5, 0.6, 0.1], train_acc=[0.55, 0.65, 0.1], nan_from=3)
+    rows[2]["test_acc_precise_bn"] = math.nan
+    m = aggregate.run_metrics(frame(rows))
+    assert m["epochs_used"] == 2
+    assert (m["final_acc"], m["best_acc"], m["worst_drop"]) == (0.6, 0.6, 0)
+    assert m["mean_abs_change"] == pytest.approx(0.1)
+    assert m["gen_gap"] == pytest.approx(0.05)
+    assert m["late_std"] == 0  # the last ceil(2/2) = 1 counted epoch
+    nothing = aggregate.run_metrics(frame(hand_rows(cfg(), [0.1], nan_from=1)))
+    assert nothing["epochs_used"] == 0 and math.isnan(nothing["final_acc"]) and math.isnan(nothing["gen_gap"])
+
+
+def test_partial_study_loads_and_says_what_is_missing(partial_study):
+    study = aggregate.load_results(partial_study)
+    assert sorted(study.runs["run_id"]) == sorted([cfg("none", seed=0).run_id, cfg("bn_before", seed=0).run_id])
+    reasons = {
+        cfg("none", seed=1).run_id: "failed",
+        cfg("bn_after", seed=0).run_id: "no JSON (in flight or killed)",
+        cfg("bn_after", seed=1).run_id: "missing or unreadable CSV",
+    }
+    assert dict(zip(study.skipped["run_id"], study.skipped["reason"])) == reasons
+    assert study.epochs["variant"].dtype == pd.CategoricalDtype(["none", "bn_before", "bn_after"], ordered=True)
+    assert study.epochs["limit_train"].dtype == "Int64" and study.epochs["batch_size"].dtype == "int64"
+    missing = aggregate.missing_runs(study)
+    assert dict(zip(missing["run_id"], missing["reason"])) == {**reasons, cfg("bn_before", seed=1).run_id: "not run"}
+    summary = aggregate.summarize_runs(study)
+    assert summary.set_index("variant").loc["bn_before", "diverged"]
+    assert summary.set_index("variant").loc["bn_before", "final_acc"] == 0.8
+    cells = aggregate.aggregate_cells(summary, study.expected)
+    assert cells[["variant", "n", "n_expected", "n_diverged"]].astype({"variant": str}).values.tolist() == [
+        ["none", 1, 2, 0],
+        ["bn_before", 1, 2, 1],
+        ["bn_after", 0, 2, 0],  # in the grid (its JSON says so) without a single done run
+    ]
+    assert cells["seed_std"].isna().all()  # one seed or none: no spread
+
+
+def test_spec_copy_defines_the_grid(partial_study):
+    spec = ('name = "hand"\nepochs = 4\nlr = 1e-3\nbatch_size = 256\nlimit_train = 1024\nlimit_test = 512\n'
+            '[grid]\nvariant = ["none", "bn_before"]\nseed = [0, 1, 2]\n')  # fmt: skip
+    (partial_study / "spec.toml").write_text(spec)
+    study = aggregate.load_results(partial_study)
+    assert study.grid_source == "from spec.toml"
+    assert len(study.expected) == 6  # seed 2 appears in no run file, only in the spec; bn_after is not in it
+    assert set(aggregate.missing_runs(study)["seed"]) == {1, 2}
+    assert "bn_after" not in set(aggregate.missing_runs(study)["variant"])
+
+
+def test_summary_matches_per_run_metrics(real_tables):
+    study, summary, _ = real_tables
+    assert len(summary) == 12 and not summary["diverged"].any()
+    for _, row in summary.iterrows():
+        run = study.epochs[study.epochs["run_id"] == row["run_id"]].sort_values("epoch")
+        acc = run["test_acc"].to_numpy()
+        assert row["final_acc"] == acc[-1] and row["best_acc"] == acc.max()
+        assert row["mean_abs_change"] == pytest.approx(np.abs(np.diff(acc)).mean())
+
+
+def test_cells_match_a_direct_pandas_groupby(real_tables):
+    _, summary, cells = real_tables
+    keys = ["variant", "lr", "batch_size"]  # the only cell settings that vary here
+    direct = summary.astype({"variant": str}).groupby(keys)[aggregate.ALL_METRICS].agg(["mean", "std"])
+    ours = cells.astype({"variant": str}).set_index(keys)
+    for metric in aggregate.ALL_METRICS:
+        for stat in ("mean", "std"):
+            pd.testing.assert_series_equal(ours[f"{metric}_{stat}"].sort_index(), direct[(metric, stat)].sort_index(),
+                                           check_names=False)  # fmt: skip
+    pd.testing.assert_series_equal(ours["seed_std"].sort_index(), direct[("final_acc", "std")].sort_index(),
+                                   check_names=False)  # fmt: skip
+    assert (ours["n"] == 2).all() and (ours["n_expected"] == 2).all()

@@ -1,0 +1,33 @@
+"""bnstudy.wording: how settings, cells and numbers read in labels and sentences."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp, setting_text, value_text
+
+
+def test_settings_read_as_words():
+    assert value_text("lr", 0.001) == "0.001" and value_text("limit_train", None) == "all"
+    assert value_text("limit_train", math.nan) == "all" and value_text("batch_size", 256) == "256"
+    assert setting_text("lr", 1e-2) == "learning rate 0.01" and setting_text("seed", 3) == "seed 3"
+
+
+def test_a_cell_names_the_settings_that_vary_beyond_the_plotted_axes():
+    cells = pd.DataFrame({"variant": ["none", "none"], "bn_impl": ["torch", "torch"], "optimizer": ["adam", "sgd"],
+                          "lr": [1e-3, 1e-3], "batch_size": [256, 256], "epochs": [3, 3], "limit_train": [None, None],
+                          "limit_test": [None, None], "precise_bn_samples": [8192, 8192]})  # fmt: skip
+    extra = extra_axes(cells)
+    assert extra == ["optimizer"]
+    assert cell_text(cells.iloc[1], extra) == "none at learning rate 0.001, batch size 256, optimizer sgd"
+
+
+def test_numbers_and_lists():
+    assert (pct(0.8384), pp(0.107)) == ("83.8%", "10.7 pp")
+    assert (plural(1, "run"), plural(2, "run")) == ("1 run", "2 runs")
+    assert join_words(["a"]) == "a" and join_words(["a", "b", "c"]) == "a, b and c"
+    values = pd.Series({"none": 0.07, "bn_before": math.nan, "bn_after": 0.12})
+    assert per_variant(values, pp) == "7.0 pp for none and 12.0 pp for bn_after"
+    assert per_variant(pd.Series({"none": math.nan}), pp) == "not measured"
