@@ -86,17 +86,18 @@ def resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------- cost model
 # Single-thread CPU microseconds per image on this project's 2-core machine (torch 2.14.1,
 # two one-thread worker processes side by side, as `--jobs 2` runs them), measured on
-# 2026-11-26 from the per-epoch train_seconds / eval_seconds of quick.toml and default.toml
-# sweeps: for each variant and batch size, the runs least slowed by other work on the
-# shared machine, rounded up. TRAIN_US per training image (forward, backward, optimizer
-# step); FORWARD_US per image of an evaluation pass. Only the first estimate rests on them:
-# the progress bar's ETA rescales them by how long the finished runs actually took.
+# 2026-11-26 by `python bench/cost_table.py results/default results/quick` after `make
+# sweep` and `make sweep EXP=experiments/quick.toml`: the lower quartile of each variant's
+# and batch size's per-epoch costs (all epochs but the first; the shared machine slows
+# some), rounded up. TRAIN_US per training image (forward, backward, optimizer step);
+# FORWARD_US per image of an evaluation pass. Only the first estimate rests on them: the
+# progress bar's ETA rescales them by how long the finished runs actually took.
 TRAIN_US = {
-    "none": {32: 120, 64: 92, 128: 80, 256: 78, 512: 80, 1024: 88},
-    "bn_before": {32: 160, 64: 128, 128: 116, 256: 112, 512: 114, 1024: 118},
-    "bn_after": {32: 155, 64: 128, 128: 115, 256: 110, 512: 118, 1024: 130},
+    "none": {32: 121, 64: 79, 256: 67, 1024: 86},
+    "bn_before": {32: 145, 64: 111, 256: 91, 1024: 123},
+    "bn_after": {32: 141, 64: 107, 256: 96, 1024: 110},
 }
-FORWARD_US = {"none": 60, "bn_before": 68, "bn_after": 68}
+FORWARD_US = {"none": 19, "bn_before": 31, "bn_after": 32}
 SCRATCH_SLOWDOWN = 1.0  # bn_impl = "scratch" against nn.BatchNorm
 
 
