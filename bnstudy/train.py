@@ -50,7 +50,7 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """Adam (PyTorch defaults) or plain SGD (no momentum, as in the textbook).
 
     Adam runs torch's fused kernel: the same update as the default for-loop one, to
-    rounding (1 ulp), at a quarter of its cost per step on the CPU."""
+    float rounding, at a quarter of its cost per step on the CPU."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, fused=True)
     if name == "sgd":
