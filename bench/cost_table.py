@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bnstudy.aggregate import load_results  # noqa: E402
-from bnstudy.data import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 
 
 def epoch_costs(epochs: pd.DataFrame) -> pd.DataFrame:

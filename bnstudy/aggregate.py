@@ -32,13 +32,12 @@ import pandas as pd
 
 from bnstudy import spec
 from bnstudy.errors import UserError
-from bnstudy.models import VARIANTS
+from bnstudy.settings import BY_NAME, METRIC_COLUMNS, RUN_SETTINGS, csv_layout_ok, from_record
 from bnstudy.store import DONE_STATUSES, RunStore
-from bnstudy.train import CSV_COLUMNS, METRIC_COLUMNS
+from bnstudy.variants import BN_VARIANTS
 
-CONFIG_KEYS = list(spec.RUN_SETTINGS)  # a run's identity; `study` only names its folder
+CONFIG_KEYS = list(RUN_SETTINGS)  # a run's identity; `study` only names its folder
 CELL_KEYS = [k for k in CONFIG_KEYS if k != "seed"]
-BN_VARIANTS = [v for v in VARIANTS if v != "none"]
 
 CURVE_METRICS = ["final_acc", "best_acc", "mean_abs_change", "worst_drop", "late_std"]
 RUN_METRICS = CURVE_METRICS + ["gen_gap", "ema_gap"]
@@ -128,13 +127,20 @@ class StudyResults:
         return str(self.runs["study"].iloc[0])
 
 
+def column_type(key: str):
+    """The pandas type of a setting's column, from its declaration: a setting with choices
+    an ordered category (in the declared order: the order of legends and tables), an
+    optional integer (None: all images) nullable Int64, else its own type."""
+    setting = BY_NAME[key]
+    if setting.choices is not None:
+        return pd.CategoricalDtype(setting.choices, ordered=True)
+    return "Int64" if setting.optional and setting.kind is int else setting.kind
+
+
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with the setting columns it has cast to their types: variant ordered as
-    VARIANTS, the limits (None: all images) as nullable Int64."""
-    types = {"variant": pd.CategoricalDtype(VARIANTS, ordered=True), "bn_impl": str, "optimizer": str,
-             "lr": float, "batch_size": int, "epochs": int, "seed": int, "limit_train": "Int64",
-             "limit_test": "Int64", "precise_bn_samples": int, "epoch": int}  # fmt: skip
-    return frame.astype({k: v for k, v in types.items() if k in frame.columns})
+    """`frame` with the setting columns it has (and `epoch`) cast to their types (column_type)."""
+    types = {key: column_type(key) for key in CONFIG_KEYS if key in frame.columns}
+    return frame.astype(types | ({"epoch": int} if "epoch" in frame.columns else {}))
 
 
 def read_json(path: Path) -> dict | None:
@@ -144,7 +150,13 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "status" in meta
-    return meta if ok and set(CONFIG_KEYS) <= set(meta["config"]) else None
+    if not ok:
+        return None
+    try:  # settings added since the run was written take their defaults
+        meta["config"] = from_record(meta["config"]).identity()
+    except (UserError, TypeError):
+        return None
+    return meta
 
 
 def read_csv(path: Path) -> pd.DataFrame | None:
@@ -153,7 +165,7 @@ def read_csv(path: Path) -> pd.DataFrame | None:
         frame = pd.read_csv(path)
     except (OSError, ValueError):
         return None
-    return frame if list(frame.columns) == CSV_COLUMNS and len(frame) else None
+    return frame if csv_layout_ok(frame.columns) and len(frame) else None
 
 
 def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
@@ -185,8 +197,8 @@ def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
     grid = []
     for values in itertools.product(*axes):
         try:
-            grid.append(spec.RunConfig(**dict(zip(CONFIG_KEYS, values))))
-        except spec.SettingError:
+            grid.append(from_record(dict(zip(CONFIG_KEYS, values))))
+        except UserError:
             continue
     return grid
 

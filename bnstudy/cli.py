@@ -11,8 +11,7 @@ import sys
 
 from bnstudy import __version__
 from bnstudy.errors import UserError
-from bnstudy.models import BN_IMPLS, VARIANTS
-from bnstudy.spec import DEFAULT_PRECISE_BN_SAMPLES, OPTIMIZERS, RunConfig, SettingError
+from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,21 +32,24 @@ def add_run_parser(commands) -> None:
     p = commands.add_parser("run", help="train one run and write its per-epoch CSV and JSON",
                             description="Train one LeNet run on Fashion-MNIST; print one line per epoch; "
                                         "write OUT/runs/<run_id>.csv and .json when it ends.")  # fmt: skip
-    p.add_argument("--variant", required=True, choices=VARIANTS, help="where BatchNorm goes")
-    p.add_argument("--bn-impl", default="torch", choices=BN_IMPLS, help="nn.BatchNorm or the from-scratch one (default: torch)")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="default: adam")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    p.add_argument("--batch-size", type=int, default=256, help="default: 256")
-    p.add_argument("--epochs", type=int, default=5, help="default: 5")
-    p.add_argument("--seed", type=int, default=0, help="fixes initialisation and data order (default: 0)")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use the first N training images")
-    p.add_argument("--limit-test", type=int, default=None, metavar="M", help="use the first M test images")
-    p.add_argument("--precise-bn-samples", type=int, default=DEFAULT_PRECISE_BN_SAMPLES, metavar="K",
-                   help=f"training images for the PreciseBN diagnostic (default: {DEFAULT_PRECISE_BN_SAMPLES})")
+    add_setting_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--data", default=None, metavar="DIR", help="folder with the Fashion-MNIST *-ubyte[.gz] files")
     p.add_argument("--out", default="results/single", metavar="DIR", help="results folder (default: results/single)")
     p.set_defaults(handler=cmd_run)
+
+
+def add_setting_flags(p) -> None:
+    """One flag per run setting of the declaration (bnstudy.settings), with its type,
+    choices, default and help; `study` is --out's business."""
+    for setting in SETTINGS:
+        if not setting.identity:
+            continue
+        default = setting.run_default if setting.default is REQUIRED else setting.default
+        shown = "all" if default is None else default
+        p.add_argument(flag(setting.name), type=setting.kind, choices=setting.choices, metavar=setting.metavar,
+                       required=default is REQUIRED, default=None if default is REQUIRED else default,
+                       help=setting.help + ("" if default is REQUIRED else f" (default: {shown})"))  # fmt: skip
 
 
 def format_epoch(row: dict, epochs: int) -> str:
@@ -61,13 +63,12 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 def cmd_run(args) -> int:
     from bnstudy.data import load_fashion_mnist
-    from bnstudy.runner import execute, resolve_device
+    from bnstudy.backends import resolve_device
+    from bnstudy.runner import execute
     from bnstudy.store import RunStore, check_writable
 
-    keys = ("variant", "bn_impl", "optimizer", "lr", "batch_size", "epochs", "seed", "limit_train", "limit_test",
-            "precise_bn_samples")  # fmt: skip
     try:
-        config = RunConfig(**{k: getattr(args, k) for k in keys})
+        config = RunConfig(**{key: getattr(args, key) for key in RUN_SETTINGS})
     except SettingError as exc:
         raise UserError(f"{flag(exc.key)}: {exc.problem}") from None
     device = resolve_device(args.device)
@@ -121,7 +122,7 @@ def add_sweep_parser(commands) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from bnstudy.runner import SweepOptions, sweep
+    from bnstudy.sweep import SweepOptions, sweep
     from bnstudy.spec import load_study
 
     study = load_study(args.spec, args.overrides)

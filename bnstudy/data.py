@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from bnstudy.errors import UserError
+from bnstudy.settings import TEST_SIZE, TRAIN_SIZE
 
-TRAIN_SIZE, TEST_SIZE, NUM_CLASSES, IMAGE_SIDE = 60_000, 10_000, 10, 28
+NUM_CLASSES, IMAGE_SIDE = 10, 28
 
 # Base names of the four IDX files; each may also be stored gzip-compressed (".gz").
 FILES = {

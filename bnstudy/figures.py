@@ -14,13 +14,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from bnstudy.aggregate import BN_VARIANTS, CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
-from bnstudy.data import TEST_SIZE, TRAIN_SIZE  # noqa: E402
-from bnstudy.models import VARIANTS  # noqa: E402
+from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
+from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
 from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
 
-# One colour per variant in every figure (Okabe-Ito: colour-blind safe).
-PALETTE = {"none": "#7f7f7f", "bn_before": "#d55e00", "bn_after": "#0072b2"}
+# One colour per variant in every figure, from its entry in bnstudy.variants.
+PALETTE = palette(VARIANTS)
 
 FIGURES = {  # name: (heading, what it shows)
     "accuracy_curves": ("Test accuracy per epoch", "One panel per learning rate and batch size, one line per "

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import ALL_METRICS, BN_VARIANTS, CURVE_METRICS, curve_metrics, drops
-from bnstudy.data import TRAIN_SIZE
+from bnstudy.aggregate import ALL_METRICS, CURVE_METRICS, curve_metrics, drops
+from bnstudy.settings import TRAIN_SIZE
+from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp
 
 # The reference notebook's published log (d2l, batch-norm chapter: bn_before, Adam, lr 1e-3,

@@ -1,7 +1,7 @@
 """Train G runs of one shape as ONE grouped network (HFTA-style), for GPU throughput.
 
 A LeNet step on Fashion-MNIST is a few dozen tiny kernels: on a GPU their launch
-overhead, not arithmetic, sets the speed. G runs that share a shape (`shape_key`) are
+overhead, not arithmetic, sets the speed. G runs that share a fusion key (RunConfig.fusion_key: all settings but seed and lr) are
 trained as one network whose every kernel does all G runs' work: grouped convolutions,
 BatchNorm over G·C channels (per-member statistics for free), batched matmuls
 (torch.baddbmm) and one optimizer step over stacked parameters with per-member learning
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnstudy.data import FashionMNIST, epoch_batches
-from bnstudy.models import bn_layers, make_batch_norm
-from bnstudy.spec import RunConfig
+from bnstudy.models import activation_layer, bn_layers, make_batch_norm
+from bnstudy.settings import RunConfig
 from bnstudy.train import (
     EVAL_BATCH_SIZE,
     RunResult,
@@ -42,6 +42,7 @@ from bnstudy.train import (
     train_and_evaluate,
     with_dtype,
 )
+from bnstudy.variants import ACTIVATIONS
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which solo runs use
 # Floats one training image keeps alive per member in LeNet (bn_before, the largest):
@@ -57,13 +58,7 @@ MAX_GROUP_SIZE = 64
 # On the CPU fusion does not pay (DESIGN.md, "Speed"): the runner runs solo processes.
 CPU_GROUP_SIZE = 1
 # Stateless layers that act per element or per channel: they work unchanged on G·C channels.
-PER_CHANNEL_LAYERS = (nn.Sigmoid, nn.MaxPool2d)
-
-
-def shape_key(config: RunConfig) -> tuple:
-    """What runs must share to be fused: everything but seed, lr (and study)."""
-    return (config.variant, config.bn_impl, config.batch_size, config.optimizer, config.epochs,
-            config.limit_train, config.limit_test, config.precise_bn_samples)  # fmt: skip
+PER_CHANNEL_LAYERS = (nn.MaxPool2d, *(type(activation_layer(name)) for name in ACTIVATIONS))
 
 
 def member_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -147,7 +142,8 @@ def fuse_layer(layers: list[nn.Module], bn_impl: str, flattened: bool) -> nn.Mod
                                    first.stride, first.padding, first.dilation, groups=G, bias=first.bias is not None,
                                    device=first.weight.device, dtype=first.weight.dtype)  # fmt: skip
     elif bn_layers(first):
-        fused = make_batch_norm(bn_impl, G * first.weight.numel(), 2 if flattened else 4).to(first.weight)
+        fused = make_batch_norm(bn_impl, G * first.weight.numel(), 2 if flattened else 4, first.momentum)
+        fused = fused.to(first.weight)
     else:
         raise TypeError(f"cannot fuse a {type(first).__name__} layer")
     fused.load_state_dict(stacked_state(layers))
@@ -270,7 +266,7 @@ def fit_group(
     on_epoch: Callable[[dict], None] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> list[RunResult]:
-    """Train runs sharing one shape_key as one grouped network on data's device; return
+    """Train runs sharing one fusion_key as one grouped network on data's device; return
     each run's RunResult, in order, with the rows train.fit would give it (same columns,
     metrics equal within float tolerance). Calls on_epoch(row) for every member's row.
 
@@ -282,9 +278,9 @@ def fit_group(
     per second the device trained while this run was one of them (for a solo run both
     definitions agree). Side effect: reseeds torch's global RNG (train.build_model).
     """
-    keys = list(dict.fromkeys(shape_key(c) for c in configs))
+    keys = list(dict.fromkeys(c.fusion_key() for c in configs))
     if len(keys) != 1:
-        raise ValueError(f"fit_group needs runs of one shape_key, got {len(keys)}: {keys}")
+        raise ValueError(f"fit_group needs runs of one fusion_key, got {len(keys)}: {keys}")
     first, G, device = configs[0], len(configs), data.train_x.device
     data = with_dtype(data, dtype)
     model = fuse_models([build_model(c, device, dtype) for c in configs], first.bn_impl)

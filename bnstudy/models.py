@@ -3,26 +3,30 @@
 LeNet (input (N, 1, 28, 28)):
     Conv(1->6, 5) [norm/act] MaxPool(2) Conv(6->16, 5) [norm/act] MaxPool(2) Flatten
     Linear(256->120) [norm/act] Linear(120->84) [norm/act] Linear(84->10)  -> logits (N, 10)
-where each [norm/act] block is, per variant:
-    none: sigmoid    bn_before: BatchNorm -> sigmoid    bn_after: sigmoid -> BatchNorm
+where each [norm/act] block is its variant's recipe (bnstudy.variants), e.g.
+    none: act    bn_before: BatchNorm -> act    bn_after: act -> BatchNorm
+and act is the run's activation (sigmoid, the notebook's, relu or tanh).
 
-Where a convolutional block ends in the sigmoid (none, bn_before), the module list pools
-*before* the sigmoid: max-pooling commutes with an increasing function, so the network
-computes the same function while the sigmoid runs on a quarter of the values (about a
-tenth of a CPU training step; tests/test_models.py checks outputs and gradients against
-the notebook's order).
+Where a convolutional block ends in the activation (none, bn_before), the module list
+pools *before* it: max-pooling commutes with a non-decreasing function, so the network
+computes the same function while the activation runs on a quarter of the values (about
+a tenth of a CPU training step with the sigmoid; tests/test_models.py checks outputs and
+gradients against the notebook's order).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-VARIANTS = ("none", "bn_before", "bn_after")
-BN_IMPLS = ("torch", "scratch")
-EPS, MOMENTUM = 1e-5, 0.1  # nn.BatchNorm defaults; the scratch version uses the same
+from bnstudy.settings import BY_NAME
+from bnstudy.variants import ACTIVATIONS
+from bnstudy.variants import variant as variant_entry
+
+EPS, MOMENTUM = 1e-5, BY_NAME["bn_momentum"].default  # nn.BatchNorm's defaults; the scratch version uses the same
 
 
 def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, training):
@@ -157,43 +161,57 @@ class MaxPool2x2(nn.MaxPool2d):
         return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
 
 
-def make_batch_norm(bn_impl: str, num_features: int, num_dims: int) -> nn.Module:
+def make_batch_norm(bn_impl: str, num_features: int, num_dims: int, momentum: float = MOMENTUM) -> nn.Module:
     """A BatchNorm layer of the chosen implementation ("torch" or "scratch")."""
     if bn_impl == "scratch":
-        return BatchNorm(num_features, num_dims)
+        return BatchNorm(num_features, num_dims, momentum=momentum)
     if bn_impl == "torch":
-        return nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)
-    raise ValueError(f"unknown bn_impl {bn_impl!r}; expected one of {BN_IMPLS}")
+        kind = nn.BatchNorm2d if num_dims == 4 else nn.BatchNorm1d
+        return kind(num_features, momentum=momentum)
+    raise ValueError(f"unknown bn_impl {bn_impl!r}; expected torch or scratch")
 
 
-def norm_act(variant: str, bn_impl: str, num_features: int, num_dims: int) -> list[nn.Module]:
-    """The [norm/act] block of a variant, as a list of layers."""
-    if variant == "none":
-        return [nn.Sigmoid()]
-    if variant == "bn_before":
-        return [make_batch_norm(bn_impl, num_features, num_dims), nn.Sigmoid()]
-    if variant == "bn_after":
-        return [nn.Sigmoid(), make_batch_norm(bn_impl, num_features, num_dims)]
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+def activation_layer(name: str) -> nn.Module:
+    """A fresh activation module: nn.Sigmoid, nn.ReLU or nn.Tanh (variants.ACTIVATIONS)."""
+    return getattr(nn, ACTIVATIONS[name])()
 
 
-def conv_block(variant: str, bn_impl: str, in_channels: int, out_channels: int) -> list[nn.Module]:
-    """Conv(in->out, 5), the variant's [norm/act] block and MaxPool(2), as a list of layers;
-    the pooling moves in front of a trailing sigmoid (see the module docstring)."""
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size=5), *norm_act(variant, bn_impl, out_channels, 4)]
-    if isinstance(layers[-1], nn.Sigmoid):
-        return layers[:-1] + [MaxPool2x2(), layers[-1]]
-    return layers + [MaxPool2x2()]
+@dataclass(frozen=True)
+class Blocks:
+    """What every [norm/act] block of one LeNet is made of: the variant's recipe, the
+    activation, and the BatchNorm implementation and momentum."""
+
+    variant: str
+    activation: str
+    bn_impl: str
+    momentum: float
+
+    def norm_act(self, num_features: int, num_dims: int) -> list[nn.Module]:
+        """The [norm/act] block for `num_features` channels of a (N, C) (num_dims 2) or
+        (N, C, H, W) (num_dims 4) activation, as a list of layers."""
+        make = {"bn": lambda: make_batch_norm(self.bn_impl, num_features, num_dims, self.momentum),
+                "act": lambda: activation_layer(self.activation)}  # fmt: skip
+        return [make[layer]() for layer in variant_entry(self.variant).block]
+
+    def conv(self, in_channels: int, out_channels: int) -> list[nn.Module]:
+        """Conv(in->out, 5), the [norm/act] block and MaxPool(2), as a list of layers; the
+        pooling moves in front of a trailing activation (see the module docstring)."""
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=5), *self.norm_act(out_channels, 4)]
+        if variant_entry(self.variant).block[-1] == "act":
+            return layers[:-1] + [MaxPool2x2(), layers[-1]]
+        return layers + [MaxPool2x2()]
 
 
-def build_lenet(variant: str, bn_impl: str = "torch") -> nn.Sequential:
+def build_lenet(variant: str, bn_impl: str = "torch", activation: str = "sigmoid",
+                momentum: float = MOMENTUM) -> nn.Sequential:  # fmt: skip
     """The LeNet of a variant, initialised from torch's global RNG (seed it first)."""
+    blocks = Blocks(variant, activation, bn_impl, momentum)
     return nn.Sequential(
-        *conv_block(variant, bn_impl, 1, 6),
-        *conv_block(variant, bn_impl, 6, 16),
+        *blocks.conv(1, 6),
+        *blocks.conv(6, 16),
         nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 120), *norm_act(variant, bn_impl, 120, 2),
-        nn.Linear(120, 84), *norm_act(variant, bn_impl, 84, 2),
+        nn.Linear(16 * 4 * 4, 120), *blocks.norm_act(120, 2),
+        nn.Linear(120, 84), *blocks.norm_act(84, 2),
         nn.Linear(84, 10),
     )  # fmt: skip
 

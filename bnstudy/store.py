@@ -1,6 +1,6 @@
 """The results layout on disk: atomic run files, completed-run detection, the study lock.
 
-    <root>/runs/<run_id>.csv    one row per epoch, columns train.CSV_COLUMNS
+    <root>/runs/<run_id>.csv    one row per epoch, columns settings.CSV_COLUMNS
     <root>/runs/<run_id>.json   config, status, times, device, versions (written last)
     <root>/spec.toml            the study spec as run (sweeps only)
     <root>/.lock                held (flock) by the one sweep writing <root>
@@ -15,22 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
 import fcntl
 import functools
 import io
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
-
-import bnstudy
 from bnstudy.errors import UserError
-from bnstudy.spec import RunConfig
-from bnstudy.train import CSV_COLUMNS
+from bnstudy.settings import CSV_COLUMNS, RunConfig
 
 DONE_STATUSES = ("complete", "diverged")
 RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
@@ -80,51 +74,6 @@ def rows_to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
     return buffer.getvalue()
-
-
-@functools.cache
-def git_commit() -> str | None:
-    """The checkout's commit (with "-dirty" when it has changes), or None outside git."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=5)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def device_name(device: torch.device) -> str:
-    """A readable name of the device, e.g. "NVIDIA H100 80GB HBM3" or "cpu"."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def run_metadata(config: RunConfig, status: str, device: str, started: str, ended: str, error: str | None = None,
-                 epochs_done: int = 0, group_size: int = 1) -> dict:  # fmt: skip
-    """The content of a run's JSON file. `group_size`: how many runs trained together as one
-    fused network (1: solo); the rows' timing columns are that whole group's."""
-    return {
-        "run_id": config.run_id,
-        "study": config.study,
-        "status": status,
-        "config": config.identity(),
-        "epochs_done": epochs_done,
-        "error": error,
-        "started": started,
-        "ended": ended,
-        "device": device,
-        "group_size": group_size,
-        "torch_version": torch.__version__,
-        "bnstudy_version": bnstudy.__version__,
-        "git_commit": git_commit(),
-    }
 
 
 class RunStore:

@@ -1,6 +1,6 @@
 """Fit one run: per-epoch training metrics, eval-mode test metrics and BN diagnostics.
 
-Each epoch yields one row with the columns of CSV_COLUMNS (DESIGN.md's schema). All
+Each epoch yields one row with the columns of settings.CSV_COLUMNS (docs/DESIGN.md's schema). All
 per-batch accumulation stays on the device; the host reads the epoch's numbers once.
 """
 
@@ -18,15 +18,8 @@ from torch import nn
 
 from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
 from bnstudy.models import bn_layers, build_lenet
-from bnstudy.spec import RunConfig
+from bnstudy.settings import IDENTITY_COLUMNS, RunConfig
 
-IDENTITY_COLUMNS = ["run_id", "study", "variant", "bn_impl", "optimizer", "lr", "batch_size", "seed"]
-METRIC_COLUMNS = [
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-    "test_acc_batch_stats", "test_acc_precise_bn",
-    "train_seconds", "eval_seconds", "samples_per_second",
-]  # fmt: skip
-CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
 EVAL_BATCH_SIZE = 500  # eval-mode results do not depend on it; 500 measured fastest on the CPU (vs 256..10,000)
 PRECISE_BN_SEED_OFFSET = 7919  # the PreciseBN subset's generator is independent of the data order's
 
@@ -61,7 +54,7 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The run's LeNet, initialised from `config.seed` alone (torch's global RNG is reseeded)."""
     torch.manual_seed(config.seed)
-    return build_lenet(config.variant, config.bn_impl).to(device=device, dtype=dtype)
+    return build_lenet(config.variant, config.bn_impl, config.activation, config.bn_momentum).to(device=device, dtype=dtype)
 
 
 def train_epoch(model, optimizer, data: FashionMNIST, batches,

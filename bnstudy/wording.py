@@ -5,26 +5,28 @@ from __future__ import annotations
 import pandas as pd
 
 from bnstudy.aggregate import CELL_KEYS
+from bnstudy.settings import SETTINGS
 
 
 # ---------------------------------------------------------------- settings
-SETTING_NAMES = {"lr": "learning rate", "batch_size": "batch size"}  # how sentences and labels name them
+SETTING_NAMES = {s.name: s.words for s in SETTINGS}  # how sentences and labels name them (the declaration's label)
 # The axes every figure lays out explicitly and every cell's text names; any other setting
 # that varies joins the facet label and the text.
 PLOT_AXES = ("variant", "lr", "batch_size")
 
 
 def value_text(key: str, value) -> str:
-    """A setting's value as text: lr 0.001 -> "0.001", limit_train None -> "all"."""
+    """A setting's value as text: a number as few digits as it needs (lr 0.001 -> "0.001"),
+    limit_train None -> "all"."""
     if pd.isna(value):
         return "all"
-    return f"{value:g}" if key == "lr" else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def setting_text(key: str, value) -> str:
     """A setting as labels and sentences show it: "learning rate 0.001", "batch size 256",
     "limit_train all"."""
-    return f"{SETTING_NAMES.get(key, key)} {value_text(key, value)}"
+    return f"{SETTING_NAMES[key]} {value_text(key, value)}"
 
 
 def extra_axes(frame: pd.DataFrame) -> list[str]:

@@ -9,8 +9,10 @@ import math
 import pandas as pd
 
 from bnstudy.spec import RunConfig
-from bnstudy.store import RunStore, now, run_metadata
-from bnstudy.train import CSV_COLUMNS, identity_fields
+from bnstudy.runner import now, run_metadata
+from bnstudy.store import RunStore
+from bnstudy.settings import CSV_COLUMNS
+from bnstudy.train import identity_fields
 
 VARIANTS = ["none", "bn_before", "bn_after"]
 

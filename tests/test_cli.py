@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bnstudy.cli import main
-from bnstudy.train import CSV_COLUMNS
+from bnstudy.settings import CSV_COLUMNS
 
 TINY = ["--limit-train", "512", "--limit-test", "256", "--precise-bn-samples", "128", "--device", "cpu"]
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from bnstudy.data import load_fashion_mnist
-from bnstudy.fused import CPU_GROUP_SIZE, fit_group, max_group_size, shape_key
+from bnstudy.fused import CPU_GROUP_SIZE, fit_group, max_group_size
 from bnstudy.spec import RunConfig
-from bnstudy.train import CSV_COLUMNS, fit
+from bnstudy.settings import CSV_COLUMNS
+from bnstudy.train import fit
 
 # 513 = 4 x 128 + 1: the lone last sample joins the batch before it (data.epoch_batches)
 LIMIT_TRAIN, LIMIT_TEST = 513, 256
@@ -130,10 +131,10 @@ def test_rows_carry_the_groups_timing_and_reach_on_epoch():
     assert rows[0]["samples_per_second"] == pytest.approx(3 * LIMIT_TRAIN / rows[0]["train_seconds"])
 
 
-def test_shape_key_ignores_seed_and_lr_and_fit_group_refuses_mixed_shapes():
-    assert shape_key(config(seed=0, lr=1e-3, study="a")) == shape_key(config(seed=3, lr=1e-1, study="b"))
-    assert shape_key(config()) != shape_key(config(batch_size=64))
-    with pytest.raises(ValueError, match="shape_key"):
+def test_fusion_key_ignores_seed_and_lr_and_fit_group_refuses_mixed_shapes():
+    assert config(seed=0, lr=1e-3, study="a").fusion_key() == config(seed=3, lr=1e-1, study="b").fusion_key()
+    assert config().fusion_key() != config(batch_size=64).fusion_key()
+    with pytest.raises(ValueError, match="fusion_key"):
         fit_group([config(), config(variant="none")], tiny_data())
 
 

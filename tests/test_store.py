@@ -9,8 +9,9 @@ import pytest
 
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
-from bnstudy.store import RunStore, format_status, run_metadata
-from bnstudy.train import CSV_COLUMNS
+from bnstudy.runner import run_metadata
+from bnstudy.store import RunStore, format_status
+from bnstudy.settings import CSV_COLUMNS
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
 

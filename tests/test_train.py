@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from bnstudy.models import bn_layers, build_lenet
+from bnstudy.settings import CSV_COLUMNS
 from bnstudy.spec import RunConfig
 from bnstudy.train import (
-    CSV_COLUMNS,
     accuracy_with_batch_stats,
     accuracy_with_precise_bn,
     build_model,

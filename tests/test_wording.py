@@ -16,12 +16,13 @@ def test_settings_read_as_words():
 
 
 def test_a_cell_names_the_settings_that_vary_beyond_the_plotted_axes():
-    cells = pd.DataFrame({"variant": ["none", "none"], "bn_impl": ["torch", "torch"], "optimizer": ["adam", "sgd"],
+    cells = pd.DataFrame({"variant": ["none", "none"], "activation": ["relu", "relu"], "bn_impl": ["torch", "torch"],
+                          "bn_momentum": [0.1, 0.01], "optimizer": ["adam", "sgd"],
                           "lr": [1e-3, 1e-3], "batch_size": [256, 256], "epochs": [3, 3], "limit_train": [None, None],
                           "limit_test": [None, None], "precise_bn_samples": [8192, 8192]})  # fmt: skip
     extra = extra_axes(cells)
-    assert extra == ["optimizer"]
-    assert cell_text(cells.iloc[1], extra) == "none at learning rate 0.001, batch size 256, optimizer sgd"
+    assert extra == ["bn_momentum", "optimizer"]
+    assert cell_text(cells.iloc[1], extra) == "none at learning rate 0.001, batch size 256, BN momentum 0.01, optimizer sgd"
 
 
 def test_numbers_and_lists():

@@ -1,0 +1,167 @@
+"""Where a sweep's tasks execute: this process, local worker processes (one per CPU core
+or one per GPU), or a dask cluster.
+
+One small interface for all three, as Hydra's launchers have it: `open_backend(execution,
+task_fn)` is a context manager yielding (run, workers), where run(tasks) yields each
+task's result as soon as it finishes, in any order. The task function is handed in:
+task_fn(task, device) with device None meaning "the slot this worker process claimed"
+(`claimed_device`). A backend knows nothing of training, and training nothing of backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from joblib import Parallel, delayed, parallel_config
+
+from bnstudy.errors import UserError
+
+TaskFn = Callable[[list, "str | None"], list]  # (task, device or None) -> the task's results
+RunTasks = Callable[[list[list]], Iterable[list]]  # tasks -> each task's results as it finishes
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where a sweep's runs execute.
+
+    backend "local": one worker per entry of `slots` ("cpu" once per job, or "cuda:<i>" per
+    GPU); a single slot runs in the driver's own process. backend "dask": the cluster at
+    `scheduler`, each worker resolving `device` itself. `grouped`: tasks hold the runs of one
+    shape, trained as fused groups, on CUDA (for dask: --device cuda) unless `fuse` is off
+    (--no-fuse); else one run each (on the CPU a fused group is slower than solo runs).
+    """
+
+    backend: str
+    device: str
+    slots: tuple[str, ...] = ()
+    scheduler: str | None = None
+    fuse: bool = True
+
+    @property
+    def grouped(self) -> bool:
+        return self.device == "cuda" and self.fuse
+
+    def describe(self) -> str:
+        if self.backend == "dask":
+            return (f"the dask cluster at {self.scheduler} (device {self.device}; one run at a time per worker "
+                    f"process, so start workers with --nthreads 1)")  # fmt: skip
+        if len(self.slots) == 1:
+            where = f"{self.device} in this process" + (", one torch thread" if self.device == "cpu" else "")
+        else:
+            kind = "processes, one torch thread each" if self.device == "cpu" else "processes, one per GPU"
+            where = f"{self.device} with {len(self.slots)} worker {kind}"
+        return where + (", runs of one shape fused into one network" if self.grouped else "")
+
+
+def resolve_device(name: str):
+    """The torch.device for "auto" (CUDA when available, else the CPU), "cpu" or "cuda";
+    UserError for "cuda" without a GPU or an unknown name."""
+    import torch  # here, not at the top: `bnstudy --help` and `status` must not pay for torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device: unknown device {name!r}; expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True) -> Execution:
+    """Check the execution flags and pick the workers. Connects to nothing; UserError for a bad
+    combination or a device that is not here."""
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs: must be >= 1 (got {jobs})")
+    if backend == "dask":
+        if not scheduler:
+            raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (a running dask scheduler)")
+        return Execution("dask", device, scheduler=scheduler, fuse=fuse)
+    if scheduler:
+        raise UserError("--scheduler is for --backend dask")
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        return Execution("local", "cpu", ("cpu",) * (jobs or available_cores()), fuse=fuse)
+    import torch
+
+    gpus = min(jobs or torch.cuda.device_count(), torch.cuda.device_count())
+    return Execution("local", "cuda", ("cuda",) if gpus == 1 else tuple(f"cuda:{i}" for i in range(gpus)), fuse=fuse)
+
+
+# ---------------------------------------------------------------- worker slots
+_slot: tuple | None = None  # (the open lock file, the device) of this worker process, set by claim_slot
+
+
+def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
+    """Worker-process initializer: take the first slot whose lock file no live worker holds,
+    for the rest of this process's life. The kernel drops a dead worker's lock, so a
+    replacement worker takes over its slot (its GPU)."""
+    global _slot
+    for index, device in enumerate(slots):
+        handle = open(Path(lock_dir) / f"slot{index}.lock", "w")  # noqa: SIM115  (held until exit)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _slot = (handle, device)
+        return
+    raise RuntimeError(f"all {len(slots)} worker slots are taken")
+
+
+def claimed_device() -> str:
+    """The device of the slot this worker process claimed (RuntimeError outside a worker)."""
+    if _slot is None:
+        raise RuntimeError("this process claimed no worker slot")
+    return _slot[1]
+
+
+# ---------------------------------------------------------------- the backends
+@contextlib.contextmanager
+def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
+    """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
+    yields task_fn's result for each task as soon as it finishes, in any order. UserError
+    when the dask scheduler cannot be reached."""
+    if execution.backend == "dask":
+        with _dask_client(execution.scheduler) as client, parallel_config(backend="dask"):
+            yield _joblib_runner(-1, task_fn, execution.device), len(client.nthreads())  # worker processes
+    elif len(execution.slots) > 1:
+        with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
+            backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)
+        ):
+            yield _joblib_runner(len(execution.slots), task_fn, None), len(execution.slots)
+    else:
+        yield (lambda tasks: (task_fn(task, execution.slots[0]) for task in tasks)), 1
+
+
+def _joblib_runner(n_jobs: int, task_fn: TaskFn, device: str | None) -> RunTasks:
+    def run(tasks):
+        # No more workers than tasks: each one costs a torch import and a dataset load.
+        jobs = min(n_jobs, len(tasks)) if n_jobs > 0 else n_jobs
+        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
+        return parallel(delayed(task_fn)(task, device) for task in tasks)
+
+    return run
+
+
+@contextlib.contextmanager
+def _dask_client(scheduler: str):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserError("--backend dask needs dask.distributed: pip install 'bnstudy[dask]'") from None
+    try:
+        client = Client(scheduler)  # waits up to dask's distributed.comm.timeouts.connect (30 s)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+    with client:
+        yield client

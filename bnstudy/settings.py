@@ -1,0 +1,243 @@
+"""The run settings, declared once (torch-free).
+
+Every setting a run has is one `Setting` in SETTINGS: name, type, default, allowed values
+or check, help text, and whether it is part of a run's identity. Everything else derives
+from this declaration:
+
+- RunConfig, the frozen record of one run: its fields, defaults and validation;
+- its run_id: a readable name from the settings' `tag`s plus a hash of its identity;
+- the fusion key (identity minus the settings a fused group's members may differ in:
+  seed and lr), RunConfig.fusion_key;
+- the CSV identity columns (IDENTITY_COLUMNS: the settings with `column`);
+- `bnstudy run`'s flags (cli.py), the study spec's keys, types and checks (spec.py), the
+  report's column types and words (aggregate.typed, wording.py).
+
+Adding a setting is adding its entry here, plus the code that uses its value (see
+docs/DESIGN.md, "Adding a setting"). A setting added after bnstudy 0.1 has
+`hashed_at_default=False`: left out of the hash at its default, so every run written
+before it existed keeps its run_id and still counts as done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from bnstudy.errors import UserError
+from bnstudy.variants import ACTIVATIONS, VARIANTS, variant
+
+TRAIN_SIZE, TEST_SIZE = 60_000, 10_000  # Fashion-MNIST's training and test images
+MAX_SEED = 2**32 - 1  # numpy's range; torch takes more, but a seed must survive a CSV as int64
+MAX_NAME_LENGTH = 100  # a study name becomes a folder name; file systems allow 255 bytes
+REQUIRED = object()  # the default of a setting every run must give
+
+
+class SettingError(UserError):
+    """A setting with an impossible value; `key` names it so each front end can say where."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+# ---------------------------------------------------------------- checks
+def integer(low: int, high: int | None = None) -> Callable:
+    def check(value) -> str | None:
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            return f"must be {bound} (got {value})"
+        return None
+
+    return check
+
+
+def positive(high: float | None = None) -> Callable:
+    """A number in (0, high] (no upper bound when high is None)."""
+
+    def check(value) -> str | None:
+        if not value > 0 or (high is not None and value > high):
+            return f"must be > 0{f' and <= {high:g}' if high is not None else ''} (got {value})"
+        return None
+
+    return check
+
+
+def folder_name(value) -> str | None:
+    if not value or "/" in value or len(value) > MAX_NAME_LENGTH:
+        return f"must be a non-empty name without '/', at most {MAX_NAME_LENGTH} characters (got {value!r})"
+    return None
+
+
+# ---------------------------------------------------------------- the declaration
+@dataclass(frozen=True)
+class Setting:
+    """One run setting.
+
+    kind: int, float or str (a float setting accepts an int and stores a float).
+    default: its value when not given, or REQUIRED. run_default: `bnstudy run`'s default
+    where the setting is REQUIRED in a study spec. optional: None is allowed (it means
+    "all", for the image limits). check(value) -> a problem in words, or None.
+    identity: part of what makes the run (all but `study`). column: one of the CSV's
+    identity columns. per_member: the members of one fused group may differ in it.
+    hashed_at_default: the hash includes it at its default (True for bnstudy 0.1's
+    settings, whose old run ids must hold). tag(value): its part of the readable run_id
+    ("" for none). label: how sentences and figure labels name it.
+    """
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    check: Callable | None = None
+    choices: tuple[str, ...] | None = None
+    optional: bool = False
+    run_default: object = REQUIRED
+    metavar: str | None = None
+    identity: bool = True
+    column: bool = False
+    per_member: bool = False
+    hashed_at_default: bool = True
+    tag: Callable | None = None
+    label: str | None = None
+
+    @property
+    def words(self) -> str:
+        return self.label or self.name
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value` for this setting, or None when it is allowed."""
+        if value is None:
+            return None if self.optional else f"must be {TYPE_WORDS[self.kind]} (got None)"
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else self.kind):
+            return f"must be {TYPE_WORDS[self.kind]} (got {value!r})"
+        if self.kind is float and not math.isfinite(value):
+            return f"must be a finite number (got {value!r})"
+        if self.choices is not None and value not in self.choices:
+            return f"unknown value {value!r}; expected one of {', '.join(self.choices)}"
+        return self.check(value) if self.check else None
+
+
+TYPE_WORDS = {float: "a number", int: "an integer", str: "a string"}
+
+SETTINGS = (
+    Setting("study", str, "single", "the study's name: its results folder under results/", check=folder_name,
+            identity=False, column=True),
+    Setting("variant", str, REQUIRED, "where BatchNorm goes", choices=VARIANTS, column=True, tag=str),
+    Setting("activation", str, "sigmoid", "the activation of every [norm/act] block", choices=tuple(ACTIVATIONS),
+            column=True, hashed_at_default=False, tag=lambda v: "" if v == "sigmoid" else v),
+    Setting("bn_impl", str, "torch", "nn.BatchNorm or the textbook's from-scratch batch_norm",
+            choices=("torch", "scratch"), column=True, tag=lambda v: "scratch" if v == "scratch" else ""),
+    Setting("bn_momentum", float, 0.1, "BatchNorm's momentum, PyTorch's convention: running = (1 - m) * running "
+            "+ m * batch; about 2/m recent batches dominate", check=positive(1.0), metavar="M", column=True,
+            hashed_at_default=False, tag=lambda v: "" if v == 0.1 else f"bnm{v:g}", label="BN momentum"),
+    Setting("optimizer", str, "adam", "Adam (PyTorch's defaults) or plain SGD", choices=("adam", "sgd"),
+            column=True, tag=str),
+    Setting("lr", float, REQUIRED, "learning rate", check=positive(), run_default=1e-3, column=True,
+            per_member=True, tag=lambda v: f"lr{v:.0e}", label="learning rate"),
+    Setting("batch_size", int, REQUIRED, "training batch size (bounds: see validate)", run_default=256, column=True,
+            tag=lambda v: f"bs{v}", label="batch size"),
+    Setting("seed", int, 0, "fixes initialisation, data order and the PreciseBN sample", check=integer(0, MAX_SEED),
+            column=True, per_member=True, tag=lambda v: f"s{v}"),
+    Setting("epochs", int, REQUIRED, "training epochs", check=integer(1), run_default=5),
+    Setting("limit_train", int, None, "use the first N training images", check=integer(2, TRAIN_SIZE),
+            optional=True, metavar="N"),
+    Setting("limit_test", int, None, "use the first M test images", check=integer(1, TEST_SIZE),
+            optional=True, metavar="M"),
+    Setting("precise_bn_samples", int, 8192, "training images that re-estimate BN statistics for the PreciseBN "
+            "diagnostic", check=integer(2), metavar="K"),
+)  # fmt: skip
+BY_NAME = {s.name: s for s in SETTINGS}
+RUN_SETTINGS = tuple(s.name for s in SETTINGS if s.identity)  # a run's identity, spec keys and [grid] axes
+IDENTITY_COLUMNS = ["run_id", *(s.name for s in SETTINGS if s.column)]
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+    "test_acc_batch_stats", "test_acc_precise_bn",
+    "train_seconds", "eval_seconds", "samples_per_second",
+]  # fmt: skip
+CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
+# Identity columns a CSV written before its setting existed lacks (the setting was at its default then).
+LATER_COLUMNS = frozenset(s.name for s in SETTINGS if s.column and not s.hashed_at_default)
+
+
+def csv_layout_ok(columns: list[str]) -> bool:
+    """Whether a run CSV's header is this version's CSV_COLUMNS, or an older version's
+    (the same in the same order, without columns of settings added since)."""
+    return list(columns) == [c for c in CSV_COLUMNS if c in set(columns) or c not in LATER_COLUMNS]
+
+
+# ---------------------------------------------------------------- one run
+class _RunConfigMethods:
+    """What every RunConfig can do; its fields are SETTINGS (see RunConfig below)."""
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def train_size(self) -> int:
+        return self.limit_train or TRAIN_SIZE
+
+    def identity(self) -> dict:
+        """The settings that define the run (all but `study`), JSON-ready: a run JSON's `config`."""
+        return {name: getattr(self, name) for name in RUN_SETTINGS}
+
+    def hashed_identity(self) -> dict:
+        """identity() without the later settings at their defaults: what the run_id hashes."""
+        return {name: value for name, value in self.identity().items()
+                if BY_NAME[name].hashed_at_default or value != BY_NAME[name].default}  # fmt: skip
+
+    @property
+    def run_id(self) -> str:
+        """Readable and stable, e.g. `bn_before-adam-lr1e-03-bs256-s0-3fa2c1`: the settings'
+        tags, then 6 hex digits of a hash that tells apart what the name leaves out."""
+        canonical = json.dumps(self.hashed_identity(), sort_keys=True)
+        digest = hashlib.sha1(canonical.encode()).hexdigest()[:6]
+        tags = (s.tag(getattr(self, s.name)) for s in SETTINGS if s.tag is not None)
+        return "-".join([*(tag for tag in tags if tag), digest])
+
+    def fusion_key(self) -> tuple:
+        """What runs must share to train as one fused group: the identity but the settings
+        its members may differ in (seed, lr)."""
+        return tuple((s.name, getattr(self, s.name)) for s in SETTINGS if s.identity and not s.per_member)
+
+
+def _field(setting: Setting) -> tuple:
+    kind = setting.kind | None if setting.optional else setting.kind
+    if setting.default is REQUIRED:
+        return setting.name, kind
+    return setting.name, kind, dataclasses.field(default=setting.default)
+
+
+# A frozen dataclass with one field per setting (those without a default first), so that a
+# new setting needs no edit here. RunConfig(variant=..., lr=..., ...) validates on creation.
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [_field(s) for s in SETTINGS if s.default is REQUIRED] + [_field(s) for s in SETTINGS if s.default is not REQUIRED],
+    bases=(_RunConfigMethods,),
+    frozen=True,
+)
+RunConfig.__module__ = __name__  # so that pickle (worker processes, dask) finds it here
+RunConfig.__doc__ = """Everything that determines one training run's numbers (and so its run_id): one
+field per entry of SETTINGS. `study` names the results folder and is not part of the identity."""
+
+
+def validate(config) -> None:
+    """Raise SettingError naming the first impossible setting of `config`: each setting's
+    own check, then the checks that involve two settings."""
+    for setting in SETTINGS:
+        problem = setting.problem(getattr(config, setting.name))
+        if problem:
+            raise SettingError(setting.name, problem)
+    # BatchNorm needs at least two samples per batch; a batch cannot exceed the training set.
+    low = 2 if variant(config.variant).has_bn else 1
+    if not low <= config.batch_size <= config.train_size:
+        raise SettingError("batch_size", f"must be between {low} and {config.train_size} (got {config.batch_size})")
+
+
+def from_record(config: dict, study: str = "single"):
+    """The RunConfig of a run JSON's `config` (written by any bnstudy version: settings added
+    since take their defaults). SettingError or TypeError when it is not a valid config."""
+    return RunConfig(study=study, **config)

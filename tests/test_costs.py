@@ -1,0 +1,26 @@
+"""The cost model: estimates grow with the work; the ETA follows the finished runs; a
+fused group's time counts once."""
+
+import dataclasses
+
+import pytest
+
+from bnstudy.costs import Eta, estimate_seconds, own_seconds
+from bnstudy.spec import RunConfig
+
+
+def test_estimates_grow_with_the_work_and_the_eta_follows_the_finished_runs():
+    small = RunConfig(variant="bn_before", lr=1e-3, batch_size=256, epochs=2, limit_train=10_000)
+    large = RunConfig(variant="bn_before", lr=1e-3, batch_size=256, epochs=4, limit_train=20_000)
+    assert 0 < estimate_seconds(small) < estimate_seconds(large)
+    assert estimate_seconds(dataclasses.replace(small, batch_size=32)) > estimate_seconds(small)
+    predicted = estimate_seconds(small)
+    eta = Eta([small, small, small], workers=2)
+    assert eta.seconds() == pytest.approx(3 * predicted / 2)
+    eta.finished(small, [{"train_seconds": predicted, "eval_seconds": 0.0}] * 2)  # took twice the prediction
+    assert eta.seconds() == pytest.approx(2 * (2 * predicted) / 2)
+
+
+def test_fused_rows_count_their_group_time_once():
+    rows = [{"train_seconds": 3.0, "eval_seconds": 1.0}] * 2
+    assert own_seconds(rows) == 8.0 and own_seconds(rows, group_size=4) == 2.0
