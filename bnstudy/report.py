@@ -29,6 +29,7 @@ from bnstudy.aggregate import (
     missing_runs,
     summarize_runs,
 )
+from bnstudy.axis_findings import axis_findings
 from bnstudy.figures import FIGURES, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
 from bnstudy.store import atomic_write_text, check_writable
@@ -131,6 +132,10 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
     if len(missing):
         parts += ["## Incomplete cells", f"{len(missing)} of {len(cells)} cells lack runs:", md_table(missing)]
     parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
+    about_axes = axis_findings(summary)
+    if about_axes:
+        parts += ["## What BN momentum and the activation change", CONTRASTS_NOTE,
+                  "\n".join(f"- {sentence}" for sentence in about_axes)]  # fmt: skip
     comparison = notebook_comparison(summary)
     if comparison is not None:
         sentences, table = comparison
@@ -152,6 +157,8 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
     return "\n\n".join(parts) + "\n"
 
 
+CONTRASTS_NOTE = ("Each difference pairs runs that differ in that one setting only, seed included; the interval is "
+                  "a bootstrap 95% interval over the pairs, and a difference is claimed only when it excludes 0.")
 FILES_NOTE = """\
 - `summary.csv`: one row per run: its settings, status, `diverged`, `epochs_used`, the
   stability metrics (fractions, not %), and the training/evaluation seconds.

@@ -232,9 +232,13 @@ def validate(config) -> None:
         if problem:
             raise SettingError(setting.name, problem)
     # BatchNorm needs at least two samples per batch; a batch cannot exceed the training set.
-    low = 2 if variant(config.variant).has_bn else 1
+    has_bn = variant(config.variant).has_bn
+    low = 2 if has_bn else 1
     if not low <= config.batch_size <= config.train_size:
         raise SettingError("batch_size", f"must be between {low} and {config.train_size} (got {config.batch_size})")
+    # The batch-statistics diagnostic normalises test batches in train mode: two images at least.
+    if has_bn and config.limit_test is not None and config.limit_test < 2:
+        raise SettingError("limit_test", f"must be >= 2 for a variant with BatchNorm (got {config.limit_test})")
 
 
 def from_record(config: dict, study: str = "single"):

@@ -67,6 +67,13 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "none", "--device", "tpu"], "--device"),
     (["--variant", "none", "--epochs", "1", "--data", "/nonexistent/fmnist"], "train-images-idx3-ubyte"),
     (["--lr", "1e-3"], "--variant"),
+    (["--variant", "none", "--activation", "gelu"], "--activation"),
+    (["--variant", "bn_before", "--bn-momentum", "0"], "--bn-momentum: must be > 0 and <= 1"),
+    (["--variant", "bn_before", "--bn-momentum", "-0.5"], "--bn-momentum: must be > 0 and <= 1"),
+    (["--variant", "bn_before", "--bn-momentum", "1.01"], "--bn-momentum: must be > 0 and <= 1"),
+    (["--variant", "bn_before", "--bn-momentum", "nan"], "--bn-momentum: must be a finite number"),
+    (["--variant", "bn_before", "--limit-test", "1"], "--limit-test: must be >= 2 for a variant with BatchNorm"),
+    (["--variant", "none", "--seed", str(2**64)], "--seed: must be between 0 and 4294967295"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags, expected):
     out = tmp_path / "out"

@@ -81,11 +81,13 @@ def test_the_spec_as_run_reads_back_into_the_same_runs(tmp_path, small):
 
 def test_shipped_specs_are_valid_and_named_after_their_files():
     specs = sorted(EXPERIMENTS.glob("*.toml"))
-    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full"}
+    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full", "momentum", "activation"}
     for path in specs:
         study = load_study(path)
         assert study.name == path.stem
-        assert {r.variant for r in study.runs()} == {"none", "bn_before", "bn_after"}
+        # every study compares all three variants, but the one about BatchNorm's own momentum
+        expected = {"bn_before", "bn_after"} if path.stem == "momentum" else {"none", "bn_before", "bn_after"}
+        assert {r.variant for r in study.runs()} == expected
 
 
 def test_default_spans_the_asked_ranges():
@@ -95,6 +97,15 @@ def test_default_spans_the_asked_ranges():
     assert min(batch_sizes) <= 32 and max(batch_sizes) >= 1024
     assert min(lrs) <= 1e-4 and max(lrs) >= 1e-2 and {r.optimizer for r in runs} == {"adam"}
     assert len({r.seed for r in runs}) >= 3 and {r.epochs for r in runs} <= set(range(5, 11))
+
+
+def test_the_axis_studies_vary_what_they_study():
+    momentum = load_study(EXPERIMENTS / "momentum.toml")
+    assert set(axis(momentum, "variant")) == {"bn_before", "bn_after"} and len(axis(momentum, "bn_momentum")) >= 3
+    assert 0.1 in axis(momentum, "bn_momentum") and len(axis(momentum, "seed")) >= 3
+    activation = load_study(EXPERIMENTS / "activation.toml")
+    assert set(axis(activation, "activation")) == {"sigmoid", "relu", "tanh"} and len(axis(activation, "variant")) == 3
+    assert dict(activation.fixed)["batch_size"] == 256
 
 
 def test_seed_spec_is_the_notebook_setting():
@@ -132,6 +143,21 @@ BAD = [  # (spec text or None for SMALL, --set items, the key the error names, w
     ('lr = 1e-3\nbatch_size = 8\nepochs = 1\n', [], "variant", "missing"),
     ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n[grid]\nlr = [0.1]\n', [], "lr", "set both"),
     ('grid = 3\n', [], "grid", "must be a table"),
+    # the axes added after 0.1: activation and bn_momentum
+    (None, ["grid.activation=['relu', 'gelu']"], "grid.activation", "unknown value 'gelu'"),
+    (None, ["activation=swish"], "activation", "unknown value 'swish'; expected one of sigmoid, relu, tanh"),
+    (None, ["bn_momentum=0"], "bn_momentum", "must be > 0 and <= 1"),
+    (None, ["grid.bn_momentum=[0.1, -0.1]"], "grid.bn_momentum", "must be > 0 and <= 1"),
+    (None, ["bn_momentum=1.5"], "bn_momentum", "must be > 0 and <= 1 (got 1.5)"),
+    (None, ["bn_momentum=nan"], "bn_momentum", "must be a finite number"),
+    (None, ["bn_momentum='0.1'"], "bn_momentum", "must be a number"),
+    ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\nactivation = "relu"\n[grid]\nactivation = ["tanh"]\n',
+     [], "activation", "set both"),
+    ('variant = "bn_before"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\nbn_momentum = 0.1\n[grid]\n'
+     'bn_momentum = [0.3]\n', [], "bn_momentum", "set both"),
+    (None, ["limit_test=1"], "limit_test", "BatchNorm"),
+    (None, [f"seed={2**32}"], "seed", "between 0 and 4294967295"),
+    (None, ["name=" + "x" * 101], "name", "at most 100"),
 ]
 
 
