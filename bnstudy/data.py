@@ -156,21 +156,28 @@ def load_fashion_mnist(
     return FashionMNIST(to_float(train_x), train_y, to_float(test_x), test_y).to(device)
 
 
-def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
-    """One epoch's shuffled index batches, drawn from `generator` (a CPU generator, so the
-    order for a seed is the same on every device) and moved to `device` in one copy.
+def split_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` (N, ...) cut along dim 0 into consecutive batches of `batch_size`.
 
-    Every sample appears exactly once. The last batch keeps the remainder, as a
-    DataLoader without drop_last does, except that a lone final sample joins the batch
-    before it: BatchNorm cannot normalise a batch of one.
+    Every row appears exactly once. The last batch keeps the remainder, as a DataLoader
+    without drop_last does, except that a lone final sample joins the batch before it:
+    train-mode BatchNorm cannot normalise a batch of one.
     """
-    perm = torch.randperm(num_samples, generator=generator).to(device, non_blocking=True)
-    batches = list(torch.split(perm, batch_size))
+    batches = list(torch.split(order, batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
 
 
+def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches (split_batches of a permutation), drawn from
+    `generator` (a CPU generator, so the order for a seed is the same on every device)
+    and moved to `device` in one copy."""
+    perm = torch.randperm(num_samples, generator=generator).to(device, non_blocking=True)
+    return split_batches(perm, batch_size)
+
+
 def fixed_batches(num_samples: int, batch_size: int, device) -> list[torch.Tensor]:
-    """Index batches 0..num_samples-1 in order (for evaluation), on `device`."""
-    return list(torch.split(torch.arange(num_samples, device=device), batch_size))
+    """Index batches of 0..num_samples-1 in order (split_batches), on `device`: for
+    evaluation, including the train-mode BN diagnostics, which a batch of one would break."""
+    return split_batches(torch.arange(num_samples, device=device), batch_size)

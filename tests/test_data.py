@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bnstudy import data as data_module
-from bnstudy.data import FILES, epoch_batches, find_data_dir, load_fashion_mnist
+from bnstudy.data import FILES, epoch_batches, find_data_dir, fixed_batches, load_fashion_mnist
 from bnstudy.errors import UserError
 
 
@@ -115,3 +115,15 @@ def test_a_lone_last_sample_joins_the_batch_before_it():
     batches = epoch_batches(129, 64, torch.Generator().manual_seed(0), "cpu")
     assert [len(b) for b in batches] == [64, 65]
     assert torch.equal(torch.cat(batches).sort().values, torch.arange(129))
+
+
+@pytest.mark.parametrize("num_samples, batch_size, sizes", [
+    (257, 128, [128, 129]),  # a PreciseBN subset or test set of 2 x 128 + 1
+    (10_000, 3, [3] * 3332 + [4]),  # the full test set at a batch size dividing 9,999
+    (501, 500, [501]),  # the eval-mode pass's batch of 500
+    (1, 500, [1]),  # nothing to merge into: one sample stays one batch
+])  # fmt: skip
+def test_fixed_batches_merge_a_lone_last_sample_and_keep_every_index_in_order(num_samples, batch_size, sizes):
+    batches = fixed_batches(num_samples, batch_size, "cpu")
+    assert [len(b) for b in batches] == sizes
+    assert torch.equal(torch.cat(batches), torch.arange(num_samples))

@@ -31,8 +31,8 @@ def _one_thread():
 
 
 @functools.cache
-def tiny_data(device: str = "cpu"):
-    return load_fashion_mnist(None, device, LIMIT_TRAIN, LIMIT_TEST)
+def tiny_data(device: str = "cpu", limit_test: int = LIMIT_TEST):
+    return load_fashion_mnist(None, device, LIMIT_TRAIN, limit_test)
 
 
 def config(**overrides) -> RunConfig:
@@ -49,7 +49,7 @@ def members(**shape) -> list[RunConfig]:
 
 @functools.cache
 def solo(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str = "cpu"):
-    return fit(cfg, tiny_data(device), dtype=dtype)
+    return fit(cfg, tiny_data(device, cfg.limit_test), dtype=dtype)
 
 
 def assert_same_run(fused, expected, loss_rtol: float, acc_atol: float) -> None:
@@ -98,6 +98,16 @@ def test_fused_group_matches_solo_runs_in_float32():
         # losses (measured: at most 1e-4) and flips a few near-tie predictions (measured:
         # at most 4 of the 256 test images)
         assert_same_run(result, solo(cfg, torch.float32), loss_rtol=5e-4, acc_atol=6 / LIMIT_TEST)
+
+
+def test_a_lone_last_sample_in_every_evaluation_pass_matches_solo_runs():
+    """501 test images = 500 + 1 (the eval-mode pass) = 4 x 125 + 1 (the batch-statistics
+    pass at batch 125), and 126 PreciseBN samples = 125 + 1, drawn as a (K, G) subset:
+    every pass ends on a lone sample, which joins the batch before it, as in solo runs."""
+    group = members(variant="bn_before", batch_size=125, limit_test=501, precise_bn_samples=126, epochs=1)
+    results = fit_group(group, tiny_data(limit_test=501), dtype=torch.float64)
+    for cfg, result in zip(group, results):
+        assert_same_run(result, solo(cfg), loss_rtol=1e-9, acc_atol=0)
 
 
 def test_a_member_does_not_depend_on_its_partners():
