@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -60,18 +62,31 @@ def test_explicit_folder_wins_and_environment_variable_is_used(data_copy, monkey
         find_data_dir(empty)  # an explicit folder never falls through to another copy
 
 
-def test_nothing_found_and_no_download_is_a_user_error(monkeypatch, tmp_path):
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No copy anywhere (an empty working folder, no Debian package, no environment
+    variables) and no network: torchvision's download fails as it does offline, its
+    urlopen raising URLError, after torchvision has made its folders."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BNSTUDY_DATA", raising=False)
     monkeypatch.delenv("TORCHVISION_ROOT", raising=False)
     monkeypatch.setattr(data_module, "DEBIAN_DIR", tmp_path / "nowhere")
 
-    def offline(looked_in):
-        raise UserError("Fashion-MNIST not found (offline)")
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(data_module, "_download_with_torchvision", offline)
-    with pytest.raises(UserError, match="not found"):
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    return tmp_path
+
+
+def test_nothing_found_and_no_download_is_a_user_error(offline):
+    with pytest.raises(UserError) as error:
         find_data_dir()
+    assert str(error.value) == (
+        f"Fashion-MNIST not found (looked in data/fashion-mnist, {offline / 'nowhere'}, data/FashionMNIST/raw); "
+        "install it with `make data` (Debian's dataset-fashion-mnist), "
+        "or pass --data DIR / set BNSTUDY_DATA to a folder holding the four *-ubyte[.gz] files"
+    )
 
 
 def _rewrite(path, transform):
