@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +90,34 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _download_with_torchvision(looked_in: list[Path]) -> Path:
-    """Last resort: torchvision's own download into ./data (needs the internet)."""
+    """Last resort: torchvision's own download into ./data (needs the internet).
+
+    torchvision creates ./data/FashionMNIST/raw before it tries the network; when the
+    download fails, the folders this attempt created are removed again (pre-existing
+    ones are kept): a failed lookup leaves nothing behind in the user's working folder.
+    """
+    target = Path("data/FashionMNIST/raw")
+    created = _outermost_missing(target)
     try:
         from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
 
         TorchvisionFashionMNIST(root="data", train=True, download=True)
         TorchvisionFashionMNIST(root="data", train=False, download=True)
     except Exception:  # no network, a proxy error, a checksum mismatch: all mean "not found"
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         where = ", ".join(str(d) for d in looked_in)
         raise UserError(f"Fashion-MNIST not found (looked in {where}); {INSTALL_HINT}") from None
-    return Path("data/FashionMNIST/raw")
+    return target
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist (what
+    os.makedirs(folder) would create first), or None when `folder` exists."""
+    for path in [*reversed(folder.parents), folder]:
+        if not path.exists():
+            return path
+    return None
 
 
 def read_idx(path: Path, magic: int, count: int) -> torch.Tensor:

@@ -89,6 +89,17 @@ def test_nothing_found_and_no_download_is_a_user_error(offline):
     )
 
 
+@pytest.mark.parametrize("existing", ["", "data", "data/FashionMNIST", "data/FashionMNIST/raw"])
+def test_a_failed_download_removes_only_the_folders_it_created(offline, existing):
+    if existing:
+        (offline / existing).mkdir(parents=True)
+        (offline / existing / "keep.txt").write_text("the user's")
+    before = sorted(offline.rglob("*"))
+    with pytest.raises(UserError):
+        find_data_dir()
+    assert sorted(offline.rglob("*")) == before
+
+
 def _rewrite(path, transform):
     raw = gzip.open(path).read()
     with gzip.open(path, "wb", compresslevel=1) as f:  # fast: the content is what matters
