@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bnstudy.data import load_fashion_mnist
-from bnstudy.fused import CPU_GROUP_SIZE, fit_group, max_group_size, shape_key
+from bnstudy.fused import fit_group, max_group_size, shape_key
 from bnstudy.spec import RunConfig
 from bnstudy.train import CSV_COLUMNS, fit
 
@@ -147,8 +147,26 @@ def test_shape_key_ignores_seed_and_lr_and_fit_group_refuses_mixed_shapes():
         fit_group([config(), config(variant="none")], tiny_data())
 
 
-def test_max_group_size_on_the_cpu():
-    assert max_group_size("cpu", 256) == CPU_GROUP_SIZE
+def test_max_group_size_is_one_on_the_cpu():
+    assert max_group_size("cpu", 256) == 1
+    assert max_group_size("cpu", 16, torch.float64) == 1
+
+
+# One float32 member at a batch of at most 500 images: evaluation's 500 images x 16,000
+# activation floats x 4 bytes x a safety factor of 4 = 128 MB (fused.member_memory_bytes).
+FLOAT32_MEMBER = 500 * 16_000 * 4 * 4
+
+
+@pytest.mark.parametrize("batch_size, dtype, free, expected", [
+    (256, torch.float32, 2 * 10 * FLOAT32_MEMBER, 10),  # half the free memory holds 10 members
+    (256, torch.float32, 2 * 11 * FLOAT32_MEMBER - 1, 10),  # rounded down, never over
+    (1000, torch.float64, 2 * 3 * (1000 * 16_000 * 8 * 4), 3),  # a batch over 500 sets the size; 8-byte floats
+    (256, torch.float32, FLOAT32_MEMBER, 1),  # room for less than one: still one
+    (256, torch.float32, 80 * 2**30, 64),  # an 80 GiB card would hold 335: capped
+])  # fmt: skip
+def test_max_group_size_on_a_gpu_follows_free_memory(monkeypatch, batch_size, dtype, free, expected):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    assert max_group_size("cuda", batch_size, dtype) == expected
 
 
 @pytest.mark.cuda
