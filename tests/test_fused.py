@@ -5,15 +5,28 @@ a member does not depend on its partners; a diverging member is masked, not fata
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import pytest
 import torch
 
+from bnstudy import fused
 from bnstudy.data import load_fashion_mnist
-from bnstudy.fused import fit_group, max_group_size, shape_key
+from bnstudy.fused import (
+    GroupOptimizer,
+    fit_group,
+    fuse_models,
+    group_batches,
+    group_data,
+    max_group_size,
+    member_cross_entropy,
+    shape_key,
+    silence_member,
+)
+from bnstudy.models import bn_layers
 from bnstudy.spec import RunConfig
-from bnstudy.train import CSV_COLUMNS, fit
+from bnstudy.train import CSV_COLUMNS, build_model, fit, train_epoch, with_dtype
 
 # 513 = 4 x 128 + 1: the lone last sample joins the batch before it (data.epoch_batches)
 LIMIT_TRAIN, LIMIT_TEST = 513, 256
@@ -118,7 +131,14 @@ def test_a_member_does_not_depend_on_its_partners():
     assert_same_run(last_of_two, alone_first, loss_rtol=1e-9, acc_atol=0)
 
 
-def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs():
+def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs(monkeypatch):
+    silenced = []
+
+    def spy(model, optimizer, member):  # the real silence_member, keeping hold of what it masked
+        silence_member(model, optimizer, member)
+        silenced.append((model, optimizer, member))
+
+    monkeypatch.setattr(fused, "silence_member", spy)
     shape = dict(variant="bn_after", optimizer="sgd", epochs=2)
     # float64 needs an absurd learning rate to overflow: 1e100 does in the first epoch
     group = [config(seed=0, lr=0.1, **shape), config(seed=1, lr=1e100, **shape), config(seed=2, lr=0.5, **shape)]
@@ -128,6 +148,59 @@ def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs():
     assert not math.isfinite(results[1].rows[-1]["train_loss"])
     for cfg, result in zip(group, results):
         assert_same_run(result, solo(cfg), loss_rtol=1e-9, acc_atol=0)
+    ((model, optimizer, member),) = silenced
+    assert member == 1 and optimizer.lrs[1] == 0
+    for name, p in model.named_parameters():  # an epoch after the masking, its part is still zero
+        assert not member_part(p, 1).any() and member_part(p, 0).any() and member_part(p, 2).any(), name
+
+
+def member_part(t: torch.Tensor, member: int, group_size: int = 3) -> torch.Tensor:
+    """Member `member`'s part of a member-major parameter, buffer or optimizer state."""
+    return t.detach().reshape(group_size, -1)[member]
+
+
+def group_trainer(configs: list[RunConfig]):
+    """A fused model (float64), its GroupOptimizer and train(steps), which runs the next
+    `steps` training steps of the members' first epoch."""
+    data = group_data(with_dtype(tiny_data(), torch.float64), len(configs))
+    model = fuse_models([build_model(c, "cpu", torch.float64) for c in configs], configs[0].bn_impl)
+    optimizer = GroupOptimizer(configs[0].optimizer, model.parameters(), [c.lr for c in configs])
+    orders = [torch.Generator().manual_seed(c.seed) for c in configs]
+    batches = iter(group_batches(LIMIT_TRAIN, configs[0].batch_size, orders, "cpu"))
+
+    def train(steps: int) -> None:
+        train_epoch(model, optimizer, data, list(itertools.islice(batches, steps)), member_cross_entropy)
+
+    return model, optimizer, train
+
+
+def test_silence_member_masks_that_members_state_and_no_other():
+    group = members(variant="bn_before", optimizer="adam")
+    model, optimizer, train = group_trainer(group)
+    train(2)  # parameters, Adam moments and BN running statistics all move away from their start
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    moments = [t.clone() for t in optimizer.exp_avgs + optimizer.exp_avg_sqs]
+    silence_member(model, optimizer, 1)
+    state = model.state_dict()
+    for name, p in model.named_parameters():
+        assert member_part(before[name], 1).any() and not member_part(p, 1).any(), name
+    for bn in bn_layers(model):
+        assert torch.all(member_part(bn.running_mean, 1) == 0) and torch.all(member_part(bn.running_var, 1) == 1)
+    assert optimizer.lrs.tolist() == [group[0].lr, 0.0, group[2].lr]
+    for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
+        assert member_part(old, 1).any() and not member_part(new, 1).any()
+    for other in (0, 2):  # the others' state is untouched
+        for name, value in state.items():
+            if value.dim():  # BN's num_batches_tracked (0-d) is one counter for all members
+                assert torch.equal(member_part(value, other), member_part(before[name], other)), (name, other)
+        for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
+            assert torch.equal(member_part(new, other), member_part(old, other))
+    for bn in bn_layers(model):  # ... and was not (0, 1) already: the reset above is member 1's alone
+        assert member_part(bn.running_mean, 0).any() and not torch.all(member_part(bn.running_var, 0) == 1)
+    train(1)  # the silenced member no longer learns; the others do
+    for name, p in model.named_parameters():
+        assert not member_part(p, 1).any(), name
+        assert not torch.equal(member_part(p, 0), member_part(before[name], 0)), name
 
 
 def test_rows_carry_the_groups_timing_and_reach_on_epoch():
