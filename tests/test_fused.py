@@ -43,8 +43,12 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@functools.cache
 def tiny_data(device: str = "cpu", limit_test: int = LIMIT_TEST):
+    return _cached_tiny_data(device, limit_test)  # one cache entry per slice, defaults spelt out or not
+
+
+@functools.cache
+def _cached_tiny_data(device: str, limit_test: int):
     return load_fashion_mnist(None, device, LIMIT_TRAIN, limit_test)
 
 
