@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,16 +91,34 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _download_with_torchvision(looked_in: list[Path]) -> Path:
-    """Last resort: torchvision's own download into ./data (needs the internet)."""
+    """Last resort: torchvision's own download into ./data (needs the internet).
+
+    torchvision creates ./data/FashionMNIST/raw before it tries the network; when the
+    download fails, the folders this attempt created are removed again (pre-existing
+    ones are kept): a failed lookup leaves nothing behind in the user's working folder.
+    """
+    target = Path("data/FashionMNIST/raw")
+    created = _outermost_missing(target)
     try:
         from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
 
         TorchvisionFashionMNIST(root="data", train=True, download=True)
         TorchvisionFashionMNIST(root="data", train=False, download=True)
     except Exception:  # no network, a proxy error, a checksum mismatch: all mean "not found"
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         where = ", ".join(str(d) for d in looked_in)
         raise UserError(f"Fashion-MNIST not found (looked in {where}); {INSTALL_HINT}") from None
-    return Path("data/FashionMNIST/raw")
+    return target
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist (what
+    os.makedirs(folder) would create first), or None when `folder` exists."""
+    for path in [*reversed(folder.parents), folder]:
+        if not path.exists():
+            return path
+    return None
 
 
 def read_idx(path: Path, magic: int, count: int) -> torch.Tensor:
@@ -157,21 +176,28 @@ def load_fashion_mnist(
     return FashionMNIST(to_float(train_x), train_y, to_float(test_x), test_y).to(device)
 
 
-def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
-    """One epoch's shuffled index batches, drawn from `generator` (a CPU generator, so the
-    order for a seed is the same on every device) and moved to `device` in one copy.
+def split_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` (N, ...) cut along dim 0 into consecutive batches of `batch_size`.
 
-    Every sample appears exactly once. The last batch keeps the remainder, as a
-    DataLoader without drop_last does, except that a lone final sample joins the batch
-    before it: BatchNorm cannot normalise a batch of one.
+    Every row appears exactly once. The last batch keeps the remainder, as a DataLoader
+    without drop_last does, except that a lone final sample joins the batch before it:
+    train-mode BatchNorm cannot normalise a batch of one.
     """
-    perm = torch.randperm(num_samples, generator=generator).to(device, non_blocking=True)
-    batches = list(torch.split(perm, batch_size))
+    batches = list(torch.split(order, batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
 
 
+def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches (split_batches of a permutation), drawn from
+    `generator` (a CPU generator, so the order for a seed is the same on every device)
+    and moved to `device` in one copy."""
+    perm = torch.randperm(num_samples, generator=generator).to(device, non_blocking=True)
+    return split_batches(perm, batch_size)
+
+
 def fixed_batches(num_samples: int, batch_size: int, device) -> list[torch.Tensor]:
-    """Index batches 0..num_samples-1 in order (for evaluation), on `device`."""
-    return list(torch.split(torch.arange(num_samples, device=device), batch_size))
+    """Index batches of 0..num_samples-1 in order (split_batches), on `device`: for
+    evaluation, including the train-mode BN diagnostics, which a batch of one would break."""
+    return split_batches(torch.arange(num_samples, device=device), batch_size)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
 from bnstudy import data as data_module
-from bnstudy.data import FILES, epoch_batches, find_data_dir, load_fashion_mnist
+from bnstudy.data import FILES, epoch_batches, find_data_dir, fixed_batches, load_fashion_mnist
 from bnstudy.errors import UserError
 
 
@@ -60,18 +62,42 @@ def test_explicit_folder_wins_and_environment_variable_is_used(data_copy, monkey
         find_data_dir(empty)  # an explicit folder never falls through to another copy
 
 
-def test_nothing_found_and_no_download_is_a_user_error(monkeypatch, tmp_path):
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No copy anywhere (an empty working folder, no Debian package, no environment
+    variables) and no network: torchvision's download fails as it does offline, its
+    urlopen raising URLError, after torchvision has made its folders."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BNSTUDY_DATA", raising=False)
     monkeypatch.delenv("TORCHVISION_ROOT", raising=False)
     monkeypatch.setattr(data_module, "DEBIAN_DIR", tmp_path / "nowhere")
 
-    def offline(looked_in):
-        raise UserError("Fashion-MNIST not found (offline)")
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(data_module, "_download_with_torchvision", offline)
-    with pytest.raises(UserError, match="not found"):
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    return tmp_path
+
+
+def test_nothing_found_and_no_download_is_a_user_error(offline):
+    with pytest.raises(UserError) as error:
         find_data_dir()
+    assert str(error.value) == (
+        f"Fashion-MNIST not found (looked in data/fashion-mnist, {offline / 'nowhere'}, data/FashionMNIST/raw); "
+        "install it with `make data` (Debian's dataset-fashion-mnist), "
+        "or pass --data DIR / set BNSTUDY_DATA to a folder holding the four *-ubyte[.gz] files"
+    )
+
+
+@pytest.mark.parametrize("existing", ["", "data", "data/FashionMNIST", "data/FashionMNIST/raw"])
+def test_a_failed_download_removes_only_the_folders_it_created(offline, existing):
+    if existing:
+        (offline / existing).mkdir(parents=True)
+        (offline / existing / "keep.txt").write_text("the user's")
+    before = sorted(offline.rglob("*"))
+    with pytest.raises(UserError):
+        find_data_dir()
+    assert sorted(offline.rglob("*")) == before
 
 
 def _rewrite(path, transform):
@@ -115,3 +141,15 @@ def test_a_lone_last_sample_joins_the_batch_before_it():
     batches = epoch_batches(129, 64, torch.Generator().manual_seed(0), "cpu")
     assert [len(b) for b in batches] == [64, 65]
     assert torch.equal(torch.cat(batches).sort().values, torch.arange(129))
+
+
+@pytest.mark.parametrize("num_samples, batch_size, sizes", [
+    (257, 128, [128, 129]),  # a PreciseBN subset or test set of 2 x 128 + 1
+    (10_000, 3, [3] * 3332 + [4]),  # the full test set at a batch size dividing 9,999
+    (501, 500, [501]),  # the eval-mode pass's batch of 500
+    (1, 500, [1]),  # nothing to merge into: one sample stays one batch
+])  # fmt: skip
+def test_fixed_batches_merge_a_lone_last_sample_and_keep_every_index_in_order(num_samples, batch_size, sizes):
+    batches = fixed_batches(num_samples, batch_size, "cpu")
+    assert [len(b) for b in batches] == sizes
+    assert torch.equal(torch.cat(batches), torch.arange(num_samples))

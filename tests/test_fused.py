@@ -5,16 +5,28 @@ a member does not depend on its partners; a diverging member is masked, not fata
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import pytest
 import torch
 
+from bnstudy import fused
 from bnstudy.data import load_fashion_mnist
-from bnstudy.fused import CPU_GROUP_SIZE, fit_group, max_group_size
-from bnstudy.spec import RunConfig
+from bnstudy.fused import (
+    GroupOptimizer,
+    fit_group,
+    fuse_models,
+    group_batches,
+    group_data,
+    max_group_size,
+    member_cross_entropy,
+    silence_member,
+)
+from bnstudy.models import bn_layers
 from bnstudy.settings import CSV_COLUMNS
-from bnstudy.train import fit
+from bnstudy.spec import RunConfig
+from bnstudy.train import build_model, fit, train_epoch, with_dtype
 
 # 513 = 4 x 128 + 1: the lone last sample joins the batch before it (data.epoch_batches)
 LIMIT_TRAIN, LIMIT_TEST = 513, 256
@@ -31,9 +43,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+def tiny_data(device: str = "cpu", limit_test: int = LIMIT_TEST):
+    return _cached_tiny_data(device, limit_test)  # one cache entry per slice, defaults spelt out or not
+
+
 @functools.cache
-def tiny_data(device: str = "cpu"):
-    return load_fashion_mnist(None, device, LIMIT_TRAIN, LIMIT_TEST)
+def _cached_tiny_data(device: str, limit_test: int):
+    return load_fashion_mnist(None, device, LIMIT_TRAIN, limit_test)
 
 
 def config(**overrides) -> RunConfig:
@@ -50,7 +66,7 @@ def members(**shape) -> list[RunConfig]:
 
 @functools.cache
 def solo(cfg: RunConfig, dtype: torch.dtype = torch.float64, device: str = "cpu"):
-    return fit(cfg, tiny_data(device), dtype=dtype)
+    return fit(cfg, tiny_data(device, cfg.limit_test), dtype=dtype)
 
 
 def assert_same_run(fused, expected, loss_rtol: float, acc_atol: float) -> None:
@@ -116,6 +132,16 @@ def test_fused_group_matches_solo_runs_in_float32():
         assert_same_run(result, solo(cfg, torch.float32), loss_rtol=5e-4, acc_atol=6 / LIMIT_TEST)
 
 
+def test_a_lone_last_sample_in_every_evaluation_pass_matches_solo_runs():
+    """501 test images = 500 + 1 (the eval-mode pass) = 4 x 125 + 1 (the batch-statistics
+    pass at batch 125), and 126 PreciseBN samples = 125 + 1, drawn as a (K, G) subset:
+    every pass ends on a lone sample, which joins the batch before it, as in solo runs."""
+    group = members(variant="bn_before", batch_size=125, limit_test=501, precise_bn_samples=126, epochs=1)
+    results = fit_group(group, tiny_data(limit_test=501), dtype=torch.float64)
+    for cfg, result in zip(group, results):
+        assert_same_run(result, solo(cfg), loss_rtol=1e-9, acc_atol=0)
+
+
 def test_a_member_does_not_depend_on_its_partners():
     a, b, c = members(variant="bn_after", optimizer="adam")
     other = config(variant="bn_after", seed=5, lr=0.05)
@@ -124,7 +150,14 @@ def test_a_member_does_not_depend_on_its_partners():
     assert_same_run(last_of_two, alone_first, loss_rtol=1e-9, acc_atol=0)
 
 
-def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs():
+def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs(monkeypatch):
+    silenced = []
+
+    def spy(model, optimizer, member):  # the real silence_member, keeping hold of what it masked
+        silence_member(model, optimizer, member)
+        silenced.append((model, optimizer, member))
+
+    monkeypatch.setattr(fused, "silence_member", spy)
     shape = dict(variant="bn_after", optimizer="sgd", epochs=2)
     # float64 needs an absurd learning rate to overflow: 1e100 does in the first epoch
     group = [config(seed=0, lr=0.1, **shape), config(seed=1, lr=1e100, **shape), config(seed=2, lr=0.5, **shape)]
@@ -134,6 +167,59 @@ def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs():
     assert not math.isfinite(results[1].rows[-1]["train_loss"])
     for cfg, result in zip(group, results):
         assert_same_run(result, solo(cfg), loss_rtol=1e-9, acc_atol=0)
+    ((model, optimizer, member),) = silenced
+    assert member == 1 and optimizer.lrs[1] == 0
+    for name, p in model.named_parameters():  # an epoch after the masking, its part is still zero
+        assert not member_part(p, 1).any() and member_part(p, 0).any() and member_part(p, 2).any(), name
+
+
+def member_part(t: torch.Tensor, member: int, group_size: int = 3) -> torch.Tensor:
+    """Member `member`'s part of a member-major parameter, buffer or optimizer state."""
+    return t.detach().reshape(group_size, -1)[member]
+
+
+def group_trainer(configs: list[RunConfig]):
+    """A fused model (float64), its GroupOptimizer and train(steps), which runs the next
+    `steps` training steps of the members' first epoch."""
+    data = group_data(with_dtype(tiny_data(), torch.float64), len(configs))
+    model = fuse_models([build_model(c, "cpu", torch.float64) for c in configs], configs[0].bn_impl)
+    optimizer = GroupOptimizer(configs[0].optimizer, model.parameters(), [c.lr for c in configs])
+    orders = [torch.Generator().manual_seed(c.seed) for c in configs]
+    batches = iter(group_batches(LIMIT_TRAIN, configs[0].batch_size, orders, "cpu"))
+
+    def train(steps: int) -> None:
+        train_epoch(model, optimizer, data, list(itertools.islice(batches, steps)), member_cross_entropy)
+
+    return model, optimizer, train
+
+
+def test_silence_member_masks_that_members_state_and_no_other():
+    group = members(variant="bn_before", optimizer="adam")
+    model, optimizer, train = group_trainer(group)
+    train(2)  # parameters, Adam moments and BN running statistics all move away from their start
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    moments = [t.clone() for t in optimizer.exp_avgs + optimizer.exp_avg_sqs]
+    silence_member(model, optimizer, 1)
+    state = model.state_dict()
+    for name, p in model.named_parameters():
+        assert member_part(before[name], 1).any() and not member_part(p, 1).any(), name
+    for bn in bn_layers(model):
+        assert torch.all(member_part(bn.running_mean, 1) == 0) and torch.all(member_part(bn.running_var, 1) == 1)
+    assert optimizer.lrs.tolist() == [group[0].lr, 0.0, group[2].lr]
+    for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
+        assert member_part(old, 1).any() and not member_part(new, 1).any()
+    for other in (0, 2):  # the others' state is untouched
+        for name, value in state.items():
+            if value.dim():  # BN's num_batches_tracked (0-d) is one counter for all members
+                assert torch.equal(member_part(value, other), member_part(before[name], other)), (name, other)
+        for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
+            assert torch.equal(member_part(new, other), member_part(old, other))
+    for bn in bn_layers(model):  # ... and was not (0, 1) already: the reset above is member 1's alone
+        assert member_part(bn.running_mean, 0).any() and not torch.all(member_part(bn.running_var, 0) == 1)
+    train(1)  # the silenced member no longer learns; the others do
+    for name, p in model.named_parameters():
+        assert not member_part(p, 1).any(), name
+        assert not torch.equal(member_part(p, 0), member_part(before[name], 0)), name
 
 
 def test_rows_carry_the_groups_timing_and_reach_on_epoch():
@@ -154,8 +240,26 @@ def test_fusion_key_ignores_seed_and_lr_and_fit_group_refuses_mixed_shapes():
         fit_group([config(), config(variant="none")], tiny_data())
 
 
-def test_max_group_size_on_the_cpu():
-    assert max_group_size("cpu", 256) == CPU_GROUP_SIZE
+def test_max_group_size_is_one_on_the_cpu():
+    assert max_group_size("cpu", 256) == 1
+    assert max_group_size("cpu", 16, torch.float64) == 1
+
+
+# One float32 member at a batch of at most 500 images: evaluation's 500 images x 16,000
+# activation floats x 4 bytes x a safety factor of 4 = 128 MB (fused.member_memory_bytes).
+FLOAT32_MEMBER = 500 * 16_000 * 4 * 4
+
+
+@pytest.mark.parametrize("batch_size, dtype, free, expected", [
+    (256, torch.float32, 2 * 10 * FLOAT32_MEMBER, 10),  # half the free memory holds 10 members
+    (256, torch.float32, 2 * 11 * FLOAT32_MEMBER - 1, 10),  # rounded down, never over
+    (1000, torch.float64, 2 * 3 * (1000 * 16_000 * 8 * 4), 3),  # a batch over 500 sets the size; 8-byte floats
+    (256, torch.float32, FLOAT32_MEMBER, 1),  # room for less than one: still one
+    (256, torch.float32, 80 * 2**30, 64),  # an 80 GiB card would hold 335: capped
+])  # fmt: skip
+def test_max_group_size_on_a_gpu_follows_free_memory(monkeypatch, batch_size, dtype, free, expected):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    assert max_group_size("cuda", batch_size, dtype) == expected
 
 
 @pytest.mark.cuda

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnstudy.data import FashionMNIST
 from bnstudy.models import bn_layers, build_lenet
 from bnstudy.settings import CSV_COLUMNS
 from bnstudy.spec import RunConfig
@@ -30,6 +31,15 @@ def config(**overrides) -> RunConfig:
     return RunConfig(**{**settings, **overrides})
 
 
+def chunks(n: int, size: int) -> list[slice]:
+    """range(n) in slices of `size`, the last absorbing a lone leftover sample (train-mode
+    BatchNorm cannot normalise a batch of one), written apart from bnstudy.data."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
 def replay(cfg: RunConfig, data):
     """Train `cfg` with a plain loop written independently of bnstudy.train, and compute
     every metric of the schema per epoch with plain PyTorch (torch BN only: PreciseBN
@@ -47,8 +57,8 @@ def replay(cfg: RunConfig, data):
         perm = torch.randperm(n, generator=order)
         losses, hits = [], []
         model.train()
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
+        for part in chunks(n, cfg.batch_size):
+            idx = perm[part]
             logits = model(data.train_x[idx])
             loss = F.cross_entropy(logits, data.train_y[idx], reduction="none")  # per sample
             optimizer.zero_grad()
@@ -68,15 +78,15 @@ def replay(cfg: RunConfig, data):
             }
             if bn_layers(model):
                 probe = copy.deepcopy(model).train()
-                hits = [(probe(data.test_x[i : i + cfg.batch_size]).argmax(1) == data.test_y[i : i + cfg.batch_size])
-                        for i in range(0, len(data.test_x), cfg.batch_size)]  # fmt: skip
+                hits = [(probe(data.test_x[part]).argmax(1) == data.test_y[part])
+                        for part in chunks(len(data.test_x), cfg.batch_size)]  # fmt: skip
                 row["test_acc_batch_stats"] = torch.cat(hits).float().mean().item()
                 probe = copy.deepcopy(model).train()
                 for layer in bn_layers(probe):
                     layer.reset_running_stats()
                     layer.momentum = None  # nn.BatchNorm: arithmetic mean over the batches
-                for start in range(0, len(subset), cfg.batch_size):
-                    probe(data.train_x[subset[start : start + cfg.batch_size]])
+                for part in chunks(len(subset), cfg.batch_size):
+                    probe(data.train_x[subset[part]])
                 row["test_acc_precise_bn"] = (probe.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
         epochs.append(row)
     return epochs
@@ -91,6 +101,19 @@ def test_every_metric_matches_an_independent_recomputation(variant, small_data):
     for row, want in zip(rows, expected):
         for key, value in want.items():
             assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_a_lone_last_sample_in_every_evaluation_pass_is_counted_once(small_data):
+    """501 test images = 500 + 1 (the eval-mode pass) = 4 x 125 + 1 (the batch-statistics
+    pass at batch 125), and 376 PreciseBN samples = 3 x 125 + 1: every pass ends on a lone
+    sample, which joins the batch before it. The metrics still match the replay's, which
+    counts every test image exactly once."""
+    data = FashionMNIST(small_data.train_x, small_data.train_y, small_data.test_x[:501], small_data.test_y[:501])
+    cfg = config(variant="bn_after", batch_size=125, precise_bn_samples=376, epochs=1)
+    (row,) = fit(cfg, data).rows
+    (want,) = replay(cfg, data)
+    for key, value in want.items():
+        assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def test_adam_is_torchs_default_adam_to_rounding(small_data):
