@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     from bnstudy.data import load_fashion_mnist
     from bnstudy.backends import resolve_device
     from bnstudy.runner import execute
-    from bnstudy.store import RunStore, check_writable
+    from bnstudy.store import RunStore, check_writable, writing
 
     try:
         config = RunConfig(**{key: getattr(args, key) for key in RUN_SETTINGS})
@@ -76,10 +76,8 @@ def cmd_run(args) -> int:
     data = load_fashion_mnist(args.data, device, config.limit_train, config.limit_test)
     print(f"{config.run_id} on {device}: {len(data.train_x):,} training / {len(data.test_x):,} test images", flush=True)
     rows, metadata = execute(config, data, on_epoch=lambda row: print(format_epoch(row, config.epochs), flush=True))
-    try:
+    with writing(args.out):
         csv_path, _ = RunStore(args.out).write_run(rows, metadata)
-    except OSError as exc:
-        raise UserError(f"{args.out}: cannot write results ({exc.strerror})") from None
     print(f"{metadata['status']}: {csv_path}")
     if metadata["status"] == "failed":
         print(metadata["error"], file=sys.stderr)

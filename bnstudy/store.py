@@ -42,6 +42,16 @@ def check_writable(path: Path) -> None:
         raise UserError(f"{path}: not writable ({existing} does not allow it)")
 
 
+@contextlib.contextmanager
+def writing(root: Path):
+    """Turn an OSError raised while writing results in `root` (a full disk, a folder where a
+    file goes) into the one-line UserError."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{root}: cannot write results ({exc.strerror})") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and os.replace,
     so readers see the old file or the whole new one, never a part."""

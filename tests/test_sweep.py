@@ -107,6 +107,16 @@ def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_folder_where_the_spec_copy_goes_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    spec, out = tiny_spec(tmp_path), tmp_path / "out"
+    (out / "spec.toml").mkdir(parents=True)
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a run trained"))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnstudy: error: {out}: cannot write results (Is a directory)\n"
+    assert not list(out.rglob("*.tmp")) and not (out / "runs").exists()
+
+
 def test_a_dask_cluster_sweep_gives_the_local_rows(tmp_path):
     distributed = pytest.importorskip("distributed")
     spec = tiny_spec(tmp_path, seeds=(0,))
