@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import functools
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -148,27 +150,50 @@ class RunStore:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the folder's lock for a sweep; UserError if another process holds it.
+        """Hold the folder's lock for a sweep (creating the folder and its `.lock`); UserError
+        if another process holds it, or `.lock` is not a plain file of its own.
 
         flock is released by the kernel when its holder dies, even by SIGKILL, so a killed
         sweep never leaves a stale lock behind.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as handle:
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+        with open(_open_lock(self.root / ".lock"), "r+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
-            handle.seek(0)
-            handle.truncate()
+            handle.truncate(0)
             handle.write(f"pid {os.getpid()}")
             handle.flush()
             try:
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file `path`, created when missing, for reading and writing.
+    The sweep truncates and writes it, so it must be this folder's own file: never followed
+    through a symbolic link (O_NOFOLLOW), and refused when it is not a regular file or has
+    other names (a hard link). UserError naming it otherwise."""
+    try:
+        # 0o666 as for every result file; the kernel takes the umask off.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        problem = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise _lock_error(path, problem) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise _lock_error(path, f"it is {kind}")
+    return fd
+
+
+def _lock_error(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: cannot use it as the study's lock ({problem}); remove it, the sweep makes its own")
 
 
 def format_status(configs: list[RunConfig], store: RunStore) -> str:

@@ -89,3 +89,26 @@ def test_status_table_counts_states_per_variant(tmp_path):
         ["all", "1", "0", "1", "2", "4"],
     ]
     assert "1 more runs" in lines[4]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link", "folder"])
+def test_a_lock_that_is_not_the_folders_own_file_is_refused_and_left_alone(tmp_path, kind):
+    store, target = RunStore(tmp_path / "study"), tmp_path / "someone-elses-file"
+    store.root.mkdir()
+    lock = store.root / ".lock"
+    if kind != "dangling symlink":
+        target.write_text("keep me\n")
+    if kind == "folder":
+        lock.mkdir()
+    elif kind == "hard link":
+        os.link(target, lock)
+    else:
+        lock.symlink_to(target)
+    with pytest.raises(UserError, match=f"^{lock}: cannot use it as the study's lock .*; remove it"):
+        with store.lock():
+            pass
+    if kind == "dangling symlink":
+        assert not target.exists()  # not created through the link
+    elif kind != "folder":
+        assert target.read_text() == "keep me\n"
+

@@ -107,6 +107,23 @@ def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_a_lock_that_is_not_a_plain_file_is_one_line_and_nothing_is_written_through_it(tmp_path, capsys, kind):
+    spec, out, target = tiny_spec(tmp_path), tmp_path / "out", tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    out.mkdir()
+    if kind == "symlink":
+        (out / ".lock").symlink_to(target)
+    else:
+        (out / ".lock").mkdir()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bnstudy: error: {out / '.lock'}: cannot use it as the study's lock") and "remove it" in err
+    assert err.count("\n") == 1, err
+    assert target.read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no spec, no runs
+
+
 def test_a_folder_where_the_spec_copy_goes_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
     spec, out = tiny_spec(tmp_path), tmp_path / "out"
     (out / "spec.toml").mkdir(parents=True)
