@@ -32,16 +32,53 @@ DONE_STATUSES = ("complete", "diverged")
 RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
 
 
-def check_writable(path: Path) -> None:
-    """UserError unless `path` is, or could be created as, a writable folder. Creates nothing."""
-    path = Path(path).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{path}: cannot create a results folder there ({existing} is not a folder)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: not writable ({existing} does not allow it)")
+def check_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or UserError when it cannot name a file here: a name in it longer
+    than its file system allows, or a lookup that fails other than for its absence (a path
+    too long, a loop of links, a folder that may not be searched). Reads; creates nothing."""
+    path = Path(path)
+    _check_name_lengths(path, _nearest_existing(path))
+    return path
+
+
+def check_writable(*folders: str | os.PathLike) -> None:
+    """UserError unless each of `folders` is, or could be created as, a writable folder whose
+    names its file system allows. Creates nothing. Commands check every folder they will
+    write before they start, so that no training is lost to a bad --out."""
+    for folder in folders:
+        path = Path(folder)
+        existing = _nearest_existing(path)
+        _check_name_lengths(path, existing)
+        if not existing.is_dir():
+            where = "it" if existing == path.absolute() else existing
+            raise UserError(f"{path}: cannot create a results folder there ({where} is not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{path}: not writable ({existing} does not allow it)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The absolute `path`, or its nearest ancestor that exists (where creating it would
+    start; at worst "/"). UserError when a lookup fails other than for a missing name."""
+    existing = path.absolute()
+    while True:
+        try:
+            existing.stat()
+            return existing
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file on the way; callers say so
+            existing = existing.parent
+        except OSError as exc:
+            raise UserError(f"{path}: cannot use this path ({exc.strerror})") from None
+
+
+def _check_name_lengths(path: Path, existing: Path) -> None:
+    """UserError when a name that `path` adds below `existing` (absolute) is longer than the
+    file system there allows. The lookup does not tell: it stops at the first missing
+    folder, and only mkdir would fail, after the training."""
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for name in path.absolute().parts[len(existing.parts) :]:
+        size = len(os.fsencode(name))
+        if size > limit:
+            raise UserError(f"{path}: cannot use this path (a name of {size} bytes; the file system allows {limit})")
 
 
 @contextlib.contextmanager

@@ -79,7 +79,7 @@ def sweep(study: Study, options: SweepOptions) -> int:
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
-    check_writable(store.root)
+    check_writable(store.root, store.runs_dir)
     if execution.backend == "local":
         find_data_dir(options.data_dir)  # a missing dataset is one error now, not one per run
     task_fn = functools.partial(worker_task, data_dir=options.data_dir)

@@ -10,7 +10,7 @@ import pytest
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
 from bnstudy.runner import run_metadata
-from bnstudy.store import RunStore, format_status
+from bnstudy.store import RunStore, check_writable, format_status
 from bnstudy.settings import CSV_COLUMNS
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
@@ -112,3 +112,25 @@ def test_a_lock_that_is_not_the_folders_own_file_is_refused_and_left_alone(tmp_p
     elif kind != "folder":
         assert target.read_text() == "keep me\n"
 
+@pytest.mark.parametrize("where, problem", [
+    ("missing/" + "x" * 300, "cannot use this path (a name of 300 bytes; the file system allows {name_max})"),
+    ("x" * 300 + "/runs", "cannot use this path (File name too long)"),
+    ("a-file/runs", "cannot create a results folder there ({tmp}/a-file is not a folder)"),
+    ("a-file", "cannot create a results folder there (it is not a folder)"),
+])  # fmt: skip
+def test_check_writable_names_what_would_fail_before_anything_is_written(tmp_path, where, problem):
+    (tmp_path / "a-file").write_text("not a folder\n")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UserError) as error:
+        check_writable(tmp_path, tmp_path / where)
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert str(error.value) == f"{tmp_path / where}: " + problem.format(tmp=tmp_path, name_max=name_max)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder, so os.access says yes")
+def test_check_writable_refuses_a_runs_folder_without_write_permission(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o555)
+    with pytest.raises(UserError, match="not writable"):
+        check_writable(tmp_path, runs)
