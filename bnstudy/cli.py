@@ -1,7 +1,10 @@
 """The `bnstudy` command: run, sweep, status, report.
 
 A user mistake raises UserError anywhere below; `main` prints it as one line,
-`bnstudy: error: ...`, and returns 2. Nothing is written before the inputs are checked.
+`bnstudy: error: ...`, and returns 2. Nothing is written before the inputs are checked:
+every path argument as it is parsed (store.check_path: a name too long for its file system
+would otherwise surface as a traceback deep inside a command), the folders a command writes
+before it trains (store.check_writable).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from bnstudy import __version__
 from bnstudy.errors import UserError
 from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
+from bnstudy.store import check_path
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,8 +38,10 @@ def add_run_parser(commands) -> None:
                                         "write OUT/runs/<run_id>.csv and .json when it ends.")  # fmt: skip
     add_setting_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--data", default=None, metavar="DIR", help="folder with the Fashion-MNIST *-ubyte[.gz] files")
-    p.add_argument("--out", default="results/single", metavar="DIR", help="results folder (default: results/single)")
+    p.add_argument("--data", type=check_path, default=None, metavar="DIR",
+                   help="folder with the Fashion-MNIST *-ubyte[.gz] files")
+    p.add_argument("--out", type=check_path, default="results/single", metavar="DIR",
+                   help="results folder (default: results/single)")
     p.set_defaults(handler=cmd_run)
 
 
@@ -65,21 +71,20 @@ def cmd_run(args) -> int:
     from bnstudy.data import load_fashion_mnist
     from bnstudy.backends import resolve_device
     from bnstudy.runner import execute
-    from bnstudy.store import RunStore, check_writable
+    from bnstudy.store import RunStore, check_writable, writing
 
     try:
         config = RunConfig(**{key: getattr(args, key) for key in RUN_SETTINGS})
     except SettingError as exc:
         raise UserError(f"{flag(exc.key)}: {exc.problem}") from None
     device = resolve_device(args.device)
-    check_writable(args.out)
+    store = RunStore(args.out)
+    check_writable(store.root, store.runs_dir)
     data = load_fashion_mnist(args.data, device, config.limit_train, config.limit_test)
     print(f"{config.run_id} on {device}: {len(data.train_x):,} training / {len(data.test_x):,} test images", flush=True)
     rows, metadata = execute(config, data, on_epoch=lambda row: print(format_epoch(row, config.epochs), flush=True))
-    try:
-        csv_path, _ = RunStore(args.out).write_run(rows, metadata)
-    except OSError as exc:
-        raise UserError(f"{args.out}: cannot write results ({exc.strerror})") from None
+    with writing(store.root):
+        csv_path, _ = store.write_run(rows, metadata)
     print(f"{metadata['status']}: {csv_path}")
     if metadata["status"] == "failed":
         print(metadata["error"], file=sys.stderr)
@@ -91,7 +96,7 @@ def cmd_run(args) -> int:
 def add_study_location_args(p, set_help: str) -> None:
     """--out and --set, which sweep and status share: where a spec's results live and the
     overrides that change its runs (and so their ids)."""
-    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/<name>)")
+    p.add_argument("--out", type=check_path, default=None, metavar="DIR", help="results folder (default: results/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
@@ -105,7 +110,7 @@ def add_sweep_parser(commands) -> None:
                             description="Run every run of a TOML study spec that is not done yet, writing each "
                                         "run's CSV and JSON as it finishes; a killed sweep resumes where it "
                                         "stopped.")  # fmt: skip
-    p.add_argument("spec", metavar="SPEC", help="study spec, e.g. experiments/quick.toml")
+    p.add_argument("spec", type=check_path, metavar="SPEC", help="study spec, e.g. experiments/quick.toml")
     add_study_location_args(p, "override a spec setting, e.g. --set epochs=2 --set grid.seed=[0] (repeatable)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="CPU worker processes (default: the cores) or GPUs to use (default: all); "
@@ -117,7 +122,8 @@ def add_sweep_parser(commands) -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="on a GPU, train every run on its own instead of fusing runs of one shape into one network")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train and write nothing")
-    p.add_argument("--data", default=None, metavar="DIR", help="folder with the Fashion-MNIST *-ubyte[.gz] files")
+    p.add_argument("--data", type=check_path, default=None, metavar="DIR",
+                   help="folder with the Fashion-MNIST *-ubyte[.gz] files")
     p.set_defaults(handler=cmd_sweep)
 
 
@@ -138,18 +144,16 @@ def add_status_parser(commands) -> None:
                             description="Count a study's runs by state: give its spec (results in --out, "
                                         "default results/<name>) or its results folder (which holds the spec "
                                         "as run).")  # fmt: skip
-    p.add_argument("target", metavar="SPEC|DIR", help="a study spec or a sweep's results folder")
+    p.add_argument("target", type=check_path, metavar="SPEC|DIR", help="a study spec or a sweep's results folder")
     add_study_location_args(p, "the overrides the sweep ran with")
     p.set_defaults(handler=cmd_status)
 
 
 def cmd_status(args) -> int:
-    from pathlib import Path
-
     from bnstudy.spec import load_study
     from bnstudy.store import RunStore, format_status
 
-    target = Path(args.target)
+    target = args.target
     if target.is_dir():
         store = RunStore(target)
         if not store.spec_path.is_file():
@@ -168,7 +172,7 @@ def add_report_parser(commands) -> None:
     p = commands.add_parser("report", help="stability metrics, tables, figures and report.md of a study",
                             description="Read a study's finished runs (DIR/runs/) and write DIR/summary.csv, "
                                         "DIR/cells.csv, DIR/figures/*.png|svg and DIR/report.md.")  # fmt: skip
-    p.add_argument("dir", metavar="DIR", help="a study's results folder, e.g. results/default")
+    p.add_argument("dir", type=check_path, metavar="DIR", help="a study's results folder, e.g. results/default")
     p.set_defaults(handler=cmd_report)
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import functools
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -30,16 +32,63 @@ DONE_STATUSES = ("complete", "diverged")
 RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
 
 
-def check_writable(path: Path) -> None:
-    """UserError unless `path` is, or could be created as, a writable folder. Creates nothing."""
-    path = Path(path).absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{path}: cannot create a results folder there ({existing} is not a folder)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: not writable ({existing} does not allow it)")
+def check_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or UserError when it cannot name a file here: a name in it longer
+    than its file system allows, or a lookup that fails other than for its absence (a path
+    too long, a loop of links, a folder that may not be searched). Reads; creates nothing."""
+    path = Path(path)
+    _check_name_lengths(path, _nearest_existing(path))
+    return path
+
+
+def check_writable(*folders: str | os.PathLike) -> None:
+    """UserError unless each of `folders` is, or could be created as, a writable folder whose
+    names its file system allows. Creates nothing. Commands check every folder they will
+    write before they start, so that no training is lost to a bad --out."""
+    for folder in folders:
+        path = Path(folder)
+        existing = _nearest_existing(path)
+        _check_name_lengths(path, existing)
+        if not existing.is_dir():
+            where = "it" if existing == path.absolute() else existing
+            raise UserError(f"{path}: cannot create a results folder there ({where} is not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{path}: not writable ({existing} does not allow it)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The absolute `path`, or its nearest ancestor that exists (where creating it would
+    start; at worst "/"). UserError when a lookup fails other than for a missing name."""
+    existing = path.absolute()
+    while True:
+        try:
+            existing.stat()
+            return existing
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file on the way; callers say so
+            existing = existing.parent
+        except OSError as exc:
+            raise UserError(f"{path}: cannot use this path ({exc.strerror})") from None
+
+
+def _check_name_lengths(path: Path, existing: Path) -> None:
+    """UserError when a name that `path` adds below `existing` (absolute) is longer than the
+    file system there allows. The lookup does not tell: it stops at the first missing
+    folder, and only mkdir would fail, after the training."""
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for name in path.absolute().parts[len(existing.parts) :]:
+        size = len(os.fsencode(name))
+        if size > limit:
+            raise UserError(f"{path}: cannot use this path (a name of {size} bytes; the file system allows {limit})")
+
+
+@contextlib.contextmanager
+def writing(root: Path):
+    """Turn an OSError raised while writing results in `root` (a full disk, a folder where a
+    file goes) into the one-line UserError."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{root}: cannot write results ({exc.strerror})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -138,27 +187,50 @@ class RunStore:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the folder's lock for a sweep; UserError if another process holds it.
+        """Hold the folder's lock for a sweep (creating the folder and its `.lock`); UserError
+        if another process holds it, or `.lock` is not a plain file of its own.
 
         flock is released by the kernel when its holder dies, even by SIGKILL, so a killed
         sweep never leaves a stale lock behind.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as handle:
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+        with open(_open_lock(self.root / ".lock"), "r+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
-            handle.seek(0)
-            handle.truncate()
+            handle.truncate(0)
             handle.write(f"pid {os.getpid()}")
             handle.flush()
             try:
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file `path`, created when missing, for reading and writing.
+    The sweep truncates and writes it, so it must be this folder's own file: never followed
+    through a symbolic link (O_NOFOLLOW), and refused when it is not a regular file or has
+    other names (a hard link). UserError naming it otherwise."""
+    try:
+        # 0o666 as for every result file; the kernel takes the umask off.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        problem = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise _lock_error(path, problem) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise _lock_error(path, f"it is {kind}")
+    return fd
+
+
+def _lock_error(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: cannot use it as the study's lock ({problem}); remove it, the sweep makes its own")
 
 
 def format_status(configs: list[RunConfig], store: RunStore) -> str:

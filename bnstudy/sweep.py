@@ -22,10 +22,9 @@ from tqdm import tqdm
 
 from bnstudy.backends import Execution, open_backend, plan_execution
 from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
-from bnstudy.errors import UserError
 from bnstudy.settings import RunConfig
 from bnstudy.spec import Study
-from bnstudy.store import RunStore, check_writable
+from bnstudy.store import RunStore, check_writable, writing
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
@@ -80,13 +79,14 @@ def sweep(study: Study, options: SweepOptions) -> int:
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
-    check_writable(store.root)
+    check_writable(store.root, store.runs_dir)
     if execution.backend == "local":
         find_data_dir(options.data_dir)  # a missing dataset is one error now, not one per run
     task_fn = functools.partial(worker_task, data_dir=options.data_dir)
     with open_backend(execution, task_fn) as (run_tasks, workers), store.lock():
-        store.write_spec(study.to_toml())
-        store.remove_stale_temps()
+        with writing(store.root):
+            store.write_spec(study.to_toml())
+            store.remove_stale_temps()
         pending = [config for config in configs if not store.is_done(config.run_id)]
         print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
         tally = run_pending(pending, execution, run_tasks, workers, store, study.name) if pending else Tally()
@@ -121,10 +121,8 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
 
 def record(store: RunStore, rows: list[dict], metadata: dict, tally: Tally) -> None:
     """Write one run's files and count it. UserError when the store cannot be written."""
-    try:
+    with writing(store.root):
         _, json_path = store.write_run(rows, metadata)
-    except OSError as exc:
-        raise UserError(f"{store.root}: cannot write results ({exc.strerror})") from None
     tally.ran[metadata["status"]] += 1
     tally.run_seconds += own_seconds(rows, metadata["group_size"])
     if metadata["status"] == "failed":

@@ -103,3 +103,81 @@ def test_errors_show_no_traceback_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "bnstudy: error: --lr: must be > 0 (got -1.0)\n"
     assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+LONG = "x" * 300  # one name longer than any file system's 255 bytes
+ONE_RUN_SPEC = """
+name = "one"
+epochs = 1
+limit_train = 256
+limit_test = 200
+precise_bn_samples = 64
+batch_size = 32
+[grid]
+variant = ["none"]
+lr = [1e-3]
+"""
+
+
+def one_run_spec(tmp_path) -> str:
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN_SPEC)
+    return str(path)
+
+
+def files_under(path) -> dict:
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if a run starts training (the check must come first)."""
+    from bnstudy import runner
+
+    trained = []
+
+    def fit(config, *args, **kwargs):
+        trained.append(config.run_id)
+        raise RuntimeError("no training in this test")
+
+    monkeypatch.setattr(runner, "fit", fit)
+    yield
+    assert trained == [], "a run trained before the error"
+
+
+@pytest.mark.parametrize("command", [
+    lambda tmp, spec: ["run", "--variant", "none", *TINY, "--out", f"{tmp}/{LONG}/out"],
+    lambda tmp, spec: ["run", "--variant", "none", *TINY, "--data", f"{tmp}/{LONG}", "--out", f"{tmp}/out"],
+    lambda tmp, spec: ["sweep", spec, "--out", f"{tmp}/{LONG}", "--device", "cpu"],
+    lambda tmp, spec: ["sweep", f"{tmp}/{LONG}.toml", "--device", "cpu"],
+    lambda tmp, spec: ["status", f"{tmp}/{LONG}"],
+    lambda tmp, spec: ["status", f"{tmp}/{LONG}.toml"],
+    lambda tmp, spec: ["status", spec, "--out", f"{tmp}/{LONG}"],
+    lambda tmp, spec: ["report", f"{tmp}/{LONG}"],
+], ids=["run --out", "run --data", "sweep --out", "sweep SPEC", "status DIR", "status SPEC", "status --out",
+        "report DIR"])  # fmt: skip
+def test_a_name_too_long_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, no_training, command):
+    argv = command(tmp_path, one_run_spec(tmp_path))
+    before = files_under(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnstudy: error: ") and err.count("\n") == 1, err
+    assert "cannot use this path (File name too long)" in err
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("problem", ["runs is a file", "a name too long below a missing folder"])
+def test_an_unwritable_results_folder_is_found_before_any_training(capsys, tmp_path, no_training, command, problem):
+    if problem == "runs is a file":
+        out, expected = tmp_path / "out", "runs: cannot create a results folder there (it is not a folder)"
+        out.mkdir()
+        (out / "runs").write_text("a file where the runs go\n")
+    else:
+        out, expected = tmp_path / "missing" / LONG, "cannot use this path (a name of 300 bytes"
+    argv = ["run", "--variant", "none", *TINY] if command == "run" else ["sweep", one_run_spec(tmp_path)]
+    before = files_under(tmp_path)
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnstudy: error: ") and err.count("\n") == 1 and expected in err, err
+    assert files_under(tmp_path) == before

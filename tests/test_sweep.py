@@ -72,15 +72,44 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+# `python -c FREEZE_AFTER_TWO_RUNS MARKER ARGS...` is `bnstudy ARGS...` with the driver's
+# RunStore.write_run wrapped (test-only: nothing in bnstudy knows of it): once its second run
+# is written, it touches MARKER and sleeps, holding the study lock, until the test kills it.
+# So the sweep is caught mid-way with exactly two runs done, however fast or slow the runs.
+FREEZE_AFTER_TWO_RUNS = """
+import os, sys, time
+from pathlib import Path
+from bnstudy.cli import main
+from bnstudy.store import RunStore
+
+marker, argv = Path(sys.argv[1]), sys.argv[2:]
+write_run, written = RunStore.write_run, []
+
+def write_run_then_freeze(self, rows, metadata):
+    paths = write_run(self, rows, metadata)
+    written.append(metadata["run_id"])
+    if len(written) == 2:
+        marker.touch()
+        time.sleep(600)  # the test kills it long before
+        os._exit(1)  # never outlive a test that died without killing it
+    return paths
+
+RunStore.write_run = write_run_then_freeze
+sys.exit(main(argv))
+"""
+
+
 def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(tmp_path):
-    spec, out = tiny_spec(tmp_path, epochs=2, limit_train=512, seeds=range(3)), tmp_path / "out"
+    spec, out, marker = tiny_spec(tmp_path, epochs=2), tmp_path / "out", tmp_path / "frozen"
     store, configs = RunStore(out), load_study(spec).runs()
-    first = subprocess.Popen(sweep_command(spec, out, "--jobs", "2"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    frozen_sweep = [sys.executable, "-c", FREEZE_AFTER_TWO_RUNS, marker, "sweep", spec, "--out", out, "--jobs", "2"]
+    first = subprocess.Popen(frozen_sweep, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while not list(store.runs_dir.glob("*.json")) and first.poll() is None:
-            time.sleep(0.01)
-        os.killpg(first.pid, signal.SIGSTOP)  # freeze the driver and its workers mid-way
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert first.poll() is None, "the sweep ended before its second run was written"
+            assert time.monotonic() < deadline, "the sweep wrote no second run in 300 s"
+            time.sleep(0.05)
         second = subprocess.run(sweep_command(spec, out), capture_output=True, text=True, timeout=60)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and its workers, as a power cut would
@@ -89,7 +118,7 @@ def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(
     assert second.stderr == (f"bnstudy: error: {out}: another sweep is writing this study (pid {first.pid}); "
                              "wait for it or stop it\n")  # fmt: skip
     done = [c.run_id for c in configs if store.is_done(c.run_id)]
-    assert 1 <= len(done) < len(configs), "the sweep should have been killed mid-way"
+    assert len(done) == 2
     before = {p: file_identity(p) for run_id in done for p in (store.csv_path(run_id), store.json_path(run_id))}
     # What a kill between a run's two file moves leaves: a CSV, no JSON; and a truncated JSON.
     partial, truncated = [c.run_id for c in configs if c.run_id not in done][:2]
@@ -98,13 +127,40 @@ def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(
 
     resumed = subprocess.run(sweep_command(spec, out, "--jobs", "1"), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(done)} already done, {len(configs) - len(done)} to run" in resumed.stdout
-    assert f"{len(configs) - len(done)} runs in" in resumed.stdout
+    assert f"2 already done, {len(configs) - 2} to run" in resumed.stdout
+    assert f"{len(configs) - 2} runs in" in resumed.stdout
     assert all(store.state(c.run_id) == "complete" for c in configs)
     assert {p: file_identity(p) for p in before} == before  # done runs were not rewritten
     assert len(read_rows(store)[partial]) == 2
     assert json.loads(store.json_path(truncated).read_text())["epochs_done"] == 2
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_a_lock_that_is_not_a_plain_file_is_one_line_and_nothing_is_written_through_it(tmp_path, capsys, kind):
+    spec, out, target = tiny_spec(tmp_path), tmp_path / "out", tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    out.mkdir()
+    if kind == "symlink":
+        (out / ".lock").symlink_to(target)
+    else:
+        (out / ".lock").mkdir()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bnstudy: error: {out / '.lock'}: cannot use it as the study's lock") and "remove it" in err
+    assert err.count("\n") == 1, err
+    assert target.read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no spec, no runs
+
+
+def test_a_folder_where_the_spec_copy_goes_is_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    spec, out = tiny_spec(tmp_path), tmp_path / "out"
+    (out / "spec.toml").mkdir(parents=True)
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a run trained"))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnstudy: error: {out}: cannot write results (Is a directory)\n"
+    assert not list(out.rglob("*.tmp")) and not (out / "runs").exists()
 
 
 def test_a_dask_cluster_sweep_gives_the_local_rows(tmp_path):
