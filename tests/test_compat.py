@@ -1,29 +1,22 @@
 """Results written by an older bnstudy stay valid: tests/fixtures/v0_1_study was written by
 bnstudy 0.1.0, before run settings were declared in one place and before the activation and
 bn_momentum settings existed. Its runs keep their ids, count as done, and report with the
-new settings at their defaults."""
+new settings at their defaults. (tests/test_settings.py checks that their ids are rebuilt
+from their configs.)"""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from bnstudy import cli
-from bnstudy.settings import BY_NAME, from_record
+from bnstudy.settings import BY_NAME
 from bnstudy.spec import load_study
 from bnstudy.store import RunStore
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0_1_study"
-
-
-def test_old_run_ids_are_reproduced_from_their_configs():
-    for path in sorted((FIXTURE / "runs").glob("*.json")):
-        meta = json.loads(path.read_text())
-        assert "activation" not in meta["config"]  # written before the setting existed
-        assert from_record(meta["config"], meta["study"]).run_id == meta["run_id"] == path.stem
 
 
 def test_old_runs_count_as_done_for_their_spec(capsys):
