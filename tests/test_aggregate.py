@@ -22,6 +22,12 @@ def test_curve_metrics_hand_example():
     assert m["late_std"] == pytest.approx(math.sqrt((0.11667**2 + 0.08333**2 + 0.03333**2) / 3), abs=1e-5)
 
 
+def test_worst_drop_measures_from_the_running_best_not_the_previous_epoch():
+    # a steady fall: each epoch is only 0.10 below the one before, but 0.20 below the best
+    assert aggregate.curve_metrics([0.80, 0.70, 0.60])["worst_drop"] == pytest.approx(0.20)
+    assert aggregate.curve_metrics([0.60, 0.70, 0.80])["worst_drop"] == 0.0  # a steady rise never drops
+
+
 def test_late_std_uses_last_half_of_an_even_count():
     assert aggregate.curve_metrics([0.1, 0.2, 0.3, 0.4])["late_std"] == pytest.approx(0.05)  # [0.3, 0.4]
 
