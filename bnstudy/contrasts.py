@@ -52,7 +52,8 @@ def paired_differences(summary: pd.DataFrame, axis: str, a, b, metric: str) -> p
     """(pairs,) metric(b) - metric(a) for each pair of runs in `summary` (summary.csv's rows)
     that differ in `axis` alone; pairs where either value is NaN are dropped."""
     others = [k for k in CONFIG_KEYS if k != axis]
-    key = summary[others].astype(str).agg("|".join, axis=1)  # None/NaN limits match as text
+    # one text key per run from its other settings; repr keeps missing limits (<NA>) comparable
+    key = pd.Series([repr(row) for row in summary[others].itertuples(index=False, name=None)], index=summary.index)
     left = summary.loc[summary[axis] == a, metric].set_axis(key[summary[axis] == a])
     right = summary.loc[summary[axis] == b, metric].set_axis(key[summary[axis] == b])
     return (right - left.reindex(right.index)).dropna().reset_index(drop=True)

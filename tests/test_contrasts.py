@@ -9,13 +9,15 @@ import pytest
 from studies import cfg
 
 from bnstudy import contrasts
-from bnstudy.aggregate import CONFIG_KEYS
+from bnstudy.aggregate import CONFIG_KEYS, typed
 
 
 def summary_of(runs: list[tuple[dict, float]]) -> pd.DataFrame:
-    """A summary.csv-like frame: one row per (settings for studies.cfg, worst_drop)."""
-    return pd.DataFrame([{**cfg(**settings).identity(), "worst_drop": value} for settings, value in runs],
-                        columns=[*CONFIG_KEYS, "worst_drop"])  # fmt: skip
+    """A summary.csv-like frame, typed as the report types it (a missing limit is <NA>):
+    one row per (settings for studies.cfg, worst_drop)."""
+    return typed(pd.DataFrame([{**cfg(**settings).identity(), "limit_test": None, "worst_drop": value}
+                               for settings, value in runs],
+                              columns=[*CONFIG_KEYS, "worst_drop"]))  # fmt: skip
 
 
 def test_runs_pair_when_they_differ_in_the_axis_alone():
