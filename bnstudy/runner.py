@@ -36,6 +36,7 @@ from bnstudy.errors import UserError
 from bnstudy.fused import fit_group, max_group_size, shape_key
 from bnstudy.spec import RunConfig, Study
 from bnstudy.store import RunStore, check_writable, device_name, now, run_metadata
+from bnstudy.store import DONE_STATUSES, format_set_aside
 from bnstudy.train import fit
 
 Result = tuple[list[dict], dict]  # (per-epoch rows, the run's JSON metadata), what execute returns
@@ -399,6 +400,8 @@ def sweep(study: Study, options: SweepOptions) -> int:
     with open_backend(execution, options.data_dir) as (run_tasks, workers), store.lock():
         store.write_spec(study.to_toml())
         store.remove_stale_temps()
+        if moved := store.set_aside_damaged(config.run_id for config in configs):  # redone as pending runs
+            print(format_set_aside(moved, store), flush=True)
         pending = [config for config in configs if not store.is_done(config.run_id)]
         print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
         tally = run_pending(pending, execution, run_tasks, workers, store, study.name) if pending else Tally()
@@ -495,7 +498,7 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
     states = {config.run_id: store.state(config.run_id) for config in configs}
-    pending = [config for config in configs if states[config.run_id] in ("pending", "failed")]
+    pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
     lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip
