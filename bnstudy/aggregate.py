@@ -1,7 +1,8 @@
 """A study's run files -> per-run stability metrics (summary) and per-cell tables (cells).
 
-    DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only runs whose JSON says
-                                    complete or diverged count, the rest are skipped and counted
+    DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only done runs (complete or
+                                    diverged, files checked by RunStore.check) count; the rest
+                                    (failed, damaged, in flight) are skipped and named
 
 Conventions that make DESIGN.md's metrics precise:
 
@@ -108,10 +109,11 @@ RUN_INFO = ["study", "device", "started", "ended", "torch_version", "bnstudy_ver
 class StudyResults:
     """A study's results, read from disk.
 
-    epochs:   one row per epoch of every done run: CSV_COLUMNS, then the JSON's config
-              (CONFIG_KEYS), status and device; typed (variant an ordered category).
+    epochs:   one row per epoch of every done run: run_id, study, the JSON's config
+              (CONFIG_KEYS), status, device, METRIC_COLUMNS; typed (variant an ordered category).
     runs:     one row per done run: run_id, CONFIG_KEYS, status, RUN_INFO.
-    skipped:  one row per run file set that does not count: run_id, reason.
+    skipped:  one row per run file set that does not count: run_id, state (failed, damaged
+              or pending: a CSV without its JSON), reason (RunCheck.reason).
     expected: one row per run the grid should hold: run_id, CONFIG_KEYS.
     grid_source: where `expected` comes from, in words.
     """
@@ -137,44 +139,23 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({k: v for k, v in types.items() if k in frame.columns})
 
 
-def read_json(path: Path) -> dict | None:
-    """A run's metadata, or None when it is unreadable or lacks its status or a setting."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "status" in meta
-    return meta if ok and set(CONFIG_KEYS) <= set(meta["config"]) else None
-
-
-def read_csv(path: Path) -> pd.DataFrame | None:
-    """A run's epoch rows, or None when the file is missing, unreadable or not a run CSV."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError):
-        return None
-    return frame if list(frame.columns) == CSV_COLUMNS and len(frame) else None
-
-
 def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
     """(the run's epoch rows with the JSON's settings and status as columns, or None when
-    the run does not count; its record: run_id, `reason` it does not count or None, and,
-    where its JSON is readable, `config` and the JSON's study/status/device/times)."""
-    meta = read_json(store.json_path(run_id))
-    if meta is None:
-        reason = "unreadable or incomplete JSON" if store.json_path(run_id).exists() else "no JSON (in flight or killed)"
-        return None, {"run_id": run_id, "reason": reason}
-    config = {k: meta["config"][k] for k in CONFIG_KEYS}
-    record = {"run_id": run_id, "reason": None, "config": config, "status": meta["status"],
-              **{k: meta.get(k) for k in RUN_INFO}}  # fmt: skip
-    if meta["status"] not in DONE_STATUSES:
-        return None, {**record, "reason": str(meta["status"])}
-    rows = read_csv(store.csv_path(run_id))
-    if rows is None:
-        return None, {**record, "reason": "missing or unreadable CSV"}
+    the run is not done; its record: run_id, state, `reason` it does not count or None, and,
+    where its JSON checks out, `config` and the JSON's status/RUN_INFO)."""
+    check = store.check(run_id)
+    done = check.state in DONE_STATUSES
+    record = {"run_id": run_id, "state": check.state, "reason": None if done else check.reason}
+    if check.config is None:
+        return None, record
+    config = check.config.identity()
+    record |= {"config": config, "status": check.metadata["status"], **{k: check.metadata.get(k) for k in RUN_INFO}}
+    if not done:
+        return None, record
     # The JSON's settings are the whole config (the CSV repeats only some of them).
-    rows = rows.drop(columns=[k for k in CONFIG_KEYS if k in rows.columns])
-    return rows.assign(**config, status=meta["status"], device=meta.get("device")), record
+    rows = pd.DataFrame(check.rows, columns=CSV_COLUMNS)[METRIC_COLUMNS]
+    return rows.assign(run_id=run_id, study=check.config.study, **config, status=check.state,
+                       device=check.metadata.get("device")), record  # fmt: skip
 
 
 def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
@@ -220,10 +201,10 @@ def load_results(root: str | os.PathLike) -> StudyResults:
         raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
     loaded = [load_run(store, run_id) for run_id in run_ids]
     records = pd.DataFrame([record for _, record in loaded])
-    skipped = records.loc[records["reason"].notna(), ["run_id", "reason"]].reset_index(drop=True)
+    skipped = records.loc[records["reason"].notna(), ["run_id", "state", "reason"]].reset_index(drop=True)
     frames = [rows for rows, _ in loaded if rows is not None]
     if not frames:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped["reason"].value_counts().items())
+        reasons = ", ".join(f"{n} {state}" for state, n in skipped["state"].value_counts().items())
         raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
     done = records[records["reason"].isna()]
     runs = typed(pd.concat([done[["run_id"]].reset_index(drop=True), pd.DataFrame(done["config"].tolist()),
@@ -266,8 +247,10 @@ def aggregate_cells(summary: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFra
 
 
 def missing_runs(study: StudyResults) -> pd.DataFrame:
-    """The expected runs that are not done: run_id, CONFIG_KEYS, reason (the skipped
-    run's status or problem, or "not run")."""
+    """The expected runs that are not done: run_id, CONFIG_KEYS, reason (why the skipped
+    run does not count: "failed", "damaged: <what>", "no JSON (in flight or killed)"; or
+    "not run")."""
     missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
-    reasons = study.skipped.set_index("run_id")["reason"]
+    skipped = study.skipped.set_index("run_id")
+    reasons = skipped["reason"].where(skipped["state"] != "damaged", "damaged: " + skipped["reason"])
     return missing.assign(reason=missing["run_id"].map(reasons).fillna("not run")).reset_index(drop=True)

@@ -172,16 +172,9 @@ def add_report_parser(commands) -> None:
 
 
 def cmd_report(args) -> int:
-    from bnstudy.report import write_report  # pandas, seaborn, matplotlib: loaded only for this command
+    from bnstudy.report import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
-    out = write_report(args.dir)
-    print(f"{out.runs} runs reported" + (f", {out.skipped} run files skipped" if out.skipped else ""))
-    for _, row in out.incomplete.iterrows():
-        print(f"incomplete: {row['cell']}: missing {row['missing runs']}")
-    print(f"wrote {out.summary_csv}, {out.cells_csv}")
-    if out.figures:  # none when every run diverged in its first epoch
-        print(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
-    print(f"wrote {out.report_md}")
+    print(format_outputs(write_report(args.dir)))
     return 0
 
 

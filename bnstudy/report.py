@@ -31,7 +31,7 @@ from bnstudy.aggregate import (
 )
 from bnstudy.figures import FIGURES, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
-from bnstudy.store import atomic_write_text, check_writable
+from bnstudy.store import atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, plural, value_text
 
 
@@ -64,11 +64,20 @@ def listing(values) -> str:
     return str(tally.index[0]) if len(tally) == 1 else ", ".join(f"{v} ({n})" for v, n in tally.items())
 
 
-def skipped_text(reasons: pd.Series) -> str:
-    """ "2 failed; 1 other run file skipped (1 no JSON ...)" from the skipped runs' reason counts."""
-    other = reasons.drop("failed", errors="ignore")
-    detail = f" ({', '.join(f'{n} {reason}' for reason, n in other.items())})" if len(other) else ""
-    return f"{reasons.get('failed', 0)} failed; {plural(int(other.sum()), 'other run file')} skipped{detail}"
+SKIPPED_STATES = {"failed": "failed", "damaged": "damaged", "pending": "without its JSON (in flight or killed)"}
+
+
+def skipped_text(skipped: pd.DataFrame) -> str:
+    """ "1 failed, 2 damaged, 1 without its JSON (in flight or killed)", or "none skipped",
+    from the skipped runs (StudyResults.skipped)."""
+    counts = skipped["state"].value_counts()
+    return ", ".join(f"{counts[state]} {words}" for state, words in SKIPPED_STATES.items() if state in counts) or "none skipped"
+
+
+def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
+    """(run_id, reason) of each damaged run among the skipped ones."""
+    damaged = skipped[skipped["state"] == "damaged"]
+    return list(zip(damaged["run_id"], damaged["reason"]))
 
 
 def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> list[str]:
@@ -85,10 +94,21 @@ def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> li
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
         f"**Runs**: {len(summary)} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
-        f"{statuses.get('diverged', 0)} diverged); {skipped_text(study.skipped['reason'].value_counts())}.",
+        f"{statuses.get('diverged', 0)} diverged); skipped: {skipped_text(study.skipped)}.",
+        *damaged_bullet(study.skipped),
         f"**Time**: {duration(summary['train_seconds'].sum())} training + {duration(summary['eval_seconds'].sum())} "
         f"evaluation, summed over runs; {duration(span.total_seconds())} from the first start to the last end.",
     ]  # fmt: skip
+
+
+def damaged_bullet(skipped: pd.DataFrame) -> list[str]:
+    """The damaged runs as one bullet line (the first few), or none without damaged runs."""
+    damaged = damaged_runs(skipped)
+    if not damaged:
+        return []
+    named = "; ".join(line.strip() for line in format_damaged(damaged))
+    return [f"**Damaged runs**, left out (their files are not whole or disagree; `bnstudy sweep` sets them "
+            f"aside in damaged/ and redoes them): {named}."]  # fmt: skip
 
 
 def incomplete_cells(missing: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -174,7 +194,7 @@ class Outputs:
     figures: list[Path]
     report_md: Path
     runs: int
-    skipped: int
+    skipped: pd.DataFrame  # StudyResults.skipped
     incomplete: pd.DataFrame  # incomplete_cells(...)
 
 
@@ -192,4 +212,18 @@ def write_report(root: str | os.PathLike) -> Outputs:
     pngs = save_figures(figures, study.root / "figures")
     atomic_write_text(study.root / "report.md", render_report(study, summary, cells, incomplete, list(figures)))
     return Outputs(study.root / "summary.csv", study.root / "cells.csv", pngs, study.root / "report.md",
-                   len(summary), len(study.skipped), incomplete)  # fmt: skip
+                   len(summary), study.skipped, incomplete)  # fmt: skip
+
+
+def format_outputs(out: Outputs) -> str:
+    """What `bnstudy report` prints: what was reported and skipped (damaged runs by name, a
+    few), the incomplete cells, the files written."""
+    lines = [f"{out.runs} runs reported; skipped: {skipped_text(out.skipped)}"]
+    if damaged := damaged_runs(out.skipped):
+        lines += ["damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):", *format_damaged(damaged)]
+    lines += [f"incomplete: {row['cell']}: missing {row['missing runs']}" for _, row in out.incomplete.iterrows()]
+    lines.append(f"wrote {out.summary_csv}, {out.cells_csv}")
+    if out.figures:  # none when every run diverged in its first epoch
+        lines.append(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
+    lines.append(f"wrote {out.report_md}")
+    return "\n".join(lines)

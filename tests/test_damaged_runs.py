@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
+from studies import hand_rows, write_hand_run
 
 from bnstudy.cli import main
 from bnstudy.spec import load_study
@@ -69,3 +71,65 @@ def test_sweep_redoes_damaged_runs_after_setting_their_files_aside(swept, capsys
     kept = sorted((out / "damaged").iterdir())
     assert all(p.name.startswith((cut.run_id, emptied.run_id)) for p in kept)
     assert sorted(p.read_bytes() for p in kept) == damaged  # set aside as they were, not deleted
+
+
+HAND_SPEC = """
+name = "hand"
+variant = "none"
+epochs = 4
+lr = 1e-3
+batch_size = 256
+limit_train = 1024
+limit_test = 512
+[grid]
+seed = [0, 1, 2]
+"""
+ACCURACIES = {0: [0.5, 0.6, 0.7, 0.8], 1: [0.5, 0.6, 0.7, 0.9], 2: [0.4, 0.5, 0.6, 0.7]}
+
+
+def cut_short(store: RunStore, run_id: str, other: str) -> None:  # the last epoch lost: 0.7 would pass for final
+    path = store.csv_path(run_id)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def emptied(store: RunStore, run_id: str, other: str) -> None:
+    store.csv_path(run_id).write_text("")
+
+
+def text_in_a_cell(store: RunStore, run_id: str, other: str) -> None:
+    path = store.csv_path(run_id)
+    path.write_text(path.read_text().replace(",0.6,0.7,", ",0.6,oops,"))
+
+
+def copied_from_another_run(store: RunStore, run_id: str, other: str) -> None:
+    store.csv_path(run_id).write_bytes(store.csv_path(other).read_bytes())
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (cut_short, "CSV has 3 epochs, JSON says 4 of 4"),
+    (emptied, "empty CSV"),
+    (text_in_a_cell, "CSV test_acc 'oops' is not a number"),
+    (copied_from_another_run, "CSV row 1 is run "),
+])  # fmt: skip
+def test_status_and_report_agree_on_a_damaged_run_and_report_leaves_it_out(tmp_path, capsys, damage, reason):
+    store = RunStore(tmp_path)
+    store.write_spec(HAND_SPEC)
+    configs = load_study(store.spec_path).runs()
+    for config in configs:
+        write_hand_run(tmp_path, config, hand_rows(config, ACCURACIES[config.seed]))
+    damaged, other = configs[1].run_id, configs[0].run_id
+    damage(store, damaged, other)
+
+    assert main(["status", str(tmp_path)]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[3].split() == ["all", "2", "0", "0", "1", "0", "3"] and status[5].startswith(f"  {damaged}: {reason}")
+
+    assert main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 runs reported; skipped: 1 damaged\ndamaged runs, left out")
+    assert f"\n  {damaged}: {reason}" in printed
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["seed"].tolist() == [0, 2] and summary["final_acc"].tolist() == [0.8, 0.7]
+    text = (tmp_path / "report.md").read_text()
+    assert "**Runs**: 2 of 3 done (2 complete, 0 diverged); skipped: 1 damaged." in text
+    assert f"{damaged}: {reason}" in text and "seed 1 (damaged: " in text

@@ -25,8 +25,12 @@ def test_partial_study_report_and_cli(partial_study, capsys):
     assert "incomplete: bn_before at learning rate 0.001, batch size 256: missing seed 1 (not run)" in out
     text = (partial_study / "report.md").read_text()
     assert "## Incomplete cells" in text and "3 of 3 cells lack runs" in text
-    assert ("2 of 6 done (1 complete, 1 diverged); 1 failed; 2 other run files skipped (1 no JSON (in flight or "
-            "killed), 1 missing or unreadable CSV)") in text  # fmt: skip
+    assert ("2 of 6 done (1 complete, 1 diverged); skipped: 1 failed, 1 damaged, 1 without its JSON (in flight or "
+            "killed)") in text  # fmt: skip
+    damaged = cfg("bn_after", seed=1).run_id
+    assert "**Damaged runs**, left out" in text and f"{damaged}: no CSV." in text
+    assert "seed 1 (damaged: no CSV)" in text  # in the incomplete cells' table
+    assert f"damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):\n  {damaged}: no CSV\n" in out
     assert "1 of 2 runs diverged: bn_before at learning rate 0.001, batch size 256, seed 0 (after 2 finite epochs)" in text
     summary = pd.read_csv(partial_study / "summary.csv")
     assert len(summary) == 2 and summary["diverged"].dtype == bool
