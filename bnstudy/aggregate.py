@@ -116,6 +116,10 @@ class StudyResults:
               or pending: a CSV without its JSON), reason (RunCheck.reason).
     expected: one row per run the grid should hold: run_id, CONFIG_KEYS.
     grid_source: where `expected` comes from, in words.
+    extra:    one row per run file set in runs/ that the spec (spec.toml) does not hold,
+              e.g. left by an earlier version of it: run_id, state. Without a spec, none.
+    extra_included: whether the done extra runs are in `epochs` and `runs` (else only the
+              spec's runs are; skipped and expected never hold extra runs).
     """
 
     root: Path
@@ -124,6 +128,8 @@ class StudyResults:
     skipped: pd.DataFrame
     expected: pd.DataFrame
     grid_source: str
+    extra: pd.DataFrame
+    extra_included: bool
 
     @property
     def name(self) -> str:
@@ -172,16 +178,17 @@ def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
     return grid
 
 
-def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str]:
-    """(the runs the study should hold, where that list comes from in words): the sweep's
-    copy of its spec when there is a readable one, else the grid inferred from `configs`."""
+def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str, bool]:
+    """(the runs the study should hold, where that list comes from in words, whether it is
+    the spec's): the sweep's copy of its spec when there is a readable one, else the grid
+    inferred from `configs`."""
     problem = ""
     if store.spec_path.is_file():
         try:
-            return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}"
+            return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}", True
         except UserError as exc:  # an old or damaged copy must not stop the report
             problem = f"; {store.spec_path.name} is unusable: {exc}"
-    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}"
+    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}", False
 
 
 def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
@@ -189,8 +196,11 @@ def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
     return typed(pd.DataFrame([{"run_id": c.run_id, **c.identity()} for c in configs], columns=["run_id", *CONFIG_KEYS]))
 
 
-def load_results(root: str | os.PathLike) -> StudyResults:
-    """Read every run of the study in `root`; UserError when there is none to report."""
+def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyResults:
+    """Read the study in `root`: the runs of its spec (the sweep's spec.toml), or every run
+    there when it has no usable spec (e.g. `bnstudy run --out`). Run files the spec does
+    not hold are `extra`: listed, and reported beside the spec's runs only when they are
+    done and `include_extra` asks for it. UserError when there is no run to report."""
     root = Path(root)
     store = RunStore(root)
     if not root.is_dir():
@@ -199,19 +209,26 @@ def load_results(root: str | os.PathLike) -> StudyResults:
     run_ids = sorted({p.stem for p in store.runs_dir.glob("*.csv")} | {p.stem for p in store.runs_dir.glob("*.json")})
     if not run_ids:
         raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
-    loaded = [load_run(store, run_id) for run_id in run_ids]
-    records = pd.DataFrame([record for _, record in loaded])
+    loaded = dict(zip(run_ids, (load_run(store, run_id) for run_id in run_ids)))
+    records = pd.DataFrame([record for _, record in loaded.values()])
+    observed = records["config"].dropna().tolist() if "config" in records else []
+    grid, grid_source, from_spec = expected_grid(store, observed)
+    # Without a spec the grid is inferred from the runs themselves: nothing is extra.
+    in_spec = records["run_id"].isin([c.run_id for c in grid]) | (not from_spec)
+    extra = records.loc[~in_spec, ["run_id", "state"]].reset_index(drop=True)
+    records = records[in_spec | (include_extra & records["reason"].isna())]
     skipped = records.loc[records["reason"].notna(), ["run_id", "state", "reason"]].reset_index(drop=True)
-    frames = [rows for rows, _ in loaded if rows is not None]
-    if not frames:
-        reasons = ", ".join(f"{n} {state}" for state, n in skipped["state"].value_counts().items())
-        raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
     done = records[records["reason"].isna()]
+    if done.empty:
+        reasons = ", ".join(f"{n} {state}" for state, n in skipped["state"].value_counts().items())
+        if len(extra):
+            reasons += f"{', ' if reasons else ''}{len(extra)} not in {store.spec_path.name}"
+        raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
     runs = typed(pd.concat([done[["run_id"]].reset_index(drop=True), pd.DataFrame(done["config"].tolist()),
                             done[["status", *RUN_INFO]].reset_index(drop=True)], axis=1))  # fmt: skip
-    grid, grid_source = expected_grid(store, records["config"].dropna().tolist())
-    epochs = pd.concat(frames, ignore_index=True)[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]]
-    return StudyResults(root, typed(epochs), runs, skipped, config_frame(grid), grid_source)
+    epochs = pd.concat([loaded[run_id][0] for run_id in done["run_id"]], ignore_index=True)
+    epochs = typed(epochs[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]])
+    return StudyResults(root, epochs, runs, skipped, config_frame(grid), grid_source, extra, include_extra)
 
 
 # ---------------------------------------------------------------- tables
@@ -251,6 +268,6 @@ def missing_runs(study: StudyResults) -> pd.DataFrame:
     run does not count: "failed", "damaged: <what>", "no JSON (in flight or killed)"; or
     "not run")."""
     missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
-    skipped = study.skipped.set_index("run_id")
-    reasons = skipped["reason"].where(skipped["state"] != "damaged", "damaged: " + skipped["reason"])
-    return missing.assign(reason=missing["run_id"].map(reasons).fillna("not run")).reset_index(drop=True)
+    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason
+               for run_id, state, reason in study.skipped[["run_id", "state", "reason"]].itertuples(index=False)}  # fmt: skip
+    return missing.assign(reason=[reasons.get(run_id, "not run") for run_id in missing["run_id"]]).reset_index(drop=True)

@@ -168,13 +168,15 @@ def add_report_parser(commands) -> None:
                             description="Read a study's finished runs (DIR/runs/) and write DIR/summary.csv, "
                                         "DIR/cells.csv, DIR/figures/*.png|svg and DIR/report.md.")  # fmt: skip
     p.add_argument("dir", metavar="DIR", help="a study's results folder, e.g. results/default")
+    p.add_argument("--include-extra", action="store_true",
+                   help="also report the done runs in DIR/runs/ that DIR/spec.toml does not hold (default: list them)")
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args) -> int:
     from bnstudy.report import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
-    print(format_outputs(write_report(args.dir)))
+    print(format_outputs(write_report(args.dir, args.include_extra)))
     return 0
 
 

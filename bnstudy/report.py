@@ -31,7 +31,7 @@ from bnstudy.aggregate import (
 )
 from bnstudy.figures import FIGURES, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
-from bnstudy.store import atomic_write_text, check_writable, format_damaged
+from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, plural, value_text
 
 
@@ -80,12 +80,14 @@ def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
     return list(zip(damaged["run_id"], damaged["reason"]))
 
 
-def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> list[str]:
-    """Bullet lines: the grid, fixed settings, device and versions, run counts, time."""
+def what_was_run(study: StudyResults, summary: pd.DataFrame) -> list[str]:
+    """Bullet lines: the grid, fixed settings, device and versions, run counts (the
+    grid's, then damaged and extra runs), time."""
     values = {k: study.expected[k].drop_duplicates().sort_values().tolist() for k in CONFIG_KEYS}
     axes = [f"{k} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
     fixed = [f"{k} {value_text(k, vs[0])}" for k, vs in values.items() if len(vs) == 1]
-    statuses = summary["status"].value_counts()
+    n_cells = study.expected.groupby(CELL_KEYS, dropna=False, observed=True).ngroups
+    statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
     return [
         f"**Grid**: {' × '.join(axes) or 'a single run'}: {len(study.expected)} runs in {n_cells} cells "
@@ -93,12 +95,32 @@ def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> li
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
-        f"**Runs**: {len(summary)} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
+        f"**Runs**: {statuses.sum()} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
         f"{statuses.get('diverged', 0)} diverged); skipped: {skipped_text(study.skipped)}.",
         *damaged_bullet(study.skipped),
+        *extra_bullet(study),
         f"**Time**: {duration(summary['train_seconds'].sum())} training + {duration(summary['eval_seconds'].sum())} "
         f"evaluation, summed over runs; {duration(span.total_seconds())} from the first start to the last end.",
     ]  # fmt: skip
+
+
+def extra_text(study: StudyResults) -> str:
+    """The extra runs (StudyResults.extra) in words, "" without any: "3 runs in runs/ not in
+    spec.toml (2 complete, 1 failed), left out (`--include-extra` reports the done ones)"."""
+    if study.extra.empty:
+        return ""
+    states = ", ".join(f"{n} {state}" for state, n in study.extra["state"].value_counts().items())
+    done = int(study.extra["state"].isin(DONE_STATUSES).sum())
+    fate = f"the {done} done ones included" if study.extra_included else "left out (`--include-extra` reports the done ones)"
+    return f"{plural(len(study.extra), 'run')} in runs/ not in spec.toml ({states}), {fate}"
+
+
+def extra_bullet(study: StudyResults) -> list[str]:
+    """The extra runs as one bullet line, or none without any."""
+    if study.extra.empty:
+        return []
+    return [f"**Extra runs**: {extra_text(study)}. They belong to another version of the spec, e.g. one run "
+            f"before a `--set` changed its settings."]  # fmt: skip
 
 
 def damaged_bullet(skipped: pd.DataFrame) -> list[str]:
@@ -147,7 +169,7 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
              "Accuracies in percent (%), changes in percentage points (pp); ± is the standard deviation over "
              "seeds. Written by `bnstudy report` from the run files; every number and sentence below is "
              "computed from them.",
-             "## What was run", "\n".join(f"- {line}" for line in what_was_run(study, summary, len(cells)))]  # fmt: skip
+             "## What was run", "\n".join(f"- {line}" for line in what_was_run(study, summary))]  # fmt: skip
     if len(missing):
         parts += ["## Incomplete cells", f"{len(missing)} of {len(cells)} cells lack runs:", md_table(missing)]
     parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
@@ -196,12 +218,14 @@ class Outputs:
     runs: int
     skipped: pd.DataFrame  # StudyResults.skipped
     incomplete: pd.DataFrame  # incomplete_cells(...)
+    extra: str  # extra_text(...)
 
 
-def write_report(root: str | os.PathLike) -> Outputs:
-    """Load the study in `root` and write summary.csv, cells.csv, figures/ and report.md
-    there. UserError when there is nothing to report or `root` is not writable."""
-    study = load_results(root)
+def write_report(root: str | os.PathLike, include_extra: bool = False) -> Outputs:
+    """Load the study in `root` (its spec's runs, and with `include_extra` the other done
+    runs there too) and write summary.csv, cells.csv, figures/ and report.md there.
+    UserError when there is nothing to report or `root` is not writable."""
+    study = load_results(root, include_extra)
     check_writable(study.root)
     summary = summarize_runs(study)
     cells = aggregate_cells(summary, study.expected)
@@ -212,15 +236,17 @@ def write_report(root: str | os.PathLike) -> Outputs:
     pngs = save_figures(figures, study.root / "figures")
     atomic_write_text(study.root / "report.md", render_report(study, summary, cells, incomplete, list(figures)))
     return Outputs(study.root / "summary.csv", study.root / "cells.csv", pngs, study.root / "report.md",
-                   len(summary), study.skipped, incomplete)  # fmt: skip
+                   len(summary), study.skipped, incomplete, extra_text(study))  # fmt: skip
 
 
 def format_outputs(out: Outputs) -> str:
     """What `bnstudy report` prints: what was reported and skipped (damaged runs by name, a
-    few), the incomplete cells, the files written."""
+    few), the extra runs, the incomplete cells, the files written."""
     lines = [f"{out.runs} runs reported; skipped: {skipped_text(out.skipped)}"]
     if damaged := damaged_runs(out.skipped):
         lines += ["damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):", *format_damaged(damaged)]
+    if out.extra:
+        lines.append(f"extra: {out.extra}")
     lines += [f"incomplete: {row['cell']}: missing {row['missing runs']}" for _, row in out.incomplete.iterrows()]
     lines.append(f"wrote {out.summary_csv}, {out.cells_csv}")
     if out.figures:  # none when every run diverged in its first epoch
