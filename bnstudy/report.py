@@ -29,7 +29,7 @@ from bnstudy.aggregate import (
     missing_runs,
     summarize_runs,
 )
-from bnstudy.figures import FIGURES, draw_figures, save_figures
+from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, plural, value_text
@@ -190,6 +190,9 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
         heading, caption = FIGURES[name]
         parts += [f"### {i}. {heading}", f"![{heading}](figures/{name}.png)",
                   f"{caption} Also as [SVG](figures/{name}.svg)."]  # fmt: skip
+    undrawn = [f"{FIGURES[name][0]}: {UNDRAWN[name]}" for name in FIGURES if figures and name not in figures]
+    if undrawn:
+        parts.append(f"Not drawn: {'; '.join(undrawn)}.")
     parts += ["## Files and conventions", FILES_NOTE]
     return "\n\n".join(parts) + "\n"
 
