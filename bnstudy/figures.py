@@ -229,15 +229,19 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
 
 
 def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
-    """Write each figure as directory/<name>.png (150 dpi) and .svg, close it; the PNG paths.
-    The SVGs carry no date and fixed ids, so an unchanged study rewrites identical files."""
-    if figures:
-        directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with plt.rc_context({"svg.hashsalt": "bnstudy"}):
-        for name, fig in figures.items():
-            fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
-            fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+    """Write each figure as directory/<name>.png (150 dpi) and .svg; the PNG paths. Closes
+    every figure, also when a save fails. The SVGs carry no date and fixed ids, so an
+    unchanged study rewrites identical files."""
+    try:
+        if figures:
+            directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        with plt.rc_context({"svg.hashsalt": "bnstudy"}):
+            for name, fig in figures.items():
+                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
+                fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+                paths.append(directory / f"{name}.png")
+        return paths
+    finally:
+        for fig in figures.values():
             plt.close(fig)
-            paths.append(directory / f"{name}.png")
-    return paths

@@ -8,13 +8,17 @@
 
 The stages: bnstudy.aggregate reads the runs and computes the metrics and tables (its
 docstring states the conventions), bnstudy.figures draws, bnstudy.findings writes the
-sentences, bnstudy.wording names things; this module renders report.md and writes it all.
+sentences, bnstudy.wording names things; this module renders report.md and writes it all,
+all or nothing (write_report).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +33,7 @@ from bnstudy.aggregate import (
     missing_runs,
     summarize_runs,
 )
+from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
@@ -227,19 +232,71 @@ class Outputs:
 def write_report(root: str | os.PathLike, include_extra: bool = False) -> Outputs:
     """Load the study in `root` (its spec's runs, and with `include_extra` the other done
     runs there too) and write summary.csv, cells.csv, figures/ and report.md there.
-    UserError when there is nothing to report or `root` is not writable."""
+
+    All or nothing: the files are written into a hidden staging folder in `root` and moved
+    into place only once all of them were written and every destination was checked, so a
+    failure (UserError: one line) leaves the previous report's files as they were. Figures
+    of FIGURES that this report does not draw are removed from figures/ (a previous
+    report's, which report.md would not show). UserError too when there is nothing to
+    report or `root` is not writable."""
     study = load_results(root, include_extra)
     check_writable(study.root)
     summary = summarize_runs(study)
     cells = aggregate_cells(summary, study.expected)
     incomplete = incomplete_cells(missing_runs(study), extra_axes(cells))
-    figures = draw_figures(study, summary, cells)
-    atomic_write_text(study.root / "summary.csv", summary.to_csv(index=False))
-    atomic_write_text(study.root / "cells.csv", cells.to_csv(index=False))
-    pngs = save_figures(figures, study.root / "figures")
-    atomic_write_text(study.root / "report.md", render_report(study, summary, cells, incomplete, list(figures)))
-    return Outputs(study.root / "summary.csv", study.root / "cells.csv", pngs, study.root / "report.md",
+    try:
+        with staging_folder(study.root) as stage:
+            drawn = [png.stem for png in save_figures(draw_figures(study, summary, cells), stage / "figures")]
+            texts = {"summary.csv": summary.to_csv(index=False), "cells.csv": cells.to_csv(index=False),
+                     "report.md": render_report(study, summary, cells, incomplete, drawn)}  # fmt: skip
+            for name, text in texts.items():
+                atomic_write_text(stage / name, text)
+            # report.md last: it links the figures, which must be there before it
+            staged = [f"figures/{name}{suffix}" for name in drawn for suffix in (".png", ".svg")] + list(texts)
+            publish(stage, study.root, staged)
+            remove_undrawn_figures(study.root / "figures", drawn)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise UserError(f"{study.root}: cannot write the report ({exc.strerror or exc}{where})") from None
+    return Outputs(study.root / "summary.csv", study.root / "cells.csv",
+                   [study.root / "figures" / f"{name}.png" for name in drawn], study.root / "report.md",
                    len(summary), study.skipped, incomplete, extra_text(study))  # fmt: skip
+
+
+@contextlib.contextmanager
+def staging_folder(root: Path):
+    """A new hidden folder `root`/.report-*, removed with whatever is left in it on exit.
+    (Not named *.tmp: a sweep deletes its own stale `.*.tmp` files, and this is a folder.)"""
+    stage = Path(tempfile.mkdtemp(dir=root, prefix=".report-"))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, root: Path, names: list[str]) -> None:
+    """Move each staged file `stage`/<name> to `root`/<name>, in the order of `names`
+    (relative paths). UserError before the first move when a destination is taken by a
+    folder, or its folder by a file; a move can then fail only if `root` changes meanwhile."""
+    for name in names:
+        target = root / name
+        if target.parent.exists() and not target.parent.is_dir():
+            raise UserError(f"{target.parent}: a file where the report writes its {target.parent.name}/ folder; "
+                            f"move it away")  # fmt: skip
+        if target.is_dir():
+            raise UserError(f"{target}: a folder where the report writes a file; move it away")
+    for name in names:
+        (root / name).parent.mkdir(exist_ok=True)
+        os.replace(stage / name, root / name)
+
+
+def remove_undrawn_figures(directory: Path, drawn: list[str]) -> None:
+    """Delete directory/<name>.png and .svg of each FIGURES name not in `drawn`, where present."""
+    if not directory.is_dir():
+        return
+    for name in FIGURES.keys() - set(drawn):
+        for suffix in (".png", ".svg"):
+            (directory / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def format_outputs(out: Outputs) -> str:

@@ -3,12 +3,15 @@ sentences, partial and broken studies, one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -63,6 +66,71 @@ def test_bad_study_folder_is_one_error_line(tmp_path, capsys, kind):
     assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("bnstudy: error: ")
     assert str(target) in captured.err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+REPORT_FILES = ("summary.csv", "cells.csv", "report.md")
+
+
+@pytest.fixture
+def reported(tmp_path, capsys):
+    """A hand-made study reported once and then given a third seed, so that a new report
+    would differ: (its folder, {file: bytes} of the first report's files, figures included)."""
+    for seed in (0, 1):
+        config = cfg("bn_before", seed=seed)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6 + 0.1 * seed, 0.55, 0.7]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    capsys.readouterr()
+    written = [tmp_path / name for name in REPORT_FILES] + sorted((tmp_path / "figures").iterdir())
+    config = cfg("bn_before", seed=2)
+    write_hand_run(tmp_path, config, hand_rows(config, [0.3, 0.4, 0.5, 0.2]))
+    return tmp_path, {path: path.read_bytes() for path in written}
+
+
+def assert_fails_and_changes_nothing(root, before: dict, capsys, message: str) -> None:
+    assert cli.main(["report", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("bnstudy: error: ")
+    assert message in captured.err
+    assert {path: path.read_bytes() for path in before} == before
+    assert not list(root.glob(".report-*"))  # the staging folder is gone
+
+
+def test_a_file_in_place_of_figures_fails_before_anything_is_replaced(reported, capsys):
+    root, before = reported
+    shutil.rmtree(root / "figures")
+    (root / "figures").write_text("not a folder")
+    before = {path: data for path, data in before.items() if path.parent == root}
+    assert_fails_and_changes_nothing(root, before, capsys, f"{root / 'figures'}: a file where the report writes its "
+                                                           f"figures/ folder; move it away")  # fmt: skip
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_report(reported, capsys, monkeypatch):
+    root, before = reported
+    real_savefig, saves = matplotlib.figure.Figure.savefig, []
+
+    def savefig_until_the_disk_is_full(fig, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 5:  # the third figure's PNG
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_until_the_disk_is_full)
+    open_before = plt.get_fignums()
+    assert_fails_and_changes_nothing(root, before, capsys, "cannot write the report (No space left on device: ")
+    assert len(saves) == 5 and plt.get_fignums() == open_before  # every figure closed, also after the failure
+
+
+def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
+    for variant in ("none", "bn_before"):
+        config = cfg(variant)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6, 0.55, 0.7]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "eval_modes.svg").is_file()
+    (tmp_path / "runs" / f"{cfg('bn_before').run_id}.json").unlink()  # the study has no BN run any more
+    (tmp_path / "runs" / f"{cfg('bn_before').run_id}.csv").unlink()
+    assert cli.main(["report", str(tmp_path)]) == 0
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert names == sorted(f"{name}.{ext}" for name in FIGURES if name != "eval_modes" for ext in ("png", "svg"))
 
 
 @pytest.fixture(scope="module")
