@@ -159,12 +159,26 @@ def test_report_findings_are_the_studys_numbers(written, real_tables):
     _, summary, cells = real_tables
     text = (written / "report.md").read_text()
     worst = summary.loc[summary["worst_drop"].idxmax()]
-    if worst["worst_drop"] > 0:
-        assert f"The largest worst drop of any run is {100 * worst['worst_drop']:.1f} pp" in text
+    drop = (f"The largest worst drop of any run is {100 * worst['worst_drop']:.1f} pp: " if worst["worst_drop"] > 0
+            else "No run's test accuracy ever fell below an earlier best.")  # fmt: skip
+    assert drop in text  # the exact run and epochs: test_largest_drop_names_its_run_and_epochs
     best = cells.loc[cells["final_acc_mean"].idxmax()]
     assert f"The best final test accuracy is {100 * best['final_acc_mean']:.1f}%" in text
     assert "No run diverged (12 runs)." in text
     assert "Grid**: variant (none, bn_before, bn_after) × lr (0.001, 0.01) × seed (0, 1)" in text
+
+
+def test_largest_drop_names_its_run_and_epochs(tmp_path):
+    """Worst drops 10 pp (none), 20 pp (bn_before seed 1: from 85% at epoch 2 to 65% at
+    epoch 3, its best epoch being the last), 5 pp (bn_after), 15 pp (bn_before seed 0)."""
+    accuracies = {("none", 0): [0.5, 0.7, 0.6, 0.8], ("bn_before", 1): [0.6, 0.85, 0.65, 0.9],
+                  ("bn_after", 0): [0.4, 0.5, 0.45, 0.6], ("bn_before", 0): [0.75, 0.6, 0.7, 0.72]}  # fmt: skip
+    for (variant, seed), acc in accuracies.items():
+        write_hand_run(tmp_path, cfg(variant, seed=seed), hand_rows(cfg(variant, seed=seed), acc))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert ("The largest worst drop of any run is 20.0 pp: bn_before at learning rate 0.001, batch size 256, seed 1, "
+            "fell from 85.0% at epoch 2 to 65.0% at epoch 3.") in text  # fmt: skip
 
 
 def test_notebook_comparison_only_with_the_notebooks_cell(written, real_tables, partial_study):
