@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from pathlib import Path
@@ -268,6 +267,7 @@ def missing_runs(study: StudyResults) -> pd.DataFrame:
     run does not count: "failed", "damaged: <what>", "no JSON (in flight or killed)"; or
     "not run")."""
     missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
-    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason
-               for run_id, state, reason in study.skipped[["run_id", "state", "reason"]].itertuples(index=False)}  # fmt: skip
-    return missing.assign(reason=[reasons.get(run_id, "not run") for run_id in missing["run_id"]]).reset_index(drop=True)
+    skipped = study.skipped[["run_id", "state", "reason"]].itertuples(index=False)
+    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason for run_id, state, reason in skipped}
+    reason = [reasons.get(run_id, "not run") for run_id in missing["run_id"]]
+    return missing.assign(reason=reason).reset_index(drop=True)

@@ -76,7 +76,8 @@ def skipped_text(skipped: pd.DataFrame) -> str:
     """ "1 failed, 2 damaged, 1 without its JSON (in flight or killed)", or "none skipped",
     from the skipped runs (StudyResults.skipped)."""
     counts = skipped["state"].value_counts()
-    return ", ".join(f"{counts[state]} {words}" for state, words in SKIPPED_STATES.items() if state in counts) or "none skipped"
+    text = ", ".join(f"{counts[state]} {words}" for state, words in SKIPPED_STATES.items() if state in counts)
+    return text or "none skipped"
 
 
 def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
@@ -116,7 +117,8 @@ def extra_text(study: StudyResults) -> str:
         return ""
     states = ", ".join(f"{n} {state}" for state, n in study.extra["state"].value_counts().items())
     done = int(study.extra["state"].isin(DONE_STATUSES).sum())
-    fate = f"the {done} done ones included" if study.extra_included else "left out (`--include-extra` reports the done ones)"
+    fate = (f"the {done} done ones included" if study.extra_included else
+            "left out (`--include-extra` reports the done ones)")  # fmt: skip
     return f"{plural(len(study.extra), 'run')} in runs/ not in spec.toml ({states}), {fate}"
 
 

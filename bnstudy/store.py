@@ -30,6 +30,7 @@ import math
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -160,8 +161,10 @@ class Damage(Exception):
     """Why a run's files are not whole or do not agree with each other, in a few words."""
 
 
-RUN_FILE_STATUSES = ("complete", "diverged", "failed")  # what a JSON's status may say
-LOSS_COLUMNS = ("train_loss", "test_loss")  # NaN or infinite in a diverged run's last epoch
+RUN_FILE_STATUSES = (*DONE_STATUSES, "failed")  # what a JSON's status may say
+# Any number, NaN and infinity included: a diverged run's last epoch has them (and aggregate
+# does not count an epoch with a non-finite loss).
+LOSS_COLUMNS = ("train_loss", "test_loss")
 DIAGNOSTIC_COLUMNS = ("test_acc_batch_stats", "test_acc_precise_bn")  # empty for `none`: it has no BN
 ACCURACY_COLUMNS = ("train_acc", "test_acc", *DIAGNOSTIC_COLUMNS)
 NUMBER_COLUMNS = [c for c in METRIC_COLUMNS if c != "epoch"]
@@ -322,11 +325,11 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, run_ids) -> list[tuple[str, str]]:
+    def set_aside_damaged(self, run_ids: Iterable[str]) -> list[tuple[str, str]]:
         """Move the files of each damaged run among `run_ids` into damaged_dir as
         <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
         so that the run counts as pending. Returns (run_id, reason) of each run moved.
-        Call it holding the lock."""
+        UserError when a file cannot be moved. Call it holding the lock."""
         moved = []
         for run_id in run_ids:
             check = self.check(run_id)
@@ -336,13 +339,16 @@ class RunStore:
         return moved
 
     def _move_aside(self, run_id: str) -> None:
-        self.damaged_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        # CSV first: killed in between, the JSON left alone is still damaged and moved next time,
-        # whereas a CSV left alone would count as in flight and be overwritten.
-        for path in (self.csv_path(run_id), self.json_path(run_id)):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.suffix}")
+        try:
+            self.damaged_dir.mkdir(exist_ok=True)
+            # CSV first: killed in between, the JSON left alone is still damaged and moved next
+            # time, whereas a CSV left alone would count as in flight and be overwritten.
+            for path in (self.csv_path(run_id), self.json_path(run_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.suffix}")
+        except OSError as exc:
+            raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
 
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
         """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
@@ -376,10 +382,6 @@ class RunStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-STATUS_COLUMNS = {"complete": "done", "diverged": "diverged", "failed": "failed", "damaged": "damaged",
-                  "pending": "pending"}  # RUN_STATES as `bnstudy status` heads them  # fmt: skip
-
-
 def format_status(configs: list[RunConfig], store: RunStore) -> str:
     """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
     then the damaged runs with their reasons (a few) and how many runs belong to other specs.
@@ -390,7 +392,7 @@ def format_status(configs: list[RunConfig], store: RunStore) -> str:
         row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
         row[checks[config.run_id].state] += 1
     counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
-    header = ["variant", *(STATUS_COLUMNS[state] for state in RUN_STATES), "total"]
+    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
     table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
     width = max(len(line[0]) for line in table)
     lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
@@ -406,7 +408,8 @@ def format_status(configs: list[RunConfig], store: RunStore) -> str:
 
 def format_set_aside(moved: list[tuple[str, str]], store: RunStore) -> str:
     """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
-    return "\n".join([f"{len(moved)} damaged runs set aside in {store.damaged_dir}, to be redone:",
+    runs = "run" if len(moved) == 1 else "runs"
+    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
                       *format_damaged(moved)])  # fmt: skip
 
 

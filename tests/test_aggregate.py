@@ -82,7 +82,8 @@ def test_partial_study_loads_and_says_what_is_missing(partial_study):
         cfg("bn_after", seed=1).run_id: ("damaged", "no CSV"),
     }
     assert dict(zip(study.skipped["run_id"], zip(study.skipped["state"], study.skipped["reason"]))) == skipped
-    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason for run_id, (state, reason) in skipped.items()}
+    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason
+               for run_id, (state, reason) in skipped.items()}  # fmt: skip
     assert study.epochs["variant"].dtype == pd.CategoricalDtype(["none", "bn_before", "bn_after"], ordered=True)
     assert study.epochs["limit_train"].dtype == "Int64" and study.epochs["batch_size"].dtype == "int64"
     missing = aggregate.missing_runs(study)

@@ -48,7 +48,8 @@ def test_sweep_redoes_damaged_runs_after_setting_their_files_aside(swept, capsys
     lines = store.csv_path(cut.run_id).read_text().splitlines(keepends=True)
     store.csv_path(cut.run_id).write_text("".join(lines[:-1]))  # a CSV cut short beside its `complete` JSON
     store.csv_path(emptied.run_id).write_text("")
-    damaged = sorted(p.read_bytes() for c in (cut, emptied) for p in (store.csv_path(c.run_id), store.json_path(c.run_id)))
+    files = [path(c.run_id) for c in (cut, emptied) for path in (store.csv_path, store.json_path)]
+    damaged = sorted(p.read_bytes() for p in files)
     capsys.readouterr()
 
     assert main(["status", str(out)]) == 0

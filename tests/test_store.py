@@ -180,13 +180,25 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     csv_text = "".join(store.csv_path(damaged.run_id).read_text().splitlines(keepends=True)[:-1])
     store.csv_path(damaged.run_id).write_text(csv_text)
     json_text = store.json_path(damaged.run_id).read_text()
-    assert store.set_aside_damaged(c.run_id for c in CONFIGS) == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
+    moved = store.set_aside_damaged(c.run_id for c in CONFIGS)
+    assert moved == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
     kept = sorted(store.damaged_dir.iterdir())
-    assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2 and [p.suffix for p in kept] == [".csv", ".json"]
+    assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2
+    assert [p.suffix for p in kept] == [".csv", ".json"]
     assert kept[0].read_text() == csv_text and kept[1].read_text() == json_text
     assert kept[0].name[:-4] == kept[1].name[:-5]  # one time stamp for both files
     assert [store.state(c.run_id) for c in CONFIGS[:3]] == ["pending", "complete", "failed"]
     assert store.set_aside_damaged(c.run_id for c in CONFIGS) == []
+
+
+def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    store.csv_path(CONFIGS[0].run_id).write_text("")
+    store.damaged_dir.write_text("a file in the way")
+    with pytest.raises(UserError, match=f"{store.damaged_dir}: cannot set damaged run {CONFIGS[0].run_id} aside"):
+        store.set_aside_damaged([CONFIGS[0].run_id])
+    assert store.check(CONFIGS[0].run_id).reason == "empty CSV"
 
 
 def test_writes_are_whole_files_with_ordinary_permissions(tmp_path):
