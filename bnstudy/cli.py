@@ -133,7 +133,7 @@ def cmd_sweep(args) -> int:
 
 # ---------------------------------------------------------------- bnstudy status
 def add_status_parser(commands) -> None:
-    p = commands.add_parser("status", help="done / diverged / failed / pending runs of a study, per variant",
+    p = commands.add_parser("status", help="done / diverged / failed / damaged / pending runs of a study, per variant",
                             description="Count a study's runs by state: give its spec (results in --out, "
                                         "default results/<name>) or its results folder (which holds the spec "
                                         "as run).")  # fmt: skip

@@ -73,11 +73,11 @@ SKIPPED_STATES = {"failed": "failed", "damaged": "damaged", "pending": "without 
 
 
 def skipped_text(skipped: pd.DataFrame) -> str:
-    """ "1 failed, 2 damaged, 1 without its JSON (in flight or killed)", or "none skipped",
+    """ "1 failed, 2 damaged, 1 without its JSON (in flight or killed)", or "none",
     from the skipped runs (StudyResults.skipped)."""
     counts = skipped["state"].value_counts()
     text = ", ".join(f"{counts[state]} {words}" for state, words in SKIPPED_STATES.items() if state in counts)
-    return text or "none skipped"
+    return text or "none"
 
 
 def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:

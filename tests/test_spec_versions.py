@@ -49,7 +49,7 @@ def report(root, capsys, *flags) -> tuple[str, pd.DataFrame, pd.DataFrame, str]:
 def test_report_covers_the_specs_runs_and_lists_the_others(swept_twice, capsys):
     printed, summary, cells, text = report(swept_twice, capsys)
     extra = "4 runs in runs/ not in spec.toml (4 complete), left out (`--include-extra` reports the done ones)"
-    assert printed.startswith(f"3 runs reported; skipped: none skipped\nextra: {extra}\n")
+    assert printed.startswith(f"3 runs reported; skipped: none\nextra: {extra}\n")
     assert "incomplete: bn_before at learning rate 0.001, batch size 256: missing seed 1 (not run)" in printed
     assert summary["epochs"].tolist() == [3, 3, 3] and cells["n"].sum() == 3 and cells["n_expected"].sum() == 4
     assert "**Runs**: 3 of 4 done (3 complete, 0 diverged)" in text
@@ -59,7 +59,7 @@ def test_report_covers_the_specs_runs_and_lists_the_others(swept_twice, capsys):
 
 def test_include_extra_reports_them_beside_the_specs_runs(swept_twice, capsys):
     printed, summary, cells, text = report(swept_twice, capsys, "--include-extra")
-    assert printed.startswith("7 runs reported; skipped: none skipped\n"
+    assert printed.startswith("7 runs reported; skipped: none\n"
                               "extra: 4 runs in runs/ not in spec.toml (4 complete), the 4 done ones included\n")
     assert sorted(summary["epochs"]) == [2, 2, 2, 2, 3, 3, 3] and cells["n"].sum() == 7
     assert "**Runs**: 3 of 4 done (3 complete, 0 diverged)" in text  # the spec's runs, counted apart
