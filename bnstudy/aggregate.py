@@ -1,7 +1,8 @@
 """A study's run files -> per-run stability metrics (summary) and per-cell tables (cells).
 
-    DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only runs whose JSON says
-                                    complete or diverged count, the rest are skipped and counted
+    DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only done runs (complete or
+                                    diverged, files checked by RunStore.check) count; the rest
+                                    (failed, damaged, in flight) are skipped and named
 
 Conventions that make DESIGN.md's metrics precise:
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from pathlib import Path
@@ -32,9 +32,8 @@ import pandas as pd
 
 from bnstudy import spec
 from bnstudy.errors import UserError
-from bnstudy.settings import BY_NAME, METRIC_COLUMNS, RUN_SETTINGS, csv_layout_ok, from_record
+from bnstudy.settings import BY_NAME, CSV_COLUMNS, METRIC_COLUMNS, RUN_SETTINGS, from_record
 from bnstudy.store import DONE_STATUSES, RunStore
-from bnstudy.variants import BN_VARIANTS
 
 CONFIG_KEYS = list(RUN_SETTINGS)  # a run's identity; `study` only names its folder
 CELL_KEYS = [k for k in CONFIG_KEYS if k != "seed"]
@@ -107,12 +106,17 @@ RUN_INFO = ["study", "device", "started", "ended", "torch_version", "bnstudy_ver
 class StudyResults:
     """A study's results, read from disk.
 
-    epochs:   one row per epoch of every done run: CSV_COLUMNS, then the JSON's config
-              (CONFIG_KEYS), status and device; typed (variant an ordered category).
+    epochs:   one row per epoch of every done run: run_id, study, the JSON's config
+              (CONFIG_KEYS), status, device, METRIC_COLUMNS; typed (variant an ordered category).
     runs:     one row per done run: run_id, CONFIG_KEYS, status, RUN_INFO.
-    skipped:  one row per run file set that does not count: run_id, reason.
+    skipped:  one row per run file set that does not count: run_id, state (failed, damaged
+              or pending: a CSV without its JSON), reason (RunCheck.reason).
     expected: one row per run the grid should hold: run_id, CONFIG_KEYS.
     grid_source: where `expected` comes from, in words.
+    extra:    one row per run file set in runs/ that the spec (spec.toml) does not hold,
+              e.g. left by an earlier version of it: run_id, state. Without a spec, none.
+    extra_included: whether the done extra runs are in `epochs` and `runs` (else only the
+              spec's runs are; skipped and expected never hold extra runs).
     """
 
     root: Path
@@ -121,6 +125,8 @@ class StudyResults:
     skipped: pd.DataFrame
     expected: pd.DataFrame
     grid_source: str
+    extra: pd.DataFrame
+    extra_included: bool
 
     @property
     def name(self) -> str:
@@ -143,50 +149,23 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(types | ({"epoch": int} if "epoch" in frame.columns else {}))
 
 
-def read_json(path: Path) -> dict | None:
-    """A run's metadata, or None when it is unreadable or lacks its status or a setting."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "status" in meta
-    if not ok:
-        return None
-    try:  # settings added since the run was written take their defaults
-        meta["config"] = from_record(meta["config"]).identity()
-    except (UserError, TypeError):
-        return None
-    return meta
-
-
-def read_csv(path: Path) -> pd.DataFrame | None:
-    """A run's epoch rows, or None when the file is missing, unreadable or not a run CSV."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError):
-        return None
-    return frame if csv_layout_ok(frame.columns) and len(frame) else None
-
-
 def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
     """(the run's epoch rows with the JSON's settings and status as columns, or None when
-    the run does not count; its record: run_id, `reason` it does not count or None, and,
-    where its JSON is readable, `config` and the JSON's study/status/device/times)."""
-    meta = read_json(store.json_path(run_id))
-    if meta is None:
-        reason = "unreadable or incomplete JSON" if store.json_path(run_id).exists() else "no JSON (in flight or killed)"
-        return None, {"run_id": run_id, "reason": reason}
-    config = {k: meta["config"][k] for k in CONFIG_KEYS}
-    record = {"run_id": run_id, "reason": None, "config": config, "status": meta["status"],
-              **{k: meta.get(k) for k in RUN_INFO}}  # fmt: skip
-    if meta["status"] not in DONE_STATUSES:
-        return None, {**record, "reason": str(meta["status"])}
-    rows = read_csv(store.csv_path(run_id))
-    if rows is None:
-        return None, {**record, "reason": "missing or unreadable CSV"}
+    the run is not done; its record: run_id, state, `reason` it does not count or None, and,
+    where its JSON checks out, `config` and the JSON's status/RUN_INFO)."""
+    check = store.check(run_id)
+    done = check.state in DONE_STATUSES
+    record = {"run_id": run_id, "state": check.state, "reason": None if done else check.reason}
+    if check.config is None:
+        return None, record
+    config = check.config.identity()
+    record |= {"config": config, "status": check.metadata["status"], **{k: check.metadata.get(k) for k in RUN_INFO}}
+    if not done:
+        return None, record
     # The JSON's settings are the whole config (the CSV repeats only some of them).
-    rows = rows.drop(columns=[k for k in CONFIG_KEYS if k in rows.columns])
-    return rows.assign(**config, status=meta["status"], device=meta.get("device")), record
+    rows = pd.DataFrame(check.rows, columns=CSV_COLUMNS)[METRIC_COLUMNS]
+    return rows.assign(run_id=run_id, study=check.config.study, **config, status=check.state,
+                       device=check.metadata.get("device")), record  # fmt: skip
 
 
 def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
@@ -203,16 +182,17 @@ def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
     return grid
 
 
-def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str]:
-    """(the runs the study should hold, where that list comes from in words): the sweep's
-    copy of its spec when there is a readable one, else the grid inferred from `configs`."""
+def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str, bool]:
+    """(the runs the study should hold, where that list comes from in words, whether it is
+    the spec's): the sweep's copy of its spec when there is a readable one, else the grid
+    inferred from `configs`."""
     problem = ""
     if store.spec_path.is_file():
         try:
-            return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}"
+            return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}", True
         except UserError as exc:  # an old or damaged copy must not stop the report
             problem = f"; {store.spec_path.name} is unusable: {exc}"
-    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}"
+    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}", False
 
 
 def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
@@ -220,8 +200,11 @@ def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
     return typed(pd.DataFrame([{"run_id": c.run_id, **c.identity()} for c in configs], columns=["run_id", *CONFIG_KEYS]))
 
 
-def load_results(root: str | os.PathLike) -> StudyResults:
-    """Read every run of the study in `root`; UserError when there is none to report."""
+def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyResults:
+    """Read the study in `root`: the runs of its spec (the sweep's spec.toml), or every run
+    there when it has no usable spec (e.g. `bnstudy run --out`). Run files the spec does
+    not hold are `extra`: listed, and reported beside the spec's runs only when they are
+    done and `include_extra` asks for it. UserError when there is no run to report."""
     root = Path(root)
     store = RunStore(root)
     if not root.is_dir():
@@ -230,19 +213,26 @@ def load_results(root: str | os.PathLike) -> StudyResults:
     run_ids = sorted({p.stem for p in store.runs_dir.glob("*.csv")} | {p.stem for p in store.runs_dir.glob("*.json")})
     if not run_ids:
         raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
-    loaded = [load_run(store, run_id) for run_id in run_ids]
-    records = pd.DataFrame([record for _, record in loaded])
-    skipped = records.loc[records["reason"].notna(), ["run_id", "reason"]].reset_index(drop=True)
-    frames = [rows for rows, _ in loaded if rows is not None]
-    if not frames:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped["reason"].value_counts().items())
-        raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
+    loaded = dict(zip(run_ids, (load_run(store, run_id) for run_id in run_ids)))
+    records = pd.DataFrame([record for _, record in loaded.values()])
+    observed = records["config"].dropna().tolist() if "config" in records else []
+    grid, grid_source, from_spec = expected_grid(store, observed)
+    # Without a spec the grid is inferred from the runs themselves: nothing is extra.
+    in_spec = records["run_id"].isin([c.run_id for c in grid]) | (not from_spec)
+    extra = records.loc[~in_spec, ["run_id", "state"]].reset_index(drop=True)
+    records = records[in_spec | (include_extra & records["reason"].isna())]
+    skipped = records.loc[records["reason"].notna(), ["run_id", "state", "reason"]].reset_index(drop=True)
     done = records[records["reason"].isna()]
+    if done.empty:
+        reasons = ", ".join(f"{n} {state}" for state, n in skipped["state"].value_counts().items())
+        if len(extra):
+            reasons += f"{', ' if reasons else ''}{len(extra)} not in {store.spec_path.name}"
+        raise UserError(f"{root}: no complete or diverged run to report ({reasons})")
     runs = typed(pd.concat([done[["run_id"]].reset_index(drop=True), pd.DataFrame(done["config"].tolist()),
                             done[["status", *RUN_INFO]].reset_index(drop=True)], axis=1))  # fmt: skip
-    grid, grid_source = expected_grid(store, records["config"].dropna().tolist())
-    epochs = pd.concat(frames, ignore_index=True)[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]]
-    return StudyResults(root, typed(epochs), runs, skipped, config_frame(grid), grid_source)
+    epochs = pd.concat([loaded[run_id][0] for run_id in done["run_id"]], ignore_index=True)
+    epochs = typed(epochs[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]])
+    return StudyResults(root, epochs, runs, skipped, config_frame(grid), grid_source, extra, include_extra)
 
 
 # ---------------------------------------------------------------- tables
@@ -278,8 +268,11 @@ def aggregate_cells(summary: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFra
 
 
 def missing_runs(study: StudyResults) -> pd.DataFrame:
-    """The expected runs that are not done: run_id, CONFIG_KEYS, reason (the skipped
-    run's status or problem, or "not run")."""
+    """The expected runs that are not done: run_id, CONFIG_KEYS, reason (why the skipped
+    run does not count: "failed", "damaged: <what>", "no JSON (in flight or killed)"; or
+    "not run")."""
     missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
-    reasons = study.skipped.set_index("run_id")["reason"]
-    return missing.assign(reason=missing["run_id"].map(reasons).fillna("not run")).reset_index(drop=True)
+    skipped = study.skipped[["run_id", "state", "reason"]].itertuples(index=False)
+    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason for run_id, state, reason in skipped}
+    reason = [reasons.get(run_id, "not run") for run_id in missing["run_id"]]
+    return missing.assign(reason=reason).reset_index(drop=True)

@@ -140,7 +140,7 @@ def cmd_sweep(args) -> int:
 
 # ---------------------------------------------------------------- bnstudy status
 def add_status_parser(commands) -> None:
-    p = commands.add_parser("status", help="done / diverged / failed / pending runs of a study, per variant",
+    p = commands.add_parser("status", help="done / diverged / failed / damaged / pending runs of a study, per variant",
                             description="Count a study's runs by state: give its spec (results in --out, "
                                         "default results/<name>) or its results folder (which holds the spec "
                                         "as run).")  # fmt: skip
@@ -173,20 +173,15 @@ def add_report_parser(commands) -> None:
                             description="Read a study's finished runs (DIR/runs/) and write DIR/summary.csv, "
                                         "DIR/cells.csv, DIR/figures/*.png|svg and DIR/report.md.")  # fmt: skip
     p.add_argument("dir", type=check_path, metavar="DIR", help="a study's results folder, e.g. results/default")
+    p.add_argument("--include-extra", action="store_true",
+                   help="also report the done runs in DIR/runs/ that DIR/spec.toml does not hold (default: list them)")
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args) -> int:
-    from bnstudy.report import write_report  # pandas, seaborn, matplotlib: loaded only for this command
+    from bnstudy.report import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
-    out = write_report(args.dir)
-    print(f"{out.runs} runs reported" + (f", {out.skipped} run files skipped" if out.skipped else ""))
-    for _, row in out.incomplete.iterrows():
-        print(f"incomplete: {row['cell']}: missing {row['missing runs']}")
-    print(f"wrote {out.summary_csv}, {out.cells_csv}")
-    if out.figures:  # none when every run diverged in its first epoch
-        print(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
-    print(f"wrote {out.report_md}")
+    print(format_outputs(write_report(args.dir, args.include_extra)))
     return 0
 
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
@@ -37,6 +37,10 @@ FIGURES = {  # name: (heading, what it shows)
                       "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
                       "generalization gap."),
 }  # fmt: skip
+# Why a figure can be left out of a report: it would have nothing to show.
+NO_CHANGE = "no run has two finite epochs, so there is no change from one epoch to the next to show"
+UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
+           "eval_modes": "the study has no BN run"}  # fmt: skip
 
 
 def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -80,8 +84,9 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
                        facet_kws={"margin_titles": True})  # fmt: skip
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_axis_labels("epoch", ylabel)
-    for ax in grid.axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted(frame["epoch"].unique())
+    for ax in grid.axes.flat:  # whole epochs; one epoch gets one tick (its tiny range would get fractions)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True) if len(epochs) > 1 else FixedLocator(epochs))
     lines = f"line: mean over {seeds_note(frame)}" + ("; band: lowest to highest seed" if errorbar else "")
     diverged = int((study.runs["status"] == "diverged").sum())
     if diverged:  # else a line that stops early looks like a plotting fault
@@ -132,15 +137,18 @@ METRIC_LABELS = {
 }
 
 
-def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.Figure:
+def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.Figure | None:
     """Figure 2: a learning rate x batch size heat map of the cells' mean `metric` (in pp)
     per variant (and per combination of other varying settings), annotated, one shared
-    colour scale; cells without a value (no finished run, or one epoch only) stay grey."""
+    colour scale; cells without a value (no finished run, or one epoch only) stay grey.
+    None when no cell has a value (see UNDRAWN)."""
+    values = 100 * cells[f"{metric}_mean"]
+    if values.isna().all():
+        return None
     extra, variants = extra_axes(cells), variants_in(cells)
     blocks = list(cells.groupby(extra, dropna=False, observed=True)) if extra else [((), cells)]
     lrs, batches = sorted(cells["lr"].unique(), reverse=True), sorted(cells["batch_size"].unique())
-    values = 100 * cells[f"{metric}_mean"]
-    vmax = values.max() if values.notna().any() and values.max() > 0 else 1.0
+    vmax = values.max() if values.max() > 0 else 1.0
     # inches: about square cells, and panels wide enough for their titles
     size = (1.5 + max(2.2, 1.2 * len(batches)) * len(variants), 1.7 + 0.7 * len(lrs) * len(blocks))
     fig, axes = plt.subplots(len(blocks), len(variants), squeeze=False, layout="constrained", figsize=size)
@@ -164,15 +172,18 @@ def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.
     return fig
 
 
-def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> plt.Figure:
-    """Figure 3: one point per cell with runs, final accuracy against mean |change|, both
-    means over seeds, with bars from the lowest to the highest seed (a std bar would reach
-    below 0 for a metric that cannot); colour = variant, marker = learning rate, size =
-    batch size."""
+def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> plt.Figure | None:
+    """Figure 3: one point per cell with a mean |change|, final accuracy against mean
+    |change|, both means over seeds, with bars from the lowest to the highest seed (a std
+    bar would reach below 0 for a metric that cannot); colour = variant, marker = learning
+    rate, size = batch size. None when no cell has a mean |change| (see UNDRAWN)."""
     metrics = ["mean_abs_change", "final_acc"]
     spread = summary.groupby(CELL_KEYS, dropna=False, observed=True)[metrics].agg(["min", "max"])
     spread.columns = [f"{m}_{stat}" for m, stat in spread.columns]
-    frame = cells.join(spread, on=CELL_KEYS, how="inner").astype({"variant": str})
+    measured = cells.join(spread, on=CELL_KEYS, how="inner").astype({"variant": str})
+    frame = measured[measured["mean_abs_change_mean"].notna()]  # a single finite epoch has no change
+    if frame.empty:
+        return None
     frame = frame.assign(x=100 * frame["mean_abs_change_mean"], y=100 * frame["final_acc_mean"],
                          **{"learning rate": frame["lr"].map("{:g}".format),
                             "batch size": frame["batch_size"].astype(str)})  # fmt: skip
@@ -192,12 +203,16 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.set_xlabel(METRIC_LABELS["mean_abs_change"] + ", mean over seeds")
     ax.set_ylabel("final test accuracy (%), mean over seeds")
-    ax.set_title(f"Final accuracy vs volatility, one point per grid cell; bars: lowest to highest seed\n{data_note(study)}")
+    unplotted = len(measured) - len(frame)
+    left_out = f"; {plural(unplotted, 'cell')} with a single finite epoch left out" if unplotted else ""
+    ax.set_title(f"Final accuracy vs volatility, one point per grid cell{left_out}; bars: lowest to highest seed\n"
+                 f"{data_note(study)}")  # fmt: skip
     return fig
 
 
 def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> dict[str, plt.Figure]:
-    """The figures of FIGURES by name (eval_modes only when the study has BN runs)."""
+    """The figures of FIGURES by name, those with something to show (UNDRAWN says why
+    the others are not drawn); none when no run has a counted epoch."""
     epochs = study.epochs[counts(study.epochs)]
     if epochs.empty:  # every run diverged in its first epoch: nothing to draw
         return {}
@@ -214,15 +229,19 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
 
 
 def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
-    """Write each figure as directory/<name>.png (150 dpi) and .svg, close it; the PNG paths.
-    The SVGs carry no date and fixed ids, so an unchanged study rewrites identical files."""
-    if figures:
-        directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with plt.rc_context({"svg.hashsalt": "bnstudy"}):
-        for name, fig in figures.items():
-            fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
-            fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+    """Write each figure as directory/<name>.png (150 dpi) and .svg; the PNG paths. Closes
+    every figure, also when a save fails. The SVGs carry no date and fixed ids, so an
+    unchanged study rewrites identical files."""
+    try:
+        if figures:
+            directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        with plt.rc_context({"svg.hashsalt": "bnstudy"}):
+            for name, fig in figures.items():
+                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
+                fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+                paths.append(directory / f"{name}.png")
+        return paths
+    finally:
+        for fig in figures.values():
             plt.close(fig)
-            paths.append(directory / f"{name}.png")
-    return paths

@@ -8,13 +8,17 @@
 
 The stages: bnstudy.aggregate reads the runs and computes the metrics and tables (its
 docstring states the conventions), bnstudy.figures draws, bnstudy.findings writes the
-sentences, bnstudy.wording names things; this module renders report.md and writes it all.
+sentences, bnstudy.wording names things; this module renders report.md and writes it all,
+all or nothing (write_report).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -30,9 +34,10 @@ from bnstudy.aggregate import (
     summarize_runs,
 )
 from bnstudy.axis_findings import axis_findings
-from bnstudy.figures import FIGURES, draw_figures, save_figures
+from bnstudy.errors import UserError
+from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
-from bnstudy.store import atomic_write_text, check_writable
+from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, plural, value_text
 
 
@@ -65,19 +70,31 @@ def listing(values) -> str:
     return str(tally.index[0]) if len(tally) == 1 else ", ".join(f"{v} ({n})" for v, n in tally.items())
 
 
-def skipped_text(reasons: pd.Series) -> str:
-    """ "2 failed; 1 other run file skipped (1 no JSON ...)" from the skipped runs' reason counts."""
-    other = reasons.drop("failed", errors="ignore")
-    detail = f" ({', '.join(f'{n} {reason}' for reason, n in other.items())})" if len(other) else ""
-    return f"{reasons.get('failed', 0)} failed; {plural(int(other.sum()), 'other run file')} skipped{detail}"
+SKIPPED_STATES = {"failed": "failed", "damaged": "damaged", "pending": "without its JSON (in flight or killed)"}
 
 
-def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> list[str]:
-    """Bullet lines: the grid, fixed settings, device and versions, run counts, time."""
+def skipped_text(skipped: pd.DataFrame) -> str:
+    """ "1 failed, 2 damaged, 1 without its JSON (in flight or killed)", or "none",
+    from the skipped runs (StudyResults.skipped)."""
+    counts = skipped["state"].value_counts()
+    text = ", ".join(f"{counts[state]} {words}" for state, words in SKIPPED_STATES.items() if state in counts)
+    return text or "none"
+
+
+def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
+    """(run_id, reason) of each damaged run among the skipped ones."""
+    damaged = skipped[skipped["state"] == "damaged"]
+    return list(zip(damaged["run_id"], damaged["reason"]))
+
+
+def what_was_run(study: StudyResults, summary: pd.DataFrame) -> list[str]:
+    """Bullet lines: the grid, fixed settings, device and versions, run counts (the
+    grid's, then damaged and extra runs), time."""
     values = {k: study.expected[k].drop_duplicates().sort_values().tolist() for k in CONFIG_KEYS}
     axes = [f"{k} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
     fixed = [f"{k} {value_text(k, vs[0])}" for k, vs in values.items() if len(vs) == 1]
-    statuses = summary["status"].value_counts()
+    n_cells = study.expected.groupby(CELL_KEYS, dropna=False, observed=True).ngroups
+    statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
     return [
         f"**Grid**: {' × '.join(axes) or 'a single run'}: {len(study.expected)} runs in {n_cells} cells "
@@ -85,11 +102,43 @@ def what_was_run(study: StudyResults, summary: pd.DataFrame, n_cells: int) -> li
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
-        f"**Runs**: {len(summary)} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
-        f"{statuses.get('diverged', 0)} diverged); {skipped_text(study.skipped['reason'].value_counts())}.",
+        f"**Runs**: {statuses.sum()} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
+        f"{statuses.get('diverged', 0)} diverged); skipped: {skipped_text(study.skipped)}.",
+        *damaged_bullet(study.skipped),
+        *extra_bullet(study),
         f"**Time**: {duration(summary['train_seconds'].sum())} training + {duration(summary['eval_seconds'].sum())} "
         f"evaluation, summed over runs; {duration(span.total_seconds())} from the first start to the last end.",
     ]  # fmt: skip
+
+
+def extra_text(study: StudyResults) -> str:
+    """The extra runs (StudyResults.extra) in words, "" without any: "3 runs in runs/ not in
+    spec.toml (2 complete, 1 failed), left out (`--include-extra` reports the done ones)"."""
+    if study.extra.empty:
+        return ""
+    states = ", ".join(f"{n} {state}" for state, n in study.extra["state"].value_counts().items())
+    done = int(study.extra["state"].isin(DONE_STATUSES).sum())
+    fate = (f"the {done} done ones included" if study.extra_included else
+            "left out (`--include-extra` reports the done ones)")  # fmt: skip
+    return f"{plural(len(study.extra), 'run')} in runs/ not in spec.toml ({states}), {fate}"
+
+
+def extra_bullet(study: StudyResults) -> list[str]:
+    """The extra runs as one bullet line, or none without any."""
+    if study.extra.empty:
+        return []
+    return [f"**Extra runs**: {extra_text(study)}. They belong to another version of the spec, e.g. one run "
+            f"before a `--set` changed its settings."]  # fmt: skip
+
+
+def damaged_bullet(skipped: pd.DataFrame) -> list[str]:
+    """The damaged runs as one bullet line (the first few), or none without damaged runs."""
+    damaged = damaged_runs(skipped)
+    if not damaged:
+        return []
+    named = "; ".join(line.strip() for line in format_damaged(damaged))
+    return [f"**Damaged runs**, left out (their files are not whole or disagree; `bnstudy sweep` sets them "
+            f"aside in damaged/ and redoes them): {named}."]  # fmt: skip
 
 
 def incomplete_cells(missing: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -128,7 +177,7 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
              "Accuracies in percent (%), changes in percentage points (pp); ± is the standard deviation over "
              "seeds. Written by `bnstudy report` from the run files; every number and sentence below is "
              "computed from them.",
-             "## What was run", "\n".join(f"- {line}" for line in what_was_run(study, summary, len(cells)))]  # fmt: skip
+             "## What was run", "\n".join(f"- {line}" for line in what_was_run(study, summary))]  # fmt: skip
     if len(missing):
         parts += ["## Incomplete cells", f"{len(missing)} of {len(cells)} cells lack runs:", md_table(missing)]
     parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
@@ -153,6 +202,9 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
         heading, caption = FIGURES[name]
         parts += [f"### {i}. {heading}", f"![{heading}](figures/{name}.png)",
                   f"{caption} Also as [SVG](figures/{name}.svg)."]  # fmt: skip
+    undrawn = [f"{FIGURES[name][0]}: {UNDRAWN[name]}" for name in FIGURES if figures and name not in figures]
+    if undrawn:
+        parts.append(f"Not drawn: {'; '.join(undrawn)}.")
     parts += ["## Files and conventions", FILES_NOTE]
     return "\n\n".join(parts) + "\n"
 
@@ -181,22 +233,92 @@ class Outputs:
     figures: list[Path]
     report_md: Path
     runs: int
-    skipped: int
+    skipped: pd.DataFrame  # StudyResults.skipped
     incomplete: pd.DataFrame  # incomplete_cells(...)
+    extra: str  # extra_text(...)
 
 
-def write_report(root: str | os.PathLike) -> Outputs:
-    """Load the study in `root` and write summary.csv, cells.csv, figures/ and report.md
-    there. UserError when there is nothing to report or `root` is not writable."""
-    study = load_results(root)
+def write_report(root: str | os.PathLike, include_extra: bool = False) -> Outputs:
+    """Load the study in `root` (its spec's runs, and with `include_extra` the other done
+    runs there too) and write summary.csv, cells.csv, figures/ and report.md there.
+
+    All or nothing: the files are written into a hidden staging folder in `root` and moved
+    into place only once all of them were written and every destination was checked, so a
+    failure (UserError: one line) leaves the previous report's files as they were. Figures
+    of FIGURES that this report does not draw are removed from figures/ (a previous
+    report's, which report.md would not show). UserError too when there is nothing to
+    report or `root` is not writable."""
+    study = load_results(root, include_extra)
     check_writable(study.root)
     summary = summarize_runs(study)
     cells = aggregate_cells(summary, study.expected)
     incomplete = incomplete_cells(missing_runs(study), extra_axes(cells))
-    figures = draw_figures(study, summary, cells)
-    atomic_write_text(study.root / "summary.csv", summary.to_csv(index=False))
-    atomic_write_text(study.root / "cells.csv", cells.to_csv(index=False))
-    pngs = save_figures(figures, study.root / "figures")
-    atomic_write_text(study.root / "report.md", render_report(study, summary, cells, incomplete, list(figures)))
-    return Outputs(study.root / "summary.csv", study.root / "cells.csv", pngs, study.root / "report.md",
-                   len(summary), len(study.skipped), incomplete)  # fmt: skip
+    try:
+        with staging_folder(study.root) as stage:
+            drawn = [png.stem for png in save_figures(draw_figures(study, summary, cells), stage / "figures")]
+            texts = {"summary.csv": summary.to_csv(index=False), "cells.csv": cells.to_csv(index=False),
+                     "report.md": render_report(study, summary, cells, incomplete, drawn)}  # fmt: skip
+            for name, text in texts.items():
+                atomic_write_text(stage / name, text)
+            # report.md last: it links the figures, which must be there before it
+            staged = [f"figures/{name}{suffix}" for name in drawn for suffix in (".png", ".svg")] + list(texts)
+            publish(stage, study.root, staged)
+            remove_undrawn_figures(study.root / "figures", drawn)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise UserError(f"{study.root}: cannot write the report ({exc.strerror or exc}{where})") from None
+    return Outputs(study.root / "summary.csv", study.root / "cells.csv",
+                   [study.root / "figures" / f"{name}.png" for name in drawn], study.root / "report.md",
+                   len(summary), study.skipped, incomplete, extra_text(study))  # fmt: skip
+
+
+@contextlib.contextmanager
+def staging_folder(root: Path):
+    """A new hidden folder `root`/.report-*, removed with whatever is left in it on exit.
+    (Not named *.tmp: a sweep deletes its own stale `.*.tmp` files, and this is a folder.)"""
+    stage = Path(tempfile.mkdtemp(dir=root, prefix=".report-"))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, root: Path, names: list[str]) -> None:
+    """Move each staged file `stage`/<name> to `root`/<name>, in the order of `names`
+    (relative paths). UserError before the first move when a destination is taken by a
+    folder, or its folder by a file; a move can then fail only if `root` changes meanwhile."""
+    for name in names:
+        target = root / name
+        if target.parent.exists() and not target.parent.is_dir():
+            raise UserError(f"{target.parent}: a file where the report writes its {target.parent.name}/ folder; "
+                            f"move it away")  # fmt: skip
+        if target.is_dir():
+            raise UserError(f"{target}: a folder where the report writes a file; move it away")
+    for name in names:
+        (root / name).parent.mkdir(exist_ok=True)
+        os.replace(stage / name, root / name)
+
+
+def remove_undrawn_figures(directory: Path, drawn: list[str]) -> None:
+    """Delete directory/<name>.png and .svg of each FIGURES name not in `drawn`, where present."""
+    if not directory.is_dir():
+        return
+    for name in FIGURES.keys() - set(drawn):
+        for suffix in (".png", ".svg"):
+            (directory / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def format_outputs(out: Outputs) -> str:
+    """What `bnstudy report` prints: what was reported and skipped (damaged runs by name, a
+    few), the extra runs, the incomplete cells, the files written."""
+    lines = [f"{out.runs} runs reported; skipped: {skipped_text(out.skipped)}"]
+    if damaged := damaged_runs(out.skipped):
+        lines += ["damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):", *format_damaged(damaged)]
+    if out.extra:
+        lines.append(f"extra: {out.extra}")
+    lines += [f"incomplete: {row['cell']}: missing {row['missing runs']}" for _, row in out.incomplete.iterrows()]
+    lines.append(f"wrote {out.summary_csv}, {out.cells_csv}")
+    if out.figures:  # none when every run diverged in its first epoch
+        lines.append(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
+    lines.append(f"wrote {out.report_md}")
+    return "\n".join(lines)

@@ -5,16 +5,22 @@
     <root>/spec.toml            the study spec as run (sweeps only)
     <root>/.lock                held (flock) by the one sweep writing <root>
 
-A run is *done* when its JSON says "complete" or "diverged". Both files are written to a
-temporary name and moved into place with os.replace, CSV first, so a process killed at
-any moment leaves either a finished run or nothing that counts as one (at worst a
-temporary `.<name>.*.tmp`, which the next sweep removes under the lock).
+    <root>/damaged/<run_id>.<time>.csv|.json   a damaged run's files, set aside by the sweep
+
+A run is *done* when its files are whole and agree with each other (RunStore.check says
+how it is checked). Both files are written to a temporary name and moved into place with
+os.replace, CSV first, so a process killed at any moment leaves either a finished run or
+nothing that counts as one (at worst a CSV without its JSON, or a temporary
+`.<name>.*.tmp`, which the next sweep removes under the lock). Anything else that does not
+check out (a CSV cut short, edited or copied from another run, a JSON without its CSV) is
+*damaged*: no command trusts its numbers, and the sweep sets its files aside and redoes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import errno
 import fcntl
 import functools
@@ -23,13 +29,13 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from bnstudy.errors import UserError
+from bnstudy.runfiles import DONE_STATUSES, RUN_STATES, Damage, RunCheck, read_metadata, read_rows
 from bnstudy.settings import CSV_COLUMNS, RunConfig
 
-DONE_STATUSES = ("complete", "diverged")
-RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -125,6 +131,7 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+# ---------------------------------------------------------------- the store
 class RunStore:
     """The files of one results folder (a study's, or `bnstudy run`'s --out)."""
 
@@ -138,23 +145,35 @@ class RunStore:
     def json_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
 
-    def status(self, run_id: str) -> str | None:
-        """The status its JSON records, or None when there is no readable JSON."""
+    def check(self, run_id: str) -> RunCheck:
+        """What the run's files amount to: its state, why it is not done, and what was read.
+        Reads the JSON and, for a done status, the CSV, once each; writes nothing."""
         try:
-            return json.loads(self.json_path(run_id).read_text())["status"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            text = self.json_path(run_id).read_text()
+        except FileNotFoundError:
+            if self.csv_path(run_id).exists():
+                return RunCheck("pending", "no JSON (in flight or killed)")
+            return RunCheck("pending", "not run")
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            return RunCheck("damaged", f"unreadable JSON ({exc})")
+        try:
+            metadata, config = read_metadata(text, run_id)
+        except Damage as exc:
+            return RunCheck("damaged", str(exc))
+        if metadata["status"] == "failed":
+            return RunCheck("failed", "failed", metadata, config)
+        try:
+            rows = read_rows(self.csv_path(run_id), metadata, config)
+        except Damage as exc:
+            return RunCheck("damaged", str(exc), metadata, config)
+        return RunCheck(metadata["status"], "", metadata, config, rows)
+
+    def state(self, run_id: str) -> str:
+        """One of RUN_STATES (see RunCheck); "failed", "damaged" and "pending" runs are what a sweep runs."""
+        return self.check(run_id).state
 
     def is_done(self, run_id: str) -> bool:
         return self.state(run_id) in DONE_STATUSES
-
-    def state(self, run_id: str) -> str:
-        """One of RUN_STATES: a done run's status, "failed", or "pending" (never run, killed,
-        or its files are incomplete); "pending" and "failed" runs are what a sweep runs."""
-        status = self.status(run_id)
-        if status in DONE_STATUSES:
-            return status if self.csv_path(run_id).is_file() else "pending"
-        return "failed" if status == "failed" else "pending"
 
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
@@ -177,6 +196,35 @@ class RunStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return len(stale)
+
+    @property
+    def damaged_dir(self) -> Path:
+        return self.root / "damaged"
+
+    def set_aside_damaged(self, run_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """Move the files of each damaged run among `run_ids` into damaged_dir as
+        <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
+        so that the run counts as pending. Returns (run_id, reason) of each run moved.
+        UserError when a file cannot be moved. Call it holding the lock."""
+        moved = []
+        for run_id in run_ids:
+            check = self.check(run_id)
+            if check.state == "damaged":
+                self._move_aside(run_id)
+                moved.append((run_id, check.reason))
+        return moved
+
+    def _move_aside(self, run_id: str) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        try:
+            self.damaged_dir.mkdir(exist_ok=True)
+            # CSV first: killed in between, the JSON left alone is still damaged and moved next
+            # time, whereas a CSV left alone would count as in flight and be overwritten.
+            for path in (self.csv_path(run_id), self.json_path(run_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.suffix}")
+        except OSError as exc:
+            raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
 
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
         """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
@@ -234,18 +282,40 @@ def _lock_error(path: Path, problem: str) -> UserError:
 
 
 def format_status(configs: list[RunConfig], store: RunStore) -> str:
-    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`.
+    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
+    then the damaged runs with their reasons (a few) and how many runs belong to other specs.
     "done" counts complete runs; diverged runs are results too and are not rerun."""
+    checks = {config.run_id: store.check(config.run_id) for config in configs}
     counts: dict[str, dict[str, int]] = {}
     for config in configs:
         row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
-        row[store.state(config.run_id)] += 1
+        row[checks[config.run_id].state] += 1
     counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
-    header = ["variant", "done", "diverged", "failed", "pending", "total"]
+    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
     table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
     width = max(len(line[0]) for line in table)
     lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
-    others = len(store.recorded_run_ids() - {config.run_id for config in configs})
+    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state == "damaged"]
+    if damaged:
+        lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
+        lines += format_damaged(damaged)
+    others = len(store.recorded_run_ids() - set(checks))
     if others:
         lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
     return "\n".join(lines)
+
+
+def format_set_aside(moved: list[tuple[str, str]], store: RunStore) -> str:
+    """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
+    runs = "run" if len(moved) == 1 else "runs"
+    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
+                      *format_damaged(moved)])  # fmt: skip
+
+
+def format_damaged(damaged: list[tuple[str, str]], shown: int = 5) -> list[str]:
+    """Indented lines "  <run_id>: <reason>" for the first `shown` (run_id, reason) pairs,
+    then how many more there are."""
+    lines = [f"  {run_id}: {reason}" for run_id, reason in damaged[:shown]]
+    if len(damaged) > shown:
+        lines.append(f"  ... and {len(damaged) - shown} more")
+    return lines

@@ -24,7 +24,7 @@ from bnstudy.backends import Execution, open_backend, plan_execution
 from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
 from bnstudy.settings import RunConfig
 from bnstudy.spec import Study
-from bnstudy.store import RunStore, check_writable, writing
+from bnstudy.store import DONE_STATUSES, RunStore, check_writable, format_set_aside, writing
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
@@ -87,6 +87,8 @@ def sweep(study: Study, options: SweepOptions) -> int:
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
+        if moved := store.set_aside_damaged(config.run_id for config in configs):  # redone as pending runs
+            print(format_set_aside(moved, store), flush=True)
         pending = [config for config in configs if not store.is_done(config.run_id)]
         print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
         tally = run_pending(pending, execution, run_tasks, workers, store, study.name) if pending else Tally()
@@ -181,7 +183,7 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
     states = {config.run_id: store.state(config.run_id) for config in configs}
-    pending = [config for config in configs if states[config.run_id] in ("pending", "failed")]
+    pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
     lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip

@@ -82,12 +82,14 @@ def test_diverged_run_counts_its_finite_epochs_only():
 def test_partial_study_loads_and_says_what_is_missing(partial_study):
     study = aggregate.load_results(partial_study)
     assert sorted(study.runs["run_id"]) == sorted([cfg("none", seed=0).run_id, cfg("bn_before", seed=0).run_id])
-    reasons = {
-        cfg("none", seed=1).run_id: "failed",
-        cfg("bn_after", seed=0).run_id: "no JSON (in flight or killed)",
-        cfg("bn_after", seed=1).run_id: "missing or unreadable CSV",
+    skipped = {
+        cfg("none", seed=1).run_id: ("failed", "failed"),
+        cfg("bn_after", seed=0).run_id: ("pending", "no JSON (in flight or killed)"),
+        cfg("bn_after", seed=1).run_id: ("damaged", "no CSV"),
     }
-    assert dict(zip(study.skipped["run_id"], study.skipped["reason"])) == reasons
+    assert dict(zip(study.skipped["run_id"], zip(study.skipped["state"], study.skipped["reason"]))) == skipped
+    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason
+               for run_id, (state, reason) in skipped.items()}  # fmt: skip
     assert study.epochs["variant"].dtype == pd.CategoricalDtype(["none", "bn_before", "bn_after"], ordered=True)
     assert study.epochs["limit_train"].dtype == "Int64" and study.epochs["batch_size"].dtype == "int64"
     missing = aggregate.missing_runs(study)

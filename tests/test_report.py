@@ -3,12 +3,15 @@ sentences, partial and broken studies, one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -25,8 +28,12 @@ def test_partial_study_report_and_cli(partial_study, capsys):
     assert "incomplete: bn_before at learning rate 0.001, batch size 256: missing seed 1 (not run)" in out
     text = (partial_study / "report.md").read_text()
     assert "## Incomplete cells" in text and "3 of 3 cells lack runs" in text
-    assert ("2 of 6 done (1 complete, 1 diverged); 1 failed; 2 other run files skipped (1 no JSON (in flight or "
-            "killed), 1 missing or unreadable CSV)") in text  # fmt: skip
+    assert ("2 of 6 done (1 complete, 1 diverged); skipped: 1 failed, 1 damaged, 1 without its JSON (in flight or "
+            "killed)") in text  # fmt: skip
+    damaged = cfg("bn_after", seed=1).run_id
+    assert "**Damaged runs**, left out" in text and f"{damaged}: no CSV." in text
+    assert "seed 1 (damaged: no CSV)" in text  # in the incomplete cells' table
+    assert f"damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):\n  {damaged}: no CSV\n" in out
     assert "1 of 2 runs diverged: bn_before at learning rate 0.001, batch size 256, seed 0 (after 2 finite epochs)" in text
     summary = pd.read_csv(partial_study / "summary.csv")
     assert len(summary) == 2 and summary["diverged"].dtype == bool
@@ -61,6 +68,71 @@ def test_bad_study_folder_is_one_error_line(tmp_path, capsys, kind):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+REPORT_FILES = ("summary.csv", "cells.csv", "report.md")
+
+
+@pytest.fixture
+def reported(tmp_path, capsys):
+    """A hand-made study reported once and then given a third seed, so that a new report
+    would differ: (its folder, {file: bytes} of the first report's files, figures included)."""
+    for seed in (0, 1):
+        config = cfg("bn_before", seed=seed)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6 + 0.1 * seed, 0.55, 0.7]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    capsys.readouterr()
+    written = [tmp_path / name for name in REPORT_FILES] + sorted((tmp_path / "figures").iterdir())
+    config = cfg("bn_before", seed=2)
+    write_hand_run(tmp_path, config, hand_rows(config, [0.3, 0.4, 0.5, 0.2]))
+    return tmp_path, {path: path.read_bytes() for path in written}
+
+
+def assert_fails_and_changes_nothing(root, before: dict, capsys, message: str) -> None:
+    assert cli.main(["report", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("bnstudy: error: ")
+    assert message in captured.err
+    assert {path: path.read_bytes() for path in before} == before
+    assert not list(root.glob(".report-*"))  # the staging folder is gone
+
+
+def test_a_file_in_place_of_figures_fails_before_anything_is_replaced(reported, capsys):
+    root, before = reported
+    shutil.rmtree(root / "figures")
+    (root / "figures").write_text("not a folder")
+    before = {path: data for path, data in before.items() if path.parent == root}
+    assert_fails_and_changes_nothing(root, before, capsys, f"{root / 'figures'}: a file where the report writes its "
+                                                           f"figures/ folder; move it away")  # fmt: skip
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_report(reported, capsys, monkeypatch):
+    root, before = reported
+    real_savefig, saves = matplotlib.figure.Figure.savefig, []
+
+    def savefig_until_the_disk_is_full(fig, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 5:  # the third figure's PNG
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_until_the_disk_is_full)
+    open_before = plt.get_fignums()
+    assert_fails_and_changes_nothing(root, before, capsys, "cannot write the report (No space left on device: ")
+    assert len(saves) == 5 and plt.get_fignums() == open_before  # every figure closed, also after the failure
+
+
+def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
+    for variant in ("none", "bn_before"):
+        config = cfg(variant)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6, 0.55, 0.7]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "eval_modes.svg").is_file()
+    (tmp_path / "runs" / f"{cfg('bn_before').run_id}.json").unlink()  # the study has no BN run any more
+    (tmp_path / "runs" / f"{cfg('bn_before').run_id}.csv").unlink()
+    assert cli.main(["report", str(tmp_path)]) == 0
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert names == sorted(f"{name}.{ext}" for name in FIGURES if name != "eval_modes" for ext in ("png", "svg"))
+
+
 @pytest.fixture(scope="module")
 
 def written(real_study):
@@ -87,12 +159,26 @@ def test_report_findings_are_the_studys_numbers(written, real_tables):
     _, summary, cells = real_tables
     text = (written / "report.md").read_text()
     worst = summary.loc[summary["worst_drop"].idxmax()]
-    if worst["worst_drop"] > 0:
-        assert f"The largest worst drop of any run is {100 * worst['worst_drop']:.1f} pp" in text
+    drop = (f"The largest worst drop of any run is {100 * worst['worst_drop']:.1f} pp: " if worst["worst_drop"] > 0
+            else "No run's test accuracy ever fell below an earlier best.")  # fmt: skip
+    assert drop in text  # the exact run and epochs: test_largest_drop_names_its_run_and_epochs
     best = cells.loc[cells["final_acc_mean"].idxmax()]
     assert f"The best final test accuracy is {100 * best['final_acc_mean']:.1f}%" in text
     assert "No run diverged (12 runs)." in text
     assert "Grid**: variant (none, bn_before, bn_after) × lr (0.001, 0.01) × seed (0, 1)" in text
+
+
+def test_largest_drop_names_its_run_and_epochs(tmp_path):
+    """Worst drops 10 pp (none), 20 pp (bn_before seed 1: from 85% at epoch 2 to 65% at
+    epoch 3, its best epoch being the last), 5 pp (bn_after), 15 pp (bn_before seed 0)."""
+    accuracies = {("none", 0): [0.5, 0.7, 0.6, 0.8], ("bn_before", 1): [0.6, 0.85, 0.65, 0.9],
+                  ("bn_after", 0): [0.4, 0.5, 0.45, 0.6], ("bn_before", 0): [0.75, 0.6, 0.7, 0.72]}  # fmt: skip
+    for (variant, seed), acc in accuracies.items():
+        write_hand_run(tmp_path, cfg(variant, seed=seed), hand_rows(cfg(variant, seed=seed), acc))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert ("The largest worst drop of any run is 20.0 pp: bn_before at learning rate 0.001, batch size 256, seed 1, "
+            "fell from 85.0% at epoch 2 to 65.0% at epoch 3.") in text  # fmt: skip
 
 
 def test_notebook_comparison_only_with_the_notebooks_cell(written, real_tables, partial_study):

@@ -1,52 +1,210 @@
-"""The results store: what counts as done, atomic files, the spec as run, stale temporary
+"""The results store: what counts as done (whole files that agree with each other) and what
+is damaged, setting damaged runs aside, atomic files, the spec as run, stale temporary
 files, the study lock and the status table."""
 
 import contextlib
 import errno
 import json
+import math
 import os
 import resource
 import signal
 import stat
+from pathlib import Path
 
 import pytest
+from studies import hand_rows
 
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
 from bnstudy.runner import run_metadata
-from bnstudy.store import RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 from bnstudy.settings import CSV_COLUMNS
+from bnstudy.store import RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
+FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_study"
 
 
 def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
-    rows = [dict.fromkeys(CSV_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e} for e in range(1, epochs + 1)]
+    rows = hand_rows(config, [0.5] * epochs, nan_from=epochs if status == "diverged" else None)
     store.write_run(rows, run_metadata(config, status, "cpu", "start", "end", epochs_done=epochs))
 
 
-def test_done_means_a_complete_or_diverged_json_beside_a_csv(tmp_path):
+def test_done_means_whole_files_that_agree(tmp_path):
     store = RunStore(tmp_path)
     complete, diverged, failed, pending = CONFIGS
     write(store, complete, "complete")
-    write(store, diverged, "diverged", epochs=1)
+    write(store, diverged, "diverged", epochs=1)  # a NaN loss in its last epoch, as train.fit writes it
     write(store, failed, "failed", epochs=1)
     assert [store.state(c.run_id) for c in CONFIGS] == ["complete", "diverged", "failed", "pending"]
     assert [store.is_done(c.run_id) for c in CONFIGS] == [True, True, False, False]
     assert store.recorded_run_ids() == {complete.run_id, diverged.run_id, failed.run_id}
+    check = store.check(complete.run_id)
+    assert check.config == complete and check.reason == "" and check.metadata["epochs_done"] == 2
+    assert [row["epoch"] for row in check.rows] == [1, 2] and check.rows[1]["test_acc"] == 0.5
+    assert math.isnan(check.rows[0]["test_acc_precise_bn"])  # `none` has no BN: an empty cell
+    assert math.isnan(store.check(diverged.run_id).rows[0]["train_loss"])
 
 
-def test_partial_files_do_not_count_as_done(tmp_path):
+def test_a_kill_leaves_pending_and_anything_else_is_damaged(tmp_path):
     store = RunStore(tmp_path)
     truncated, csv_only, json_only = CONFIGS[:3]
     write(store, truncated, "complete")
     text = store.json_path(truncated.run_id).read_text()
     store.json_path(truncated.run_id).write_text(text[: len(text) // 2])
     write(store, csv_only, "complete")
-    store.json_path(csv_only.run_id).unlink()
+    store.json_path(csv_only.run_id).unlink()  # killed between the two moves: CSV first, JSON last
     write(store, json_only, "complete")
     store.csv_path(json_only.run_id).unlink()
-    assert [store.state(c.run_id) for c in (truncated, csv_only, json_only)] == ["pending"] * 3
+    checks = [store.check(c.run_id) for c in (truncated, csv_only, json_only)]
+    assert [(c.state, c.reason) for c in checks] == [
+        ("damaged", "JSON does not parse"),
+        ("pending", "no JSON (in flight or killed)"),
+        ("damaged", "no CSV"),
+    ]
+
+
+def cut_short(lines):  # a complete run's CSV that lost its last epoch
+    return lines[:-1]
+
+
+def cut_mid_row(lines):
+    return lines[:-1] + [lines[-1][:40]]
+
+
+def renumbered(lines):
+    return [lines[0], lines[1], lines[2].replace(",2,", ",3,", 1)]
+
+
+# Row 1 of the CSV below ends "...,0.5,0.5,0.6,0.45,0.44,0.46,2.0,1.0,100.0": losses 0.5 and
+# 0.6, test accuracy 0.45, batch-stats and PreciseBN accuracies 0.44 and 0.46.
+def percent(lines):  # an accuracy written in % instead of a fraction
+    return [lines[0], lines[1].replace(",0.6,0.45,", ",0.6,45,"), lines[2]]
+
+
+def text_in_cell(lines):
+    return [lines[0], lines[1].replace(",0.6,0.45,", ",0.6,n/a,"), lines[2]]
+
+
+def lost_diagnostic(lines):  # a BN run's PreciseBN cell emptied
+    return [lines[0], lines[1].replace(",0.44,0.46,", ",0.44,,"), lines[2]]
+
+
+def diagnostic_without_bn(lines):  # (applied to the `none` run below)
+    return [lines[0], lines[1].replace(",,", ",0.5,", 1), lines[2]]
+
+
+def other_columns(lines):
+    return [lines[0].replace("test_acc_precise_bn", "test_acc_ema"), *lines[1:]]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (cut_short, "CSV has 1 epochs, JSON says 2 of 2"),
+    (cut_mid_row, f"CSV row 2 has 2 fields, not {len(CSV_COLUMNS)}"),
+    (lambda lines: [], "empty CSV"),
+    (lambda lines: lines[:1], "CSV has 0 epochs, JSON says 2 of 2"),
+    (renumbered, "CSV row 2 says epoch '3'"),
+    (text_in_cell, "CSV test_acc 'n/a' is not a number"),
+    (percent, "CSV test_acc '45' is out of range"),
+    (lost_diagnostic, "CSV test_acc_precise_bn '' is not a number"),
+    (diagnostic_without_bn, "CSV test_acc_batch_stats '0.5' in a run without BN"),
+    (other_columns, "CSV columns are not a run's"),
+])  # fmt: skip
+def test_a_csv_that_is_not_whole_is_damaged(tmp_path, damage, reason):
+    store = RunStore(tmp_path)
+    config = CONFIGS[0] if damage is diagnostic_without_bn else CONFIGS[2]
+    rows = hand_rows(config, [0.45, 0.5], train_acc=[0.5, 0.5])
+    store.write_run(rows, run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2))
+    path = store.csv_path(config.run_id)
+    assert store.state(config.run_id) == "complete"
+    lines = damage(path.read_text().splitlines())
+    path.write_text("".join(line + "\n" for line in lines))
+    check = store.check(config.run_id)
+    assert (check.state, check.reason, check.rows) == ("damaged", reason, None)
+    assert not store.is_done(config.run_id)
+
+
+def edit_json(store: RunStore, run_id: str, edit) -> None:
+    path = store.json_path(run_id)
+    metadata = json.loads(path.read_text())
+    edit(metadata)
+    path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda m: m.pop("config"), "JSON has no config"),
+    (lambda m: m.update(status="running"), "JSON has no run status"),
+    (lambda m: m.pop("epochs_done"), "JSON has no epochs_done"),
+    (lambda m: m.update(epochs_done=1), "complete after 1 of 2 epochs"),
+    (lambda m: m.update(status="diverged", epochs_done=1), "CSV has 2 epochs, JSON says 1 of 2"),
+    (lambda m: m["config"].update(seed=1), f"JSON config is run {CONFIGS[1].run_id}"),
+    (lambda m: m["config"].update(lr=-1), "JSON config is not a valid run (lr: must be > 0 (got -1))"),
+    (lambda m: m["config"].update(momentum=0.9), "JSON config is not a valid run"),
+    (lambda m: m.pop("study"), "JSON config is not a valid run (study: must be a string (got None))"),
+])  # fmt: skip
+def test_a_json_that_disagrees_is_damaged(tmp_path, edit, reason):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    edit_json(store, CONFIGS[0].run_id, edit)
+    check = store.check(CONFIGS[0].run_id)
+    assert check.state == "damaged" and check.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("epochs, reason", [(3, "CSV has 3 epochs, JSON says 3 of 2"),
+                                            (0, "CSV has 0 epochs, JSON says 0 of 2")])  # fmt: skip
+def test_a_diverged_run_needs_one_to_its_configs_epochs(tmp_path, epochs, reason):
+    store = RunStore(tmp_path)
+    config = CONFIGS[0]  # 2 epochs; a diverged run keeps the epoch whose loss turned non-finite
+    rows = hand_rows(config, [0.5] * epochs, nan_from=epochs)
+    store.write_run(rows, run_metadata(config, "diverged", "cpu", "start", "end", epochs_done=epochs))
+    assert store.check(config.run_id).reason == reason
+
+
+def test_another_runs_csv_copied_over_is_damaged(tmp_path):
+    store = RunStore(tmp_path)
+    mine, other = CONFIGS[0], CONFIGS[1]
+    write(store, mine, "complete")
+    write(store, other, "complete")
+    store.csv_path(mine.run_id).write_bytes(store.csv_path(other.run_id).read_bytes())
+    assert store.check(mine.run_id).reason == f"CSV row 1 is run {other.run_id}"
+
+
+def test_settings_missing_from_an_old_json_take_their_defaults(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    edit_json(store, CONFIGS[0].run_id, lambda m: m["config"].pop("precise_bn_samples"))  # at its default
+    assert store.state(CONFIGS[0].run_id) == "complete"
+    old = RunStore(FIXTURE)  # written by bnstudy 0.1.0
+    assert {old.state(run_id) for run_id in old.recorded_run_ids()} == {"complete"}
+
+
+def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
+    store = RunStore(tmp_path)
+    damaged, whole, failed = CONFIGS[:3]
+    for config in CONFIGS[:3]:
+        write(store, config, "failed" if config is failed else "complete")
+    csv_text = "".join(store.csv_path(damaged.run_id).read_text().splitlines(keepends=True)[:-1])
+    store.csv_path(damaged.run_id).write_text(csv_text)
+    json_text = store.json_path(damaged.run_id).read_text()
+    moved = store.set_aside_damaged(c.run_id for c in CONFIGS)
+    assert moved == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
+    kept = sorted(store.damaged_dir.iterdir())
+    assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2
+    assert [p.suffix for p in kept] == [".csv", ".json"]
+    assert kept[0].read_text() == csv_text and kept[1].read_text() == json_text
+    assert kept[0].name[:-4] == kept[1].name[:-5]  # one time stamp for both files
+    assert [store.state(c.run_id) for c in CONFIGS[:3]] == ["pending", "complete", "failed"]
+    assert store.set_aside_damaged(c.run_id for c in CONFIGS) == []
+
+
+def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "complete")
+    store.csv_path(CONFIGS[0].run_id).write_text("")
+    store.damaged_dir.write_text("a file in the way")
+    with pytest.raises(UserError, match=f"{store.damaged_dir}: cannot set damaged run {CONFIGS[0].run_id} aside"):
+        store.set_aside_damaged([CONFIGS[0].run_id])
+    assert store.check(CONFIGS[0].run_id).reason == "empty CSV"
 
 
 def test_writes_are_whole_files_with_ordinary_permissions(tmp_path):
@@ -80,19 +238,23 @@ def test_a_second_lock_on_a_study_is_refused(tmp_path):
         pass
 
 
-def test_status_table_counts_states_per_variant(tmp_path):
+def test_status_table_counts_states_per_variant_and_names_the_damaged_runs(tmp_path):
     store = RunStore(tmp_path)
     write(store, CONFIGS[0], "complete")
     write(store, CONFIGS[2], "failed", epochs=1)
+    write(store, CONFIGS[3], "complete")
+    store.csv_path(CONFIGS[3].run_id).write_text("")
     write(store, RunConfig(variant="none", lr=0.5, batch_size=8, epochs=1), "complete")  # another spec's run
     lines = format_status(CONFIGS, store).splitlines()
-    assert lines[0].split() == ["variant", "done", "diverged", "failed", "pending", "total"]
+    assert lines[0].split() == ["variant", "done", "diverged", "failed", "damaged", "pending", "total"]
     assert [line.split() for line in lines[1:4]] == [
-        ["none", "1", "0", "0", "1", "2"],
-        ["bn_after", "0", "0", "1", "1", "2"],
-        ["all", "1", "0", "1", "2", "4"],
+        ["none", "1", "0", "0", "0", "1", "2"],
+        ["bn_after", "0", "0", "1", "1", "0", "2"],
+        ["all", "1", "0", "1", "1", "1", "4"],
     ]
-    assert "1 more runs" in lines[4]
+    assert lines[4].startswith("damaged (not counted as done")
+    assert lines[5] == f"  {CONFIGS[3].run_id}: empty CSV"
+    assert "1 more runs" in lines[6]
 
 
 @pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link", "folder"])
@@ -195,3 +357,13 @@ def test_check_writable_refuses_a_runs_folder_without_write_permission(tmp_path)
     runs.mkdir(mode=0o555)
     with pytest.raises(UserError, match="not writable"):
         check_writable(tmp_path, runs)
+
+
+def test_status_lists_a_few_damaged_runs_at_most(tmp_path):
+    store = RunStore(tmp_path)
+    configs = [RunConfig(variant="none", lr=1e-3, batch_size=64, epochs=1, seed=s) for s in range(8)]
+    for config in configs:
+        store.json_path(config.run_id).parent.mkdir(parents=True, exist_ok=True)
+        store.json_path(config.run_id).write_text("{")
+    lines = format_status(configs, store).splitlines()
+    assert lines[4:] == [f"  {c.run_id}: JSON does not parse" for c in configs[:5]] + ["  ... and 3 more"]

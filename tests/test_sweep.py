@@ -7,7 +7,6 @@ PreciseBN samples, 1-2 epochs), so that every test stays within seconds.
 
 import contextlib
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -203,7 +202,7 @@ def test_a_run_that_raises_is_failed_and_the_others_complete(tmp_path, monkeypat
     assert "5 complete, 0 diverged, 1 failed" in printed.out
 
     assert main(["status", str(out)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].split() == ["all", "5", "0", "1", "0", "6"]
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["all", "5", "0", "1", "0", "0", "6"]
 
     monkeypatch.setattr(runner, "fit", real_fit)
     done = {c.run_id: file_identity(store.json_path(c.run_id)) for c in configs if c is not failed}
