@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bnstudy.aggregate import ALL_METRICS, CURVE_METRICS, curve_metrics, drops
-from bnstudy.settings import TRAIN_SIZE
+from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp
 
@@ -18,6 +18,9 @@ from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant,
 NOTEBOOK_TEST_ACC = (0.838, 0.821, 0.704, 0.842, 0.686)
 NOTEBOOK_FINAL_TRAIN_ACC = 0.919
 NOTEBOOK_CELL = {"variant": "bn_before", "optimizer": "adam", "lr": 1e-3, "batch_size": 256}
+# The notebook's network also has sigmoids and nn.BatchNorm's momentum: runs with another
+# activation or momentum are not its setting.
+NOTEBOOK_DEFAULTS = {"activation": BY_NAME["activation"].default, "bn_momentum": BY_NAME["bn_momentum"].default}
 
 
 def upward_share(epochs: pd.DataFrame) -> pd.Series:
@@ -156,9 +159,12 @@ def notebook_metrics() -> dict:
 
 
 def in_notebook_cell(frame: pd.DataFrame) -> pd.Series:
-    """(rows,) bool: rows with the notebook's optimizer, learning rate and batch size."""
+    """(rows,) bool: rows with the notebook's optimizer, learning rate and batch size, its
+    activation and BN momentum."""
     return ((frame["optimizer"] == NOTEBOOK_CELL["optimizer"]) & np.isclose(frame["lr"], NOTEBOOK_CELL["lr"])
-            & (frame["batch_size"] == NOTEBOOK_CELL["batch_size"]))  # fmt: skip
+            & (frame["batch_size"] == NOTEBOOK_CELL["batch_size"])
+            & (frame["activation"] == NOTEBOOK_DEFAULTS["activation"])
+            & np.isclose(frame["bn_momentum"], NOTEBOOK_DEFAULTS["bn_momentum"]))  # fmt: skip
 
 
 def seed_range(values: pd.Series) -> str:

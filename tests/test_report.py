@@ -192,3 +192,6 @@ def test_notebook_comparison_only_with_the_notebooks_cell(written, real_tables, 
     assert "3 epochs instead of 5 and 1,024 training images instead of 60,000" in text
     elsewhere = aggregate.summarize_runs(aggregate.load_results(partial_study))
     assert findings.notebook_comparison(elsewhere[elsewhere["variant"] == "none"]) is None
+    # another activation or BN momentum is not the notebook's setting either
+    for other in ({"activation": "relu"}, {"bn_momentum": 0.01}):
+        assert findings.notebook_comparison(summary.assign(**other)) is None, other
