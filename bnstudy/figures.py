@@ -70,6 +70,9 @@ def data_note(study: StudyResults) -> str:
     return f"study {study.name}: {train} training / {test} test images"
 
 
+MARGIN_TITLE_CHARS = 24  # the longest row name drawn in the right margin
+
+
 def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, title: str, style: str | None = None,
                errorbar=None) -> plt.Figure:  # fmt: skip
     """Accuracy (in %) against epoch: a facet per (learning rate [+ other settings], batch
@@ -78,11 +81,18 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
     `title`: the first line of the title, followed by what the data and lines are."""
     frame, row_order, col_order = with_facets(long.assign(variant=long["variant"].astype(str)))
     single = len(row_order) * len(col_order) == 1  # one panel: draw it larger, the legend and title need the room
+    # Row names in the right margin read well while short ("learning rate 0.001"); rotated,
+    # a longer one (other settings vary too) squeezes the panels, so it goes above each panel.
+    margin = max(map(len, row_order)) <= MARGIN_TITLE_CHARS
     grid = sns.relplot(data=frame, kind="line", x="epoch", y=y, hue="variant", hue_order=variants_in(frame),
                        palette=PALETTE, style=style, row="facet_row", col="facet_col", row_order=row_order,
-                       col_order=col_order, errorbar=errorbar, marker="o", markersize=4, height=3.6 if single else 2.8, aspect=1.4 if single else 1.3,
-                       facet_kws={"margin_titles": True})  # fmt: skip
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+                       col_order=col_order, errorbar=errorbar, marker="o", markersize=4,
+                       height=3.6 if single else 2.8, aspect=1.4 if single else 1.3,
+                       facet_kws={"margin_titles": margin})  # fmt: skip
+    if margin:
+        grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    else:
+        grid.set_titles(template="{row_name}\n{col_name}")
     grid.set_axis_labels("epoch", ylabel)
     epochs = sorted(frame["epoch"].unique())
     for ax in grid.axes.flat:  # whole epochs; one epoch gets one tick (its tiny range would get fractions)

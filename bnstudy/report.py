@@ -38,7 +38,7 @@ from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
-from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, plural, value_text
+from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, join_words, plural, value_text
 
 
 # ---------------------------------------------------------------- report.md
@@ -183,7 +183,8 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
     parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
     about_axes = axis_findings(summary)
     if about_axes:
-        parts += ["## What BN momentum and the activation change", CONTRASTS_NOTE,
+        parts += [f"## What {axes_studied(summary)} change{'s' if ' and ' not in axes_studied(summary) else ''}",
+                  CONTRASTS_NOTE,
                   "\n".join(f"- {sentence}" for sentence in about_axes)]  # fmt: skip
     comparison = notebook_comparison(summary)
     if comparison is not None:
@@ -207,6 +208,12 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
         parts.append(f"Not drawn: {'; '.join(undrawn)}.")
     parts += ["## Files and conventions", FILES_NOTE]
     return "\n\n".join(parts) + "\n"
+
+
+def axes_studied(summary: pd.DataFrame) -> str:
+    """ "BN momentum", "the activation" or both: the axes of axis_findings the study varies."""
+    named = {"bn_momentum": "BN momentum", "activation": "the activation"}
+    return join_words([words for key, words in named.items() if summary[key].nunique() > 1])
 
 
 CONTRASTS_NOTE = ("Each difference pairs runs that differ in that one setting only, seed included; the interval is "

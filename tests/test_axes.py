@@ -82,4 +82,4 @@ def test_figures_facet_by_the_axes_and_the_report_names_them(axes_study):
     assert "bn_before (activation relu, BN momentum 0.03)" in heat_titles
     text = (axes_study / "report.md").read_text()
     assert "activation (sigmoid, relu)" in text and "bn_momentum (0.03, 0.1)" in text
-    assert "## What BN momentum and the activation change" in text
+    assert "## What BN momentum and the activation change\n" in text
