@@ -1,12 +1,13 @@
 """The results layout on disk: atomic run files, completed-run detection, the study lock.
 
-    <root>/runs/<run_id>.csv    one row per epoch, columns settings.CSV_COLUMNS
-    <root>/runs/<run_id>.json   config, status, times, device, versions (written last)
-    <root>/spec.toml            the study spec as run (sweeps only)
-    <root>/.lock                held (flock) by the one sweep writing <root>
+    <root>/runs/<run_id>.csv        one row per epoch, columns settings.CSV_COLUMNS
+    <root>/runs/<run_id>.evals.csv  (evals_per_epoch > 1) one row per point, settings.EVALS_COLUMNS
+    <root>/runs/<run_id>.json       config, status, times, device, versions (written last)
+    <root>/spec.toml                the study spec as run (sweeps only)
+    <root>/.lock                    held (flock) by the one sweep writing <root>
 
-A run is *done* when its JSON says "complete" or "diverged". Both files are written to a
-temporary name and moved into place with os.replace, CSV first, so a process killed at
+A run is *done* when its JSON says "complete" or "diverged". Each file is written to a
+temporary name and moved into place with os.replace, JSON last, so a process killed at
 any moment leaves either a finished run or nothing that counts as one (at worst a
 temporary `.<name>.*.tmp`, which the next sweep removes under the lock).
 """
@@ -26,10 +27,11 @@ import tempfile
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.settings import CSV_COLUMNS, RunConfig
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 
 DONE_STATUSES = ("complete", "diverged")
 RUN_STATES = (*DONE_STATUSES, "failed", "pending")  # what `RunStore.state` answers
+EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -116,12 +118,12 @@ def _umask() -> int:
     return mask
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """CSV text with CSV_COLUMNS in order; None becomes an empty field; floats keep full precision."""
+def rows_to_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
+    """CSV text with `columns` in order; None becomes an empty field; floats keep full precision."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     return buffer.getvalue()
 
 
@@ -137,6 +139,9 @@ class RunStore:
 
     def json_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
+
+    def evals_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.evals.csv"
 
     def status(self, run_id: str) -> str | None:
         """The status its JSON records, or None when there is no readable JSON."""
@@ -179,10 +184,15 @@ class RunStore:
         return len(stale)
 
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
-        """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
+        """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
+        then its JSON, without them (the JSON marks the run done). Returns the CSV's and
+        the JSON's paths."""
         run_id = metadata["run_id"]
         atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
-        atomic_write_text(self.json_path(run_id), json.dumps(metadata, indent=2) + "\n")
+        if EVALS_FIELD in metadata:
+            atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))
+        record = {key: value for key, value in metadata.items() if key != EVALS_FIELD}
+        atomic_write_text(self.json_path(run_id), json.dumps(record, indent=2) + "\n")
         return self.csv_path(run_id), self.json_path(run_id)
 
     @contextlib.contextmanager
