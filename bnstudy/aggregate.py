@@ -210,7 +210,7 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
     if not root.is_dir():
         problem = "not a folder" if root.exists() else "no such folder"
         raise UserError(f"{root}: {problem}; give a study's results folder, e.g. results/default (`make sweep` makes one)")
-    run_ids = sorted({p.stem for p in store.runs_dir.glob("*.csv")} | {p.stem for p in store.runs_dir.glob("*.json")})
+    run_ids = store.run_ids_on_disk()
     if not run_ids:
         raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
     loaded = dict(zip(run_ids, (load_run(store, run_id) for run_id in run_ids)))

@@ -29,15 +29,16 @@ def _per_image_us(table: dict[int, float], batch_size: int) -> float:
 def estimate_seconds(config: RunConfig) -> float:
     """Predicted single-thread CPU seconds of a run's training and evaluation, all epochs.
 
-    An epoch trains on train_size images and evaluates the test set; a BN variant adds a
-    batch-statistics test pass and PreciseBN (its sample, then one more test pass).
+    An epoch trains on train_size images and takes evals_per_epoch points, the last at its
+    end: each a test pass plus, for a BN variant, PreciseBN (its sample, then one more
+    test pass). A BN variant's epoch end adds a batch-statistics test pass.
     """
     entry = variant(config.variant)
     measured = entry if entry.train_us and entry.forward_us else FALLBACK_COSTS
     n_test = config.limit_test or TEST_SIZE
-    forwards = n_test
-    if entry.has_bn:
-        forwards += 2 * n_test + min(config.precise_bn_samples, config.train_size)
+    precise_bn = min(config.precise_bn_samples, config.train_size) + n_test if entry.has_bn else 0
+    batch_stats = n_test if entry.has_bn else 0
+    forwards = config.evals_per_epoch * (n_test + precise_bn) + batch_stats
     micros = config.train_size * _per_image_us(measured.train_us, config.batch_size)
     micros += forwards * measured.forward_us
     slowdown = SCRATCH_SLOWDOWN if config.bn_impl == "scratch" and entry.has_bn else 1.0

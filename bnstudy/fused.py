@@ -31,12 +31,14 @@ from torch import nn
 
 from bnstudy.data import FashionMNIST, epoch_batches
 from bnstudy.models import activation_layer, bn_layers, make_batch_norm
-from bnstudy.settings import RunConfig
+from bnstudy.settings import RunConfig, steps_per_epoch
 from bnstudy.train import (
     EVAL_BATCH_SIZE,
     RunResult,
     build_model,
+    epoch_points,
     epoch_row,
+    point_steps,
     precise_bn_subset,
     record,
     train_and_evaluate,
@@ -267,8 +269,8 @@ def fit_group(
     dtype: torch.dtype = torch.float32,
 ) -> list[RunResult]:
     """Train runs sharing one fusion_key as one grouped network on data's device; return
-    each run's RunResult, in order, with the rows train.fit would give it (same columns,
-    metrics equal within float tolerance). Calls on_epoch(row) for every member's row.
+    each run's RunResult, in order, with the rows and points train.fit would give it (same
+    columns, metrics equal within float tolerance). Calls on_epoch(row) for every member's row.
 
     A member whose epoch training loss is not finite gets that row, status "diverged"
     and is masked (silence_member) while the others go on; training stops when none is
@@ -290,17 +292,19 @@ def fit_group(
     subset = (torch.stack([precise_bn_subset(c, n_train, device) for c in configs], dim=1)  # (K, G)
               if bn_layers(model) else None)  # fmt: skip
     grouped = group_data(data, G)
+    steps = steps_per_epoch(n_train, first.batch_size)
     results, active = [RunResult() for _ in configs], list(range(G))
     for epoch in range(1, first.epochs + 1):
-        sums, train_seconds, eval_seconds = train_and_evaluate(
+        sums, inner, train_seconds, eval_seconds = train_and_evaluate(
             model, optimizer, grouped, lambda: group_batches(n_train, first.batch_size, orders, device),
-            first.batch_size, subset, member_cross_entropy,
+            first.batch_size, subset, member_cross_entropy, point_steps(steps, first.evals_per_epoch)[:-1],
         )  # fmt: skip
         throughput = len(active) * n_train / train_seconds
         for g in list(active):
-            member_sums = [s[g] for s in sums]
+            member_sums, member_inner = [s[g] for s in sums], [[c[g] for c in point] for point in inner]
             row = epoch_row(configs[g], epoch, member_sums, n_train, n_test, train_seconds, eval_seconds, throughput)
-            if not record(results[g], row, on_epoch):
+            points = epoch_points(configs[g], epoch, steps, member_sums, member_inner, n_test)
+            if not record(results[g], row, points, on_epoch):
                 active.remove(g)
                 silence_member(model, optimizer, g)
         if not active:

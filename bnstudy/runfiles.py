@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from bnstudy.settings import CSV_COLUMNS, METRIC_COLUMNS, RunConfig, SettingError, csv_layout_ok
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, METRIC_COLUMNS, RunConfig, SettingError, csv_layout_ok
 from bnstudy.variants import variant
 
 DONE_STATUSES = ("complete", "diverged")
@@ -140,3 +140,18 @@ def cell_number(text: str, column: str, has_bn: bool) -> float:
     if not math.isfinite(value) or (column in ACCURACY_COLUMNS and not 0 <= value <= 1):
         raise Damage(f"CSV {column} {text!r} is out of range")
     return value
+
+
+def check_points(path: Path, metadata: dict, config: RunConfig) -> None:
+    """Damage unless a run with evals_per_epoch k > 1 has its points file: the columns of
+    settings.EVALS_COLUMNS and k rows per epoch the JSON says it finished, all of this run."""
+    try:
+        with open(path, newline="") as f:
+            header, *lines = list(csv.reader(f)) or [[]]
+    except FileNotFoundError:
+        raise Damage("no points file (evals.csv)") from None
+    except (OSError, ValueError, csv.Error) as exc:
+        raise Damage(f"unreadable points file ({exc})") from None
+    expected = metadata["epochs_done"] * config.evals_per_epoch
+    if header != EVALS_COLUMNS or len(lines) != expected or any(line[:1] != [config.run_id] for line in lines):
+        raise Damage(f"points file is not this run's {expected} points")

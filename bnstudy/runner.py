@@ -15,7 +15,7 @@ import subprocess
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,35 +24,32 @@ from bnstudy.backends import claimed_device, resolve_device
 from bnstudy.data import FashionMNIST, load_fashion_mnist
 from bnstudy.fused import fit_group, max_group_size
 from bnstudy.settings import RunConfig
-from bnstudy.train import fit
+from bnstudy.store import EVALS_FIELD
+from bnstudy.train import RunResult, fit
 
-Result = tuple[list[dict], dict]  # (per-epoch rows, the run's JSON metadata), what execute returns
+# (per-epoch rows, the run's metadata: its JSON, plus its points under EVALS_FIELD), what execute returns
+Result = tuple[list[dict], dict]
 
 
 def execute(config: RunConfig, data: FashionMNIST, on_epoch: Callable[[dict], None] | None = None,
             catch: bool = True) -> tuple[list[dict], dict]:  # fmt: skip
-    """Fit `config` on `data` and return (rows, metadata for the run's JSON).
+    """Fit `config` on `data` and return (rows, metadata) (run_metadata's, with the points).
 
     With `catch`, an exception inside training is recorded as status "failed" (its error
-    and traceback in the metadata, the rows finished so far kept) instead of propagating.
+    and traceback in the metadata, the rows and points finished so far kept) instead of
+    propagating.
     """
     device = data.train_x.device
     started = now()
-    rows: list[dict] = []
-
-    def keep(row: dict) -> None:
-        rows.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-
+    result = RunResult()  # filled as fit goes, so that a failure keeps the finished epochs
     try:
-        status = fit(config, data, on_epoch=keep).status
-        error = None
+        status, error = fit(config, data, on_epoch=on_epoch, result=result).status, None
     except Exception as exc:  # noqa: BLE001  (recorded, the sweep goes on)
         if not catch:
             raise
         status, error = "failed", describe_error(exc)
-    return rows, run_metadata(config, status, device_name(device), started, now(), error, len(rows))
+    return result.rows, run_metadata(config, status, device_name(device), started, now(), error, len(result.rows),
+                                     points=result.points)  # fmt: skip
 
 
 def describe_error(exc: BaseException) -> str:
@@ -86,10 +83,13 @@ def now() -> str:
 
 
 def run_metadata(config: RunConfig, status: str, device: str, started: str, ended: str, error: str | None = None,
-                 epochs_done: int = 0, group_size: int = 1) -> dict:  # fmt: skip
+                 epochs_done: int = 0, group_size: int = 1, points: Sequence[dict] = ()) -> dict:  # fmt: skip
     """The content of a run's JSON file. `group_size`: how many runs trained together as one
-    fused network (1: solo); the rows' timing columns are that whole group's."""
-    return {
+    fused network (1: solo); the rows' timing columns are that whole group's. A run with
+    evals_per_epoch > 1 also carries its `points` (train.RunResult's) under EVALS_FIELD,
+    which RunStore.write_run writes to their own file and leaves out of the JSON: so the
+    points travel with the run's (rows, metadata) to the driver, whatever the backend."""
+    metadata = {
         "run_id": config.run_id,
         "study": config.study,
         "status": status,
@@ -104,6 +104,9 @@ def run_metadata(config: RunConfig, status: str, device: str, started: str, ende
         "bnstudy_version": bnstudy.__version__,
         "git_commit": git_commit(),
     }
+    if config.evals_per_epoch > 1:
+        metadata[EVALS_FIELD] = list(points)
+    return metadata
 
 
 # ---------------------------------------------------------------- groups and worker tasks
@@ -131,7 +134,7 @@ def execute_group(configs: list[RunConfig], data: FashionMNIST) -> list[Result]:
         error = describe_error(exc)
         return [([], run_metadata(c, "failed", where, started, now(), error, 0, len(configs))) for c in configs]
     ended = now()
-    return [(r.rows, run_metadata(c, r.status, where, started, ended, None, len(r.rows), len(configs)))
+    return [(r.rows, run_metadata(c, r.status, where, started, ended, None, len(r.rows), len(configs), r.points))
             for c, r in zip(configs, results)]  # fmt: skip
 
 

@@ -33,6 +33,9 @@ from bnstudy.variants import ACTIVATIONS, VARIANTS, variant
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000  # Fashion-MNIST's training and test images
 MAX_SEED = 2**32 - 1  # numpy's range; torch takes more, but a seed must survive a CSV as int64
 MAX_NAME_LENGTH = 100  # a study name becomes a folder name; file systems allow 255 bytes
+# A point costs a test pass plus PreciseBN (bn_before: 0.8 s on one CPU thread, an epoch trains
+# in ~5.5 s): 100 points an epoch already cost ~15x its training
+MAX_EVALS_PER_EPOCH = 100
 REQUIRED = object()  # the default of a setting every run must give
 
 
@@ -149,6 +152,10 @@ SETTINGS = (
             optional=True, metavar="M"),
     Setting("precise_bn_samples", int, 8192, "training images that re-estimate BN statistics for the PreciseBN "
             "diagnostic", check=integer(2), metavar="K"),
+    Setting("evals_per_epoch", int, 1, "test accuracy (eval mode, and PreciseBN for BN variants) measured this "
+            "many times per epoch at evenly spaced steps, the last at the epoch's end, into runs/<run_id>.evals.csv "
+            "(1: only the per-epoch CSV)", check=integer(1, MAX_EVALS_PER_EPOCH), metavar="K",
+            hashed_at_default=False, tag=lambda v: "" if v == 1 else f"k{v}", label="evaluations per epoch"),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SETTINGS}
 RUN_SETTINGS = tuple(s.name for s in SETTINGS if s.identity)  # a run's identity, spec keys and [grid] axes
@@ -159,6 +166,9 @@ METRIC_COLUMNS = [
     "train_seconds", "eval_seconds", "samples_per_second",
 ]  # fmt: skip
 CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
+# runs/<run_id>.evals.csv (runs with evals_per_epoch > 1): one row per point, `step` counts the
+# run's optimizer steps (1-based), epoch_fraction = (epoch - 1) + step in the epoch / its steps
+EVALS_COLUMNS = ["run_id", "epoch", "point", "step", "epoch_fraction", "test_acc", "test_acc_precise_bn"]
 # Identity columns a CSV written before its setting existed lacks (the setting was at its default then).
 LATER_COLUMNS = frozenset(s.name for s in SETTINGS if s.column and not s.hashed_at_default)
 
@@ -239,6 +249,20 @@ def validate(config) -> None:
     # The batch-statistics diagnostic normalises test batches in train mode: two images at least.
     if has_bn and config.limit_test is not None and config.limit_test < 2:
         raise SettingError("limit_test", f"must be >= 2 for a variant with BatchNorm (got {config.limit_test})")
+    # Points fall after distinct steps only when there are at least as many steps as points.
+    steps = steps_per_epoch(config.train_size, config.batch_size)
+    if config.evals_per_epoch > steps:
+        raise SettingError("evals_per_epoch", f"must be at most the {steps} training steps of an epoch "
+                                              f"(got {config.evals_per_epoch})")  # fmt: skip
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over train_size images: train_size / batch_size rounded
+    up, less one when the last batch would hold a lone sample (a remainder of one, or any
+    batch at batch size 1), which joins the batch before (data.split_batches)."""
+    batches = -(-train_size // batch_size)
+    lone_last = batches > 1 and train_size - (batches - 1) * batch_size == 1
+    return batches - lone_last
 
 
 def from_record(config: dict, study: str = "single"):

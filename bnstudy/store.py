@@ -1,15 +1,16 @@
 """The results layout on disk: atomic run files, completed-run detection, the study lock.
 
-    <root>/runs/<run_id>.csv    one row per epoch, columns settings.CSV_COLUMNS
-    <root>/runs/<run_id>.json   config, status, times, device, versions (written last)
-    <root>/spec.toml            the study spec as run (sweeps only)
-    <root>/.lock                held (flock) by the one sweep writing <root>
+    <root>/runs/<run_id>.csv        one row per epoch, columns settings.CSV_COLUMNS
+    <root>/runs/<run_id>.evals.csv  (evals_per_epoch > 1) one row per point, settings.EVALS_COLUMNS
+    <root>/runs/<run_id>.json       config, status, times, device, versions (written last)
+    <root>/spec.toml                the study spec as run (sweeps only)
+    <root>/.lock                    held (flock) by the one sweep writing <root>
 
     <root>/damaged/<run_id>.<time>.csv|.json   a damaged run's files, set aside by the sweep
 
 A run is *done* when its files are whole and agree with each other (RunStore.check says
-how it is checked). Both files are written to a temporary name and moved into place with
-os.replace, CSV first, so a process killed at any moment leaves either a finished run or
+how it is checked). Each file is written to a temporary name and moved into place with
+os.replace, JSON last, so a process killed at any moment leaves either a finished run or
 nothing that counts as one (at worst a CSV without its JSON, or a temporary
 `.<name>.*.tmp`, which the next sweep removes under the lock). Anything else that does not
 check out (a CSV cut short, edited or copied from another run, a JSON without its CSV) is
@@ -33,9 +34,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.runfiles import DONE_STATUSES, RUN_STATES, Damage, RunCheck, read_metadata, read_rows
-from bnstudy.settings import CSV_COLUMNS, RunConfig
+from bnstudy.runfiles import DONE_STATUSES, RUN_STATES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 
+EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -122,12 +124,12 @@ def _umask() -> int:
     return mask
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """CSV text with CSV_COLUMNS in order; None becomes an empty field; floats keep full precision."""
+def rows_to_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
+    """CSV text with `columns` in order; None becomes an empty field; floats keep full precision."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS} for row in rows)
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     return buffer.getvalue()
 
 
@@ -144,6 +146,9 @@ class RunStore:
 
     def json_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
+
+    def evals_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.evals.csv"
 
     def check(self, run_id: str) -> RunCheck:
         """What the run's files amount to: its state, why it is not done, and what was read.
@@ -164,6 +169,8 @@ class RunStore:
             return RunCheck("failed", "failed", metadata, config)
         try:
             rows = read_rows(self.csv_path(run_id), metadata, config)
+            if config.evals_per_epoch > 1:
+                check_points(self.evals_path(run_id), metadata, config)
         except Damage as exc:
             return RunCheck("damaged", str(exc), metadata, config)
         return RunCheck(metadata["status"], "", metadata, config, rows)
@@ -178,6 +185,11 @@ class RunStore:
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
         return {path.stem for path in self.runs_dir.glob("*.json")}
+
+    def run_ids_on_disk(self) -> list[str]:
+        """The ids of every run with a CSV or a JSON here (a run's points file is not a run), sorted."""
+        csvs = {path.stem for path in self.runs_dir.glob("*.csv") if not path.name.endswith(".evals.csv")}
+        return sorted(csvs | self.recorded_run_ids())
 
     @property
     def spec_path(self) -> Path:
@@ -220,17 +232,22 @@ class RunStore:
             self.damaged_dir.mkdir(exist_ok=True)
             # CSV first: killed in between, the JSON left alone is still damaged and moved next
             # time, whereas a CSV left alone would count as in flight and be overwritten.
-            for path in (self.csv_path(run_id), self.json_path(run_id)):
+            for path in (self.csv_path(run_id), self.evals_path(run_id), self.json_path(run_id)):
                 with contextlib.suppress(FileNotFoundError):
-                    os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.suffix}")
+                    os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.name.removeprefix(run_id)}")
         except OSError as exc:
             raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
 
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
-        """Write the run's CSV, then its JSON (the JSON marks it done). Returns both paths."""
+        """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
+        then its JSON, without them (the JSON marks the run done). Returns the CSV's and
+        the JSON's paths."""
         run_id = metadata["run_id"]
         atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
-        atomic_write_text(self.json_path(run_id), json.dumps(metadata, indent=2) + "\n")
+        if EVALS_FIELD in metadata:
+            atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))
+        record = {key: value for key, value in metadata.items() if key != EVALS_FIELD}
+        atomic_write_text(self.json_path(run_id), json.dumps(record, indent=2) + "\n")
         return self.csv_path(run_id), self.json_path(run_id)
 
     @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """Fit one run: per-epoch training metrics, eval-mode test metrics and BN diagnostics.
 
-Each epoch yields one row with the columns of settings.CSV_COLUMNS (docs/DESIGN.md's schema). All
-per-batch accumulation stays on the device; the host reads the epoch's numbers once.
+Each epoch yields one row with the columns of settings.CSV_COLUMNS (docs/DESIGN.md's schema)
+and, with evals_per_epoch = k > 1, k points (settings.EVALS_COLUMNS): test accuracy at
+evenly spaced steps, measured without changing the training. All per-batch accumulation
+stays on the device; the host reads the epoch's numbers once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import nn
 
 from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
 from bnstudy.models import bn_layers, build_lenet
-from bnstudy.settings import IDENTITY_COLUMNS, RunConfig
+from bnstudy.settings import EVALS_COLUMNS, IDENTITY_COLUMNS, RunConfig, steps_per_epoch
 
 EVAL_BATCH_SIZE = 500  # eval-mode results do not depend on it; 500 measured fastest on the CPU (vs 256..10,000)
 PRECISE_BN_SEED_OFFSET = 7919  # the PreciseBN subset's generator is independent of the data order's
@@ -26,10 +28,13 @@ PRECISE_BN_SEED_OFFSET = 7919  # the PreciseBN subset's generator is independent
 
 @dataclass
 class RunResult:
-    """What fit returns: rows (one dict per finished epoch, CSV_COLUMNS keys) and status
-    "complete" or "diverged" (the loss turned non-finite; the rows up to then are kept)."""
+    """What fit returns: rows (one dict per finished epoch, CSV_COLUMNS keys), points (with
+    evals_per_epoch > 1: one dict per point of the finished epochs, EVALS_COLUMNS keys; else
+    empty) and status "complete" or "diverged" (the loss turned non-finite; the rows and
+    points up to then are kept)."""
 
     rows: list[dict] = field(default_factory=list)
+    points: list[dict] = field(default_factory=list)
     status: str = "complete"
 
 
@@ -57,20 +62,21 @@ def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype = to
     return build_lenet(config.variant, config.bn_impl, config.activation, config.bn_momentum).to(device=device, dtype=dtype)
 
 
-def train_epoch(model, optimizer, data: FashionMNIST, batches,
-                criterion=F.cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def train_epoch(model, optimizer, data: FashionMNIST, batches, criterion=F.cross_entropy,
+                after_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One pass over `batches` (index tensors into data.train_*), train mode.
 
     `criterion(logits, y)` is the mean loss of each model trained: F.cross_entropy's scalar
     for one model; a fused group (bnstudy.fused) passes one that returns its G members'
     means, shape (G,). Their sum is minimised, so each member gets its own gradient.
+    after_step(s), when given, is called after the s-th optimizer step (1-based) of the pass.
     Returns device tensors (sum of per-sample losses, number correct) over exactly the
     samples in `batches`, shaped like the criterion's value; no host synchronisation.
     """
     model.train()
     loss_sum = torch.zeros((), device=data.train_x.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.train_x.device, dtype=torch.int64)
-    for idx in batches:
+    for step, idx in enumerate(batches, start=1):
         x, y = data.train_x[idx], data.train_y[idx]
         logits = model(x)
         loss = criterion(logits, y)
@@ -80,6 +86,8 @@ def train_epoch(model, optimizer, data: FashionMNIST, batches,
         # out of place and summed over dim 0 only, so a group's sums stay one per member
         loss_sum = loss_sum + loss.detach().double() * len(idx)
         correct = correct + (logits.detach().argmax(dim=1) == y).sum(dim=0)
+        if after_step is not None:
+            after_step(step)
     return loss_sum, correct
 
 
@@ -148,6 +156,51 @@ def accuracy_with_precise_bn(model, data: FashionMNIST, subset: torch.Tensor, ba
         return evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE)[1]
 
 
+def point_counts(model, data: FashionMNIST, subset: torch.Tensor | None, batch_size: int,
+                 criterion=F.cross_entropy) -> list[torch.Tensor]:  # fmt: skip
+    """One point of the finer curve, taken mid-training: [number correct on the test set in
+    eval mode] + (when `subset` is given) [number correct after PreciseBN on it], device
+    tensors shaped like the criterion's value (`criterion` as in train_epoch). Parameters,
+    buffers, BN momenta and the train/eval mode are as before afterwards (preserved_state)."""
+    with preserved_state(model):
+        model.eval()
+        counts = [evaluate(model, data.test_x, data.test_y, EVAL_BATCH_SIZE, criterion)[1]]
+    if subset is not None:
+        counts.append(accuracy_with_precise_bn(model, data, subset, batch_size))
+    return counts
+
+
+def point_steps(steps: int, k: int) -> list[int]:
+    """The steps of an epoch of `steps` steps (1-based) after which its k points are taken:
+    round(j * steps / k) for j = 1..k (Python's round: halves to even). Evenly spaced, the
+    last the epoch's end; distinct when k <= steps (settings.validate's rule for a run's
+    own data), ValueError otherwise."""
+    if not 1 <= k <= steps:
+        raise ValueError(f"{k} points cannot fall after distinct steps of an epoch of {steps}")
+    return [round(j * steps / k) for j in range(1, k + 1)]
+
+
+class PointMeter:
+    """train_epoch's after_step hook that takes the points inside an epoch: after each step in
+    `steps` it calls measure() (a list of device tensors, see point_counts) and keeps the
+    result in `counts`, one list per point, unread (no host synchronisation but the clock's).
+    `seconds`: the device-synchronised time spent measuring, which is evaluation, not training."""
+
+    def __init__(self, steps: Sequence[int], measure: Callable[[], list[torch.Tensor]], device: torch.device):
+        self.steps, self.measure, self.device = set(steps), measure, device
+        self.counts: list[list[torch.Tensor]] = []
+        self.seconds = 0.0
+
+    def __call__(self, step: int) -> None:
+        if step not in self.steps:
+            return
+        sync(self.device)
+        start = time.perf_counter()
+        self.counts.append(self.measure())
+        sync(self.device)
+        self.seconds += time.perf_counter() - start
+
+
 def precise_bn_subset(config: RunConfig, num_train: int, device) -> torch.Tensor:
     """The run's fixed random PreciseBN sample: min(precise_bn_samples, num_train) training
     indices drawn from the run's seed, the same for every epoch."""
@@ -168,22 +221,26 @@ def with_dtype(data: FashionMNIST, dtype: torch.dtype) -> FashionMNIST:
 
 
 def train_and_evaluate(model, optimizer, data: FashionMNIST, draw_batches: Callable[[], list[torch.Tensor]],
-                       batch_size: int, subset: torch.Tensor | None,
-                       criterion=F.cross_entropy) -> tuple[list, float, float]:  # fmt: skip
+                       batch_size: int, subset: torch.Tensor | None, criterion=F.cross_entropy,
+                       inner_steps: Sequence[int] = ()) -> tuple[list, list, float, float]:  # fmt: skip
     """One epoch: train on draw_batches() (drawn inside the timed span: the epoch's cost),
-    then evaluate in eval mode and, when `subset` is given (the model has BN), the
-    batch-statistics and PreciseBN diagnostics (`batch_size`: the run's).
+    taking a point (point_counts) after each step in `inner_steps`; then evaluate in eval
+    mode and, when `subset` is given (the model has BN), the batch-statistics and PreciseBN
+    diagnostics (`batch_size`: the run's).
 
-    Returns (sums, train_seconds, eval_seconds), device-synchronised wall times, and
-    sums = [train loss sum, train correct, test loss sum, test correct] + (with `subset`)
-    [batch-stats correct, PreciseBN correct]: each a float for one model, a list of G
-    floats for a fused group (`criterion` as in train_epoch). One host read. Side
-    effects: trains `model` (parameters, optimizer state, BN running statistics).
+    Returns (sums, inner, train_seconds, eval_seconds): device-synchronised wall times
+    (the points' time is evaluation's); sums = [train loss sum, train correct, test loss
+    sum, test correct] + (with `subset`) [batch-stats correct, PreciseBN correct]; inner =
+    one [test correct] + (with `subset`) [PreciseBN correct] per inner step; each number a
+    float for one model, a list of G floats for a fused group (`criterion` as in
+    train_epoch). One host read. Side effects: trains `model` (parameters, optimizer
+    state, BN running statistics); the points change none of it.
     """
     device = data.train_x.device
+    meter = PointMeter(inner_steps, lambda: point_counts(model, data, subset, batch_size, criterion), device)
     sync(device)
     start = time.perf_counter()
-    loss_sum, correct = train_epoch(model, optimizer, data, draw_batches(), criterion)
+    loss_sum, correct = train_epoch(model, optimizer, data, draw_batches(), criterion, meter)
     sync(device)
     trained = time.perf_counter()
     model.eval()
@@ -193,9 +250,12 @@ def train_and_evaluate(model, optimizer, data: FashionMNIST, draw_batches: Calla
             accuracy_with_batch_stats(model, data, batch_size),
             accuracy_with_precise_bn(model, data, subset, batch_size),
         ]
-    sums = torch.stack([c.double() for c in counts]).tolist()  # the epoch's one host read
+    epoch_end, width = len(counts), 2 if subset is not None else 1  # the numbers of a point, from point_counts
+    counts += [c for point in meter.counts for c in point]
+    values = torch.stack([c.double() for c in counts]).tolist()  # the epoch's one host read
     sync(device)
-    return sums, trained - start, time.perf_counter() - trained
+    sums, inner = values[:epoch_end], [values[i : i + width] for i in range(epoch_end, len(values), width)]
+    return sums, inner, trained - start - meter.seconds, time.perf_counter() - trained + meter.seconds
 
 
 def epoch_row(config: RunConfig, epoch: int, sums: list[float], n_train: int, n_test: int,
@@ -219,10 +279,28 @@ def epoch_row(config: RunConfig, epoch: int, sums: list[float], n_train: int, n_
     }
 
 
-def record(result: RunResult, row: dict, on_epoch: Callable[[dict], None] | None) -> bool:
-    """Append `row` to `result` and pass it to on_epoch; if its training loss is not
-    finite, mark the run "diverged". Returns whether the run goes on."""
+def epoch_points(config: RunConfig, epoch: int, steps: int, sums: list[float], inner: list[list[float]],
+                 n_test: int) -> list[dict]:  # fmt: skip
+    """The rows of runs/<run_id>.evals.csv (EVALS_COLUMNS) for `epoch` (of `steps` steps) of
+    one model: its `inner` points, then the epoch's end from its `sums` (as epoch_row reads
+    them), so that the last point is the epoch's CSV row to the bit. [] when
+    evals_per_epoch is 1."""
+    if config.evals_per_epoch == 1:
+        return []
+    end = sums[3:4] + sums[5:6]  # test correct and, for a BN variant, PreciseBN correct
+    counted = zip(point_steps(steps, config.evals_per_epoch), [*inner, end], strict=True)
+    return [
+        dict(zip(EVALS_COLUMNS, [config.run_id, epoch, point, (epoch - 1) * steps + step, (epoch - 1) + step / steps,
+                                 test_correct / n_test, precise[0] / n_test if precise else None]))
+        for point, (step, (test_correct, *precise)) in enumerate(counted, start=1)
+    ]  # fmt: skip
+
+
+def record(result: RunResult, row: dict, points: list[dict], on_epoch: Callable[[dict], None] | None) -> bool:
+    """Append an epoch's `row` and `points` to `result` and pass the row to on_epoch; if its
+    training loss is not finite, mark the run "diverged". Returns whether the run goes on."""
     result.rows.append(row)
+    result.points += points
     if on_epoch is not None:
         on_epoch(row)
     if not math.isfinite(row["train_loss"]):
@@ -235,13 +313,16 @@ def fit(
     data: FashionMNIST,
     on_epoch: Callable[[dict], None] | None = None,
     dtype: torch.dtype = torch.float32,
+    result: RunResult | None = None,
 ) -> RunResult:
     """Train `config` on `data` (already on the run's device) for config.epochs epochs.
 
     Deterministic on the CPU for a given seed: the seed fixes the initialisation, the data
     order (a CPU generator, so also the same order on a GPU) and the PreciseBN subset.
     Calls on_epoch(row) after each epoch. Stops early, status "diverged", when an epoch's
-    training loss is not finite. `dtype` float64 serves exactness tests.
+    training loss is not finite. `dtype` float64 serves exactness tests. Fills and returns
+    `result` (a new RunResult when None): a caller that passes its own keeps the finished
+    epochs' rows and points should fit raise.
     """
     device = data.train_x.device
     data = with_dtype(data, dtype)
@@ -250,13 +331,14 @@ def fit(
     order = torch.Generator().manual_seed(config.seed)
     n_train, n_test = len(data.train_x), len(data.test_x)
     subset = precise_bn_subset(config, n_train, device) if bn_layers(model) else None
-    result = RunResult()
+    steps = steps_per_epoch(n_train, config.batch_size)  # of `data`, which tests may cut unlike config's limits
+    result = RunResult() if result is None else result
     for epoch in range(1, config.epochs + 1):
-        sums, train_seconds, eval_seconds = train_and_evaluate(
+        sums, inner, train_seconds, eval_seconds = train_and_evaluate(
             model, optimizer, data, lambda: epoch_batches(n_train, config.batch_size, order, device),
-            config.batch_size, subset,
+            config.batch_size, subset, inner_steps=point_steps(steps, config.evals_per_epoch)[:-1],
         )  # fmt: skip
         row = epoch_row(config, epoch, sums, n_train, n_test, train_seconds, eval_seconds, n_train / train_seconds)
-        if not record(result, row, on_epoch):
+        if not record(result, row, epoch_points(config, epoch, steps, sums, inner, n_test), on_epoch):
             break
     return result

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bnstudy.cli import main
-from bnstudy.settings import CSV_COLUMNS
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS
 
 TINY = ["--limit-train", "512", "--limit-test", "256", "--precise-bn-samples", "128", "--device", "cpu"]
 
@@ -44,6 +44,32 @@ def test_none_writes_empty_diagnostic_fields(tmp_path):
     assert row["test_acc_batch_stats"] == "" and row["test_acc_precise_bn"] == ""
 
 
+def read_csv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_evals_per_epoch_writes_each_point_where_the_steps_say(tmp_path):
+    """512 images in batches of 64: 8 steps an epoch, so 4 points an epoch fall after steps
+    2, 4, 6, 8 of each; the last of an epoch is that epoch's CSV row, to the digit."""
+    argv = ["run", "--variant", "bn_before", "--lr", "1e-2", "--batch-size", "64", "--epochs", "2",
+            "--evals-per-epoch", "4", *TINY, "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    (json_path,) = (tmp_path / "runs").glob("*.json")
+    run_id = json_path.stem
+    assert "-s0-k4-" in run_id
+    assert sorted(p.name for p in json_path.parent.iterdir()) == [f"{run_id}.csv", f"{run_id}.evals.csv", json_path.name]
+    rows, points = read_csv(json_path.with_suffix(".csv")), read_csv(json_path.with_suffix(".evals.csv"))
+    assert list(rows[0]) == CSV_COLUMNS and list(points[0]) == EVALS_COLUMNS
+    assert [(p["run_id"], p["epoch"], p["point"]) for p in points] == [(run_id, str(e), str(j)) for e in (1, 2) for j in (1, 2, 3, 4)]
+    assert [int(p["step"]) for p in points] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [float(p["epoch_fraction"]) for p in points] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    for row, last in zip(rows, points[3::4]):
+        assert (last["test_acc"], last["test_acc_precise_bn"]) == (row["test_acc"], row["test_acc_precise_bn"])
+    meta = json.loads(json_path.read_text())
+    assert meta["config"]["evals_per_epoch"] == 4 and "evals" not in meta
+
+
 def _assert_one_line_error(capsys, argv, out, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -74,6 +100,10 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "bn_before", "--bn-momentum", "nan"], "--bn-momentum: must be a finite number"),
     (["--variant", "bn_before", "--limit-test", "1"], "--limit-test: must be >= 2 for a variant with BatchNorm"),
     (["--variant", "none", "--seed", str(2**64)], "--seed: must be between 0 and 4294967295"),
+    (["--variant", "none", "--evals-per-epoch", "0"], "--evals-per-epoch: must be between 1 and 100 (got 0)"),
+    (["--variant", "none", "--evals-per-epoch", "101"], "--evals-per-epoch: must be between 1 and 100 (got 101)"),
+    (["--variant", "none", "--limit-train", "512", "--batch-size", "64", "--evals-per-epoch", "9"],
+     "--evals-per-epoch: must be at most the 8 training steps of an epoch (got 9)"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags, expected):
     out = tmp_path / "out"

@@ -7,6 +7,7 @@ import pytest
 
 from bnstudy.costs import Eta, estimate_seconds, own_seconds
 from bnstudy.spec import RunConfig
+from bnstudy.variants import variant
 
 
 def test_estimates_grow_with_the_work_and_the_eta_follows_the_finished_runs():
@@ -24,3 +25,13 @@ def test_estimates_grow_with_the_work_and_the_eta_follows_the_finished_runs():
 def test_fused_rows_count_their_group_time_once():
     rows = [{"train_seconds": 3.0, "eval_seconds": 1.0}] * 2
     assert own_seconds(rows) == 8.0 and own_seconds(rows, group_size=4) == 2.0
+
+
+@pytest.mark.parametrize("name, point_forwards", [
+    ("none", 10_000),  # a test pass
+    ("bn_before", 10_000 + 8_192 + 10_000),  # a test pass, then PreciseBN: its sample and a test pass
+])  # fmt: skip
+def test_each_point_beyond_the_epochs_end_costs_its_forward_passes(name, point_forwards):
+    base = RunConfig(variant=name, lr=1e-3, batch_size=256, epochs=2)
+    extra = estimate_seconds(dataclasses.replace(base, evals_per_epoch=5)) - estimate_seconds(base)
+    assert extra == pytest.approx(2 * 4 * point_forwards * variant(name).forward_us * 1e-6)  # 2 epochs, 4 more points

@@ -121,6 +121,19 @@ def test_fused_group_reproduces_solo_runs_for_every_activation_and_momentum(shap
         assert_same_run(result, solo(cfg), loss_rtol=loss_rtol, acc_atol=0)
 
 
+@pytest.mark.parametrize("variant, bn_impl, optimizer", [("bn_before", "torch", "adam"), ("none", "scratch", "sgd")])
+def test_fused_group_reproduces_every_solo_runs_points_in_float64(variant, bn_impl, optimizer):
+    """513 = 4 x 128 + 1: 4 steps an epoch, so 3 points an epoch fall after its steps 1, 3
+    (8/3 rounded) and 4, taken inside the grouped network's epoch for every member."""
+    group = members(variant=variant, bn_impl=bn_impl, optimizer=optimizer, evals_per_epoch=3)
+    results = fit_group(group, tiny_data(), dtype=torch.float64)
+    for cfg, result in zip(group, results):
+        expected = solo(cfg)
+        assert [p["step"] for p in expected.points] == [1, 3, 4, 5, 7, 8]
+        assert_same_run(result, expected, loss_rtol=1e-9, acc_atol=0)
+        assert result.points == expected.points  # accuracies exactly: counts of the same predictions
+
+
 def test_fused_group_matches_solo_runs_in_float32():
     group = members(variant="bn_before", bn_impl="torch", optimizer="adam")
     results = fit_group(group, tiny_data(), dtype=torch.float32)

@@ -44,3 +44,14 @@ def test_runs_written_by_bnstudy_0_1_keep_their_run_ids():
     for path in paths:
         record = json.loads(path.read_text())
         assert from_record(record["config"], record["study"]).run_id == record["run_id"] == path.stem
+
+
+def test_evals_per_epoch_is_tagged_and_bounded_by_the_steps_of_an_epoch():
+    # 513 = 8 x 64 + 1: 8 steps an epoch, the lone last sample joining the eighth batch
+    tiny = dict(variant="bn_before", lr=1e-3, batch_size=64, epochs=2, limit_train=513)
+    assert "-k" not in RunConfig(**tiny).run_id
+    assert "-s0-k8-" in RunConfig(**tiny, evals_per_epoch=8).run_id
+    with pytest.raises(SettingError, match="at most the 8 training steps of an epoch"):
+        RunConfig(**tiny, evals_per_epoch=9)
+    with pytest.raises(SettingError, match="between 1 and 100"):
+        RunConfig(**{**tiny, "limit_train": None}, evals_per_epoch=101)

@@ -3,6 +3,7 @@ is damaged, setting damaged runs aside, atomic files, the spec as run, stale tem
 files, the study lock and the status table."""
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -18,8 +19,9 @@ from studies import hand_rows
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
 from bnstudy.runner import run_metadata
-from bnstudy.settings import CSV_COLUMNS
-from bnstudy.store import RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
+from bnstudy import store as store_module
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS
+from bnstudy.store import EVALS_FIELD, RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_study"
@@ -333,6 +335,52 @@ def test_a_run_write_that_fails_half_way_leaves_no_half_file_and_no_done_run(tmp
         assert store.json_path(config.run_id).read_bytes() == before[store.json_path(config.run_id)]
     assert store.state(config.run_id) == "failed"
     assert sorted(os.listdir(store.runs_dir)) == sorted(p.name for p in before)  # no temporary left
+
+
+def test_a_runs_points_go_to_their_own_file_before_the_json_and_stay_out_of_it(tmp_path, monkeypatch):
+    store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[1], evals_per_epoch=2)
+    rows = hand_rows(config, [0.5, 0.5])
+    points = [dict.fromkeys(EVALS_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e, "point": p,
+                                                   "test_acc_precise_bn": None} for e in (1, 2) for p in (1, 2)]  # fmt: skip
+    metadata = run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2, points=points)
+    written = []
+    monkeypatch.setattr(store_module, "atomic_write_text",
+                        lambda path, text: (written.append(path.name), atomic_write_text(path, text)))  # fmt: skip
+    store.write_run(rows, metadata)
+    run_id = config.run_id
+    assert written == [f"{run_id}.csv", f"{run_id}.evals.csv", f"{run_id}.json"]  # the JSON, which marks it done, last
+    assert store.evals_path(run_id).read_text() == rows_to_csv(points, EVALS_COLUMNS)
+    assert store.evals_path(run_id).read_text().splitlines()[1].endswith(",0.5,")  # None: an empty field
+    recorded = json.loads(store.json_path(run_id).read_text())
+    assert EVALS_FIELD not in recorded and recorded == {k: v for k, v in metadata.items() if k != EVALS_FIELD}
+    assert metadata[EVALS_FIELD] == points and store.state(run_id) == "complete"  # the caller's dict is untouched
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda path: path.unlink(), "no points file (evals.csv)"),
+    (lambda path: path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n"), "points file is not this run's"),
+])  # fmt: skip
+def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, damage, reason):
+    store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[0], evals_per_epoch=2)
+    points = [dict.fromkeys(EVALS_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e, "point": p}
+              for e in (1, 2) for p in (1, 2)]  # fmt: skip
+    rows = hand_rows(config, [0.5, 0.5])
+    store.write_run(rows, run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2, points=points))
+    assert store.state(config.run_id) == "complete" and store.run_ids_on_disk() == [config.run_id]
+    damage(store.evals_path(config.run_id))
+    check = store.check(config.run_id)
+    assert check.state == "damaged" and check.reason.startswith(reason)
+    assert store.set_aside_damaged([config.run_id]) == [(config.run_id, check.reason)]
+    assert not list(store.runs_dir.iterdir())  # CSV, points and JSON all set aside, none deleted
+    assert sorted(p.name.removeprefix(config.run_id + ".").split(".", 2)[-1] for p in store.damaged_dir.iterdir()) == (
+        ["csv", "json"] if "no points" in reason else ["csv", "evals.csv", "json"])
+
+
+def test_a_run_without_points_has_no_evals_file(tmp_path):
+    store, config = RunStore(tmp_path), CONFIGS[1]
+    assert EVALS_FIELD not in run_metadata(config, "complete", "cpu", "start", "end", points=[{"never": "used"}])
+    write(store, config, "complete")
+    assert sorted(p.name for p in store.runs_dir.iterdir()) == [f"{config.run_id}.csv", f"{config.run_id}.json"]
 
 
 @pytest.mark.parametrize("where, problem", [

@@ -181,6 +181,20 @@ def test_a_dask_cluster_sweep_gives_the_local_rows(tmp_path):
     assert all(f["status"] == "failed" and "nowhere: no train-images" in f["error"] for f in failures)
 
 
+def test_a_sweep_writes_each_runs_points_beside_its_csv(tmp_path):
+    spec = tiny_spec(tmp_path, epochs=2, seeds=(0,))  # 256 images in batches of 32: 8 steps an epoch
+    spec.write_text(spec.read_text().replace("[grid]", "evals_per_epoch = 2\n[grid]"))
+    store = RunStore(tmp_path / "out")
+    assert main(["sweep", str(spec), "--out", str(store.root), "--jobs", "1"]) == 0
+    configs = load_study(spec).runs()
+    assert len(configs) == 3 and all(c.evals_per_epoch == 2 for c in configs)
+    for config in configs:
+        assert store.state(config.run_id) == "complete"
+        with open(store.evals_path(config.run_id)) as f:
+            assert [(p["run_id"], p["step"]) for p in csv.DictReader(f)] == [(config.run_id, s) for s in "4 8 12 16".split()]
+        assert "evals" not in json.loads(store.json_path(config.run_id).read_text())
+
+
 def test_a_run_that_raises_is_failed_and_the_others_complete(tmp_path, monkeypatch, capsys):
     spec, out = tiny_spec(tmp_path), tmp_path / "out"
     real_fit = runner.fit

@@ -1,18 +1,20 @@
-"""fit's per-epoch metrics against an independent recomputation; diagnostics leave the
-model untouched; seeds, divergence and the empty diagnostic columns of `none`."""
+"""fit's per-epoch metrics and finer points against an independent recomputation;
+diagnostics and points leave the model untouched; seeds, divergence and the empty
+diagnostic columns of `none`."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bnstudy.data import FashionMNIST
+from bnstudy.data import FashionMNIST, epoch_batches
 from bnstudy.models import bn_layers, build_lenet
-from bnstudy.settings import CSV_COLUMNS
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, steps_per_epoch
 from bnstudy.spec import RunConfig
 from bnstudy.train import (
     accuracy_with_batch_stats,
@@ -20,6 +22,8 @@ from bnstudy.train import (
     build_model,
     fit,
     make_optimizer,
+    point_counts,
+    point_steps,
     precise_bn_subset,
 )
 
@@ -40,10 +44,33 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
-def replay(cfg: RunConfig, data):
+@torch.no_grad()
+def eval_accuracy(model, data) -> float:
+    """Test accuracy of a copy of `model` in eval mode, all test images in one batch."""
+    probe = copy.deepcopy(model).eval()
+    return (probe(data.test_x).argmax(1) == data.test_y).float().mean().item()
+
+
+@torch.no_grad()
+def precise_bn_accuracy(model, data, subset: torch.Tensor, batch_size: int) -> float:
+    """Test accuracy of a copy of `model` whose BN statistics are nn.BatchNorm's own
+    cumulative average (momentum=None) over data.train_x[subset] in batches."""
+    probe = copy.deepcopy(model).train()
+    for layer in bn_layers(probe):
+        layer.reset_running_stats()
+        layer.momentum = None  # nn.BatchNorm: arithmetic mean over the batches
+    for part in chunks(len(subset), batch_size):
+        probe(data.train_x[subset[part]])
+    return eval_accuracy(probe, data)
+
+
+def replay(cfg: RunConfig, data, at_steps=()) -> tuple[list[dict], dict]:
     """Train `cfg` with a plain loop written independently of bnstudy.train, and compute
     every metric of the schema per epoch with plain PyTorch (torch BN only: PreciseBN
-    here uses nn.BatchNorm's own cumulative average, momentum=None)."""
+    here uses nn.BatchNorm's own cumulative average, momentum=None). Returns (one dict
+    per epoch, {step: (test_acc, test_acc_precise_bn or None)} after each optimizer step
+    of the run, counted from 1, in `at_steps`), measured on copies of the model, so that
+    the training goes on as if it had stopped there and been restarted untouched."""
     torch.manual_seed(cfg.seed)
     model = build_lenet(cfg.variant, cfg.bn_impl)
     # fused, as bnstudy's: the default kernel differs by rounding, which a near-chance
@@ -52,7 +79,7 @@ def replay(cfg: RunConfig, data):
     order = torch.Generator().manual_seed(cfg.seed)
     n = len(data.train_x)
     subset = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))[: cfg.precise_bn_samples]
-    epochs = []
+    epochs, points, step = [], {}, 0
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=order)
         losses, hits = [], []
@@ -66,6 +93,10 @@ def replay(cfg: RunConfig, data):
             optimizer.step()
             losses += loss.tolist()
             hits += (logits.argmax(1) == data.train_y[idx]).tolist()
+            step += 1
+            if step in at_steps:
+                precise = precise_bn_accuracy(model, data, subset, cfg.batch_size) if bn_layers(model) else None
+                points[step] = (eval_accuracy(model, data), precise)
         assert len(losses) == n  # exactly this epoch's samples
         with torch.no_grad():
             model.eval()
@@ -81,22 +112,16 @@ def replay(cfg: RunConfig, data):
                 hits = [(probe(data.test_x[part]).argmax(1) == data.test_y[part])
                         for part in chunks(len(data.test_x), cfg.batch_size)]  # fmt: skip
                 row["test_acc_batch_stats"] = torch.cat(hits).float().mean().item()
-                probe = copy.deepcopy(model).train()
-                for layer in bn_layers(probe):
-                    layer.reset_running_stats()
-                    layer.momentum = None  # nn.BatchNorm: arithmetic mean over the batches
-                for part in chunks(len(subset), cfg.batch_size):
-                    probe(data.train_x[subset[part]])
-                row["test_acc_precise_bn"] = (probe.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+                row["test_acc_precise_bn"] = precise_bn_accuracy(model, data, subset, cfg.batch_size)
         epochs.append(row)
-    return epochs
+    return epochs, points
 
 
 @pytest.mark.parametrize("variant", ["bn_before", "bn_after", "none"])
 def test_every_metric_matches_an_independent_recomputation(variant, small_data):
     cfg = config(variant=variant)
     rows = fit(cfg, small_data).rows
-    expected = replay(cfg, small_data)
+    expected, _ = replay(cfg, small_data)
     assert [r["epoch"] for r in rows] == [1, 2]
     for row, want in zip(rows, expected):
         for key, value in want.items():
@@ -111,7 +136,7 @@ def test_a_lone_last_sample_in_every_evaluation_pass_is_counted_once(small_data)
     data = FashionMNIST(small_data.train_x, small_data.train_y, small_data.test_x[:501], small_data.test_y[:501])
     cfg = config(variant="bn_after", batch_size=125, precise_bn_samples=376, epochs=1)
     (row,) = fit(cfg, data).rows
-    (want,) = replay(cfg, data)
+    (want,), _ = replay(cfg, data)
     for key, value in want.items():
         assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
@@ -165,23 +190,95 @@ def test_different_seeds_give_different_initialisation_order_and_metrics(small_d
     assert rows_a[0]["train_loss"] != rows_b[0]["train_loss"]
 
 
-@pytest.mark.parametrize("bn_impl", ["torch", "scratch"])
-def test_diagnostics_leave_the_model_unchanged(bn_impl, small_data):
+def partly_trained(bn_impl: str, data):
+    """A bn_before model after four Adam steps (train mode), so that its parameters and
+    running statistics are not the defaults a reset would bring back."""
     model = build_model(config(bn_impl=bn_impl), "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for start in range(0, 512, 128):  # some training, so the running statistics are not the defaults
+    for start in range(0, 512, 128):
         optimizer.zero_grad()
-        F.cross_entropy(model(small_data.train_x[start : start + 128]), small_data.train_y[start : start + 128]).backward()
+        F.cross_entropy(model(data.train_x[start : start + 128]), data.train_y[start : start + 128]).backward()
         optimizer.step()
-    model.eval()
-    before = copy.deepcopy(model.state_dict())
-    momenta = [m.momentum for m in bn_layers(model)]
-    accuracy_with_batch_stats(model, small_data, 64)
-    accuracy_with_precise_bn(model, small_data, torch.arange(300), 64)
-    assert not model.training
+    return model
+
+
+def assert_unchanged(model, measure) -> None:
+    """measure() leaves `model`'s state_dict (parameters, running statistics, counters),
+    BN momenta and train/eval mode exactly as they were."""
+    before, momenta, mode = copy.deepcopy(model.state_dict()), [m.momentum for m in bn_layers(model)], model.training
+    measure()
+    assert model.training == mode
     assert [m.momentum for m in bn_layers(model)] == momenta
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("bn_impl", ["torch", "scratch"])
+def test_diagnostics_leave_the_model_unchanged(bn_impl, small_data):
+    model = partly_trained(bn_impl, small_data).eval()
+    assert_unchanged(model, lambda: accuracy_with_batch_stats(model, small_data, 64))
+    assert_unchanged(model, lambda: accuracy_with_precise_bn(model, small_data, torch.arange(300), 64))
+
+
+@pytest.mark.parametrize("bn_impl", ["torch", "scratch"])
+def test_a_point_taken_mid_training_leaves_the_model_unchanged(bn_impl, small_data):
+    """A point is taken between two training steps, in train mode: eval mode and PreciseBN
+    (which resets the running statistics and sets momenta) must leave no trace."""
+    model = partly_trained(bn_impl, small_data)
+    assert model.training
+    assert_unchanged(model, lambda: point_counts(model, small_data, torch.arange(300), 64))
+
+
+def strip(rows: list[dict], also=()) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in (*TIMING, *also)} for r in rows]
+
+
+@pytest.mark.parametrize("variant, bn_impl", [("bn_before", "torch"), ("bn_after", "scratch"), ("none", "torch")])
+def test_points_do_not_change_the_training(variant, bn_impl, small_data):
+    """float64, so that any difference shows: a run taking 4 points an epoch has the per-epoch
+    rows of the same run without them (but its run_id and timing), to the bit."""
+    base = config(variant=variant, bn_impl=bn_impl, lr=1e-2, batch_size=64)
+    with_points = fit(dataclasses.replace(base, evals_per_epoch=4), small_data, dtype=torch.float64)
+    without = fit(base, small_data, dtype=torch.float64)
+    assert len(with_points.points) == 8 and without.points == []
+    assert strip(with_points.rows, ["run_id"]) == strip(without.rows, ["run_id"])
+
+
+@pytest.mark.parametrize("variant", ["bn_after", "none"])
+def test_every_point_matches_an_independent_replay_stopped_at_its_step(variant, small_data):
+    """1,024 images in batches of 64: 16 steps an epoch, so 4 points an epoch fall after
+    its steps 4, 8, 12 and 16 (the run's 4, 8, ..., 32). The replay measures copies of its
+    model there; each point's accuracies are its, and the epoch's last point is its row."""
+    cfg = config(variant=variant, lr=1e-2, batch_size=64, evals_per_epoch=4)
+    result = fit(cfg, small_data)
+    _, expected = replay(cfg, small_data, at_steps=range(4, 33, 4))
+    assert [p["step"] for p in result.points] == list(expected) == list(range(4, 33, 4))
+    assert [p["epoch_fraction"] for p in result.points] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert all(list(p) == EVALS_COLUMNS and p["run_id"] == cfg.run_id for p in result.points)
+    for point in result.points:
+        test_acc, precise = expected[point["step"]]
+        assert point["test_acc"] == pytest.approx(test_acc, rel=1e-5, abs=1e-6), point
+        if precise is None:
+            assert point["test_acc_precise_bn"] is None
+        else:
+            assert point["test_acc_precise_bn"] == pytest.approx(precise, rel=1e-5, abs=1e-6), point
+    assert len({p["test_acc"] for p in result.points}) > 2  # the curve moves: the check has teeth
+    for row, last in zip(result.rows, result.points[3::4]):
+        assert (last["test_acc"], last["test_acc_precise_bn"]) == (row["test_acc"], row["test_acc_precise_bn"])
+
+
+@pytest.mark.parametrize("n, batch_size", [(512, 64), (513, 64), (514, 64), (64, 64), (65, 64), (7, 1), (60_000, 256)])
+def test_steps_per_epoch_counts_the_batches_an_epoch_draws(n, batch_size):
+    assert steps_per_epoch(n, batch_size) == len(epoch_batches(n, batch_size, torch.Generator().manual_seed(0), "cpu"))
+
+
+def test_point_steps_are_evenly_spaced_and_end_the_epoch():
+    assert point_steps(8, 4) == [2, 4, 6, 8]
+    assert point_steps(4, 3) == [1, 3, 4]  # 4/3, 8/3, 4 rounded
+    assert point_steps(235, 4) == [59, 118, 176, 235]  # 60,000 images at batch 256; 117.5 rounds to even
+    assert point_steps(5, 5) == [1, 2, 3, 4, 5] and point_steps(7, 1) == [7]
+    with pytest.raises(ValueError):
+        point_steps(4, 5)
 
 
 def test_precise_bn_changes_the_statistics_it_evaluates_with(small_data):

@@ -19,7 +19,8 @@ def test_a_cell_names_the_settings_that_vary_beyond_the_plotted_axes():
     cells = pd.DataFrame({"variant": ["none", "none"], "activation": ["relu", "relu"], "bn_impl": ["torch", "torch"],
                           "bn_momentum": [0.1, 0.01], "optimizer": ["adam", "sgd"],
                           "lr": [1e-3, 1e-3], "batch_size": [256, 256], "epochs": [3, 3], "limit_train": [None, None],
-                          "limit_test": [None, None], "precise_bn_samples": [8192, 8192]})  # fmt: skip
+                          "limit_test": [None, None], "precise_bn_samples": [8192, 8192],
+                          "evals_per_epoch": [1, 1]})  # fmt: skip
     extra = extra_axes(cells)
     assert extra == ["bn_momentum", "optimizer"]
     assert cell_text(cells.iloc[1], extra) == "none at learning rate 0.001, batch size 256, BN momentum 0.01, optimizer sgd"
