@@ -46,3 +46,18 @@ def cfg(variant="bn_before", lr=1e-3, batch_size=256, seed=0, epochs=4, **kw) ->
 
 def frame(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+# A study of tiny real runs (2 epochs on 256 training / 200 test images): seconds each.
+TINY_SETTINGS = """epochs = 2
+limit_train = 256
+limit_test = 200
+precise_bn_samples = 64
+batch_size = 64
+lr = 1e-3
+"""
+
+
+def tiny_spec(name: str, grid: str) -> str:
+    """The text of a study spec named `name` with TINY_SETTINGS and the [grid] lines `grid`."""
+    return f'name = "{name}"\n{TINY_SETTINGS}[grid]\n{grid}'

@@ -12,24 +12,13 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from studies import tiny_spec  # noqa: E402
 
 from bnstudy import aggregate, cli  # noqa: E402
 from bnstudy.figures import draw_figures  # noqa: E402
 
-AXES_SPEC = """
-name = "axes"
-epochs = 2
-limit_train = 256
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 64
-lr = 1e-3
-[grid]
-variant = ["none", "bn_before"]
-activation = ["sigmoid", "relu"]
-bn_momentum = [0.1, 0.03]
-seed = [0]
-"""
+AXES_SPEC = tiny_spec("axes", 'variant = ["none", "bn_before"]\nactivation = ["sigmoid", "relu"]\n'
+                               'bn_momentum = [0.1, 0.03]\nseed = [0]\n')
 
 
 @pytest.fixture(scope="module")

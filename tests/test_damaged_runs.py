@@ -9,24 +9,13 @@ import json
 import pandas as pd
 import pytest
 import torch
-from studies import hand_rows, write_hand_run
+from studies import hand_rows, tiny_spec, write_hand_run
 
 from bnstudy.cli import main
 from bnstudy.spec import load_study
 from bnstudy.store import RunStore
 
-SPEC = """
-name = "damage"
-epochs = 2
-limit_train = 256
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 64
-lr = 1e-3
-[grid]
-variant = ["none", "bn_before"]
-seed = [0]
-"""
+SPEC = tiny_spec("damage", 'variant = ["none", "bn_before"]\nseed = [0]\n')
 
 
 @pytest.fixture
