@@ -219,10 +219,12 @@ def axes_studied(summary: pd.DataFrame) -> str:
 CONTRASTS_NOTE = ("Each difference pairs runs that differ in that one setting only, seed included; the interval is "
                   "a bootstrap 95% interval over the pairs, and a difference is claimed only when it excludes 0.")
 FILES_NOTE = """\
-- `summary.csv`: one row per run: its settings, status, `diverged`, `epochs_used`, the
-  stability metrics (fractions, not %), and the training/evaluation seconds.
+- `summary.csv`: one row per run: its settings, status, `diverged`, `stuck` (best test
+  accuracy below 20%: it never left chance), `epochs_used`, the stability metrics
+  (fractions, not %), and the training/evaluation seconds.
 - `cells.csv`: one row per grid cell (all settings but the seed): `n` runs of `n_expected`,
-  `n_diverged`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds.
+  `n_diverged`, `n_stuck`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds; the
+  volatility metrics (mean |change|, worst drop, late std) over the runs that are not stuck.
 - A run's metrics use its epochs whose loss and accuracy are finite: a diverged run counts up
   to its last finite epoch and is flagged.
 - `late_std` is the population standard deviation of the last ceil(E/2) epochs; spreads over
