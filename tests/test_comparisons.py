@@ -111,15 +111,19 @@ def test_report_writes_comparisons_csv_and_its_forest_plot(tmp_path):
     for seed in range(4):
         for variant, acc in curves.items():
             config = cfg(variant, seed=seed)
-            write_hand_run(tmp_path, config, hand_rows(config, [a + 0.01 * seed for a in acc]))
+            # bn_before's last rise grows by 0.4 pp a seed: differences that vary, intervals with a width
+            last = 0.004 * seed if variant == "bn_before" else 0.0
+            acc_of_seed = [a + 0.01 * seed for a in acc[:-1]] + [acc[-1] + 0.01 * seed + last]
+            write_hand_run(tmp_path, config, hand_rows(config, acc_of_seed))
     assert cli.main(["report", str(tmp_path)]) == 0
     written = pd.read_csv(tmp_path / "comparisons.csv")
     summary = typed(pd.read_csv(tmp_path / "summary.csv"))
     pd.testing.assert_frame_equal(written, comparisons.comparison_table(summary), check_dtype=False)
     text = (tmp_path / "report.md").read_text()
     assert "## Paired comparisons between variants" in text and "(figures/comparisons.png)" in text
-    # mean |change| per seed: bn_before (20 + 20 + 25) / 3, bn_after (10 + 2 + 8) / 3 pp
-    assert "bn_before minus bn_after, paired by cell and seed: mean |change| +15.0 pp" in text
+    # mean |change| per seed: bn_before (20 + 20 + 25 + 0.4 s) / 3, bn_after (10 + 2 + 8) / 3 pp: 15 + 0.4 * 1.5 / 3
+    assert "bn_before minus bn_after, paired by cell and seed: mean |change| +15.2 pp" in text
+    assert (written["high"] > written["low"]).any()
     fig = plot_comparisons(load_results(tmp_path), summary)
     ax = fig.axes[0]
     dots = [line for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() == "o"]
