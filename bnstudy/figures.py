@@ -43,8 +43,10 @@ FIGURES = {  # name: (heading, what it shows)
                     "higher, blue: clearly lower, grey: no clear difference (the interval includes 0)."),
 }  # fmt: skip
 # Why a figure can be left out of a report: it would have nothing to show.
-NO_CHANGE = "no run has two finite epochs, so there is no change from one epoch to the next to show"
+NO_CHANGE = ("no run that left chance has two finite epochs, so there is no change from one epoch to the next "
+             "to show")  # fmt: skip
 UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
+           "stability_worst_drop": "every run is stuck at chance (best test accuracy below 20%)",
            "eval_modes": "the study has no BN run",
            "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)"}  # fmt: skip
 
