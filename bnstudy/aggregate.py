@@ -15,6 +15,10 @@ Conventions that make DESIGN.md's metrics precise:
   than undefined for a single epoch.
 - Spread over seeds (`<metric>_std`, `seed_std`): *sample* standard deviation (ddof=1),
   NaN for a cell with one seed.
+- A run is *stuck* when its best counted test accuracy stays below STUCK_BELOW (20%): it
+  never left chance (10%, ten balanced classes). Its flat curve has no volatility to speak
+  of, so the cells' stability means and stds (STABILITY_METRICS) leave it out; summary.csv
+  flags it (`stuck`) and cells.csv counts it (`n_stuck`). Its accuracy metrics stay in.
 - Accuracies are fractions here and in the CSVs; figures and report.md show percent (%)
   and percentage points (pp).
 """
@@ -49,6 +53,15 @@ EVAL_MODES = {
 DIAGNOSTIC_METRICS = [f"{m}_{col.removeprefix('test_acc_')}" for col in list(EVAL_MODES)[1:]
                       for m in ("mean_abs_change", "worst_drop")]  # fmt: skip
 ALL_METRICS = RUN_METRICS + DIAGNOSTIC_METRICS
+# The metrics of how a curve moves, which a run stuck at chance would show as perfect calm.
+STABILITY_METRICS = ["mean_abs_change", "worst_drop", "late_std", *DIAGNOSTIC_METRICS]
+
+# Chance is 10% (ten balanced classes): a constant guess scores about 10% of the test set,
+# random guesses 10% +- 1.3 pp on 512 test images (binomial std) and +- 0.3 pp on all
+# 10,000. 20% is some 7 such stds above chance even on 512 images, while any run that
+# learns passes it within its first epoch (the real studies' lowest best is 75%): the
+# margin separates the two with room on both sides.
+STUCK_BELOW = 0.20
 
 
 # ---------------------------------------------------------------- metrics of one curve
@@ -96,6 +109,12 @@ def run_metrics(run: pd.DataFrame) -> dict:
             metrics[f"{name}_{col.removeprefix('test_acc_')}"] = diagnostic[name]
     metrics["epochs_used"] = len(used)
     return metrics
+
+
+def stuck(best_acc: pd.Series) -> pd.Series:
+    """(runs,) bool: which runs are stuck at chance, from their best counted test accuracy
+    (below STUCK_BELOW; a run without a counted epoch has no best and is not stuck)."""
+    return best_acc < STUCK_BELOW
 
 
 # ---------------------------------------------------------------- loading a study
@@ -238,33 +257,37 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
 # ---------------------------------------------------------------- tables
 def summarize_runs(study: StudyResults) -> pd.DataFrame:
     """summary.csv: one row per done run, in grid order: run_id, CONFIG_KEYS, status,
-    diverged, epochs_used, ALL_METRICS, train_seconds and eval_seconds (sums over epochs)."""
+    diverged, stuck, epochs_used, ALL_METRICS, train_seconds and eval_seconds (sums over epochs)."""
     by_run = study.epochs.groupby("run_id", sort=False)
     metrics = pd.DataFrame({run_id: run_metrics(run) for run_id, run in by_run}).T
     seconds = by_run[["train_seconds", "eval_seconds"]].sum()
     summary = study.runs[["run_id", *CONFIG_KEYS, "status"]].set_index("run_id").join(metrics).join(seconds)
     summary["diverged"] = summary["status"] == "diverged"
     summary = summary.astype({"epochs_used": int, **dict.fromkeys(ALL_METRICS, float)})
-    columns = [*CONFIG_KEYS, "status", "diverged", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
+    summary["stuck"] = stuck(summary["best_acc"])
+    columns = [*CONFIG_KEYS, "status", "diverged", "stuck", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
     return summary[columns].reset_index().sort_values([*CELL_KEYS, "seed"], ignore_index=True)
 
 
 def aggregate_cells(summary: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFrame:
     """cells.csv: one row per grid cell (CELL_KEYS), expected cells without runs included:
-    n (done runs), n_expected, n_diverged, seed_std (sample std of final_acc over seeds),
-    then <metric>_mean and <metric>_std (ddof=1) for each of ALL_METRICS."""
-    groups = summary.groupby(CELL_KEYS, dropna=False, observed=True)
+    n (done runs), n_expected, n_diverged, n_stuck, seed_std (sample std of final_acc over
+    seeds), then <metric>_mean and <metric>_std (ddof=1) for each of ALL_METRICS; those of
+    STABILITY_METRICS over the cell's runs that are not stuck (NaN when all are)."""
+    # Masked to NaN, a stuck run's stability metrics drop out of the mean and std (both skip NaN).
+    values = summary.assign(**{m: summary[m].mask(summary["stuck"]) for m in STABILITY_METRICS})
+    groups = values.groupby(CELL_KEYS, dropna=False, observed=True)
     stats = groups[ALL_METRICS].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    sizes = groups.agg(n=("run_id", "size"), n_diverged=("diverged", "sum"))
+    sizes = groups.agg(n=("run_id", "size"), n_diverged=("diverged", "sum"), n_stuck=("stuck", "sum"))
     n_expected = expected.groupby(CELL_KEYS, dropna=False, observed=True).size().rename("n_expected")
     cells = sizes.join(stats).join(n_expected, how="outer")
-    cells[["n", "n_diverged"]] = cells[["n", "n_diverged"]].fillna(0).astype(int)
+    cells[["n", "n_diverged", "n_stuck"]] = cells[["n", "n_diverged", "n_stuck"]].fillna(0).astype(int)
     # A done cell outside the expected grid (its spec changed since) expects just what it has.
     cells["n_expected"] = cells["n_expected"].fillna(cells["n"]).astype(int)
     cells["seed_std"] = cells["final_acc_std"]
     stat_columns = [f"{m}_{s}" for m in ALL_METRICS for s in ("mean", "std")]
-    return cells.reset_index()[[*CELL_KEYS, "n", "n_expected", "n_diverged", "seed_std", *stat_columns]]
+    return cells.reset_index()[[*CELL_KEYS, "n", "n_expected", "n_diverged", "n_stuck", "seed_std", *stat_columns]]
 
 
 def missing_runs(study: StudyResults) -> pd.DataFrame:

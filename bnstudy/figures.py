@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
+from bnstudy.comparisons import METRICS, NO_CLEAR, comparison_table  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
 from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
@@ -36,11 +37,18 @@ FIGURES = {  # name: (heading, what it shows)
     "train_vs_test": ("Train against test accuracy", "Train accuracy (train mode, during the epoch) and test "
                       "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
                       "generalization gap."),
+    "comparisons": ("Paired differences between variants", "One row per pair of variants and metric: the mean "
+                    "difference (first minus second) over runs that differ in the variant only, same cell and seed, "
+                    "with its bootstrap 95% interval; runs stuck at chance are left out. Red: the first clearly "
+                    "higher, blue: clearly lower, grey: no clear difference (the interval includes 0)."),
 }  # fmt: skip
 # Why a figure can be left out of a report: it would have nothing to show.
-NO_CHANGE = "no run has two finite epochs, so there is no change from one epoch to the next to show"
+NO_CHANGE = ("no run that left chance has two finite epochs, so there is no change from one epoch to the next "
+             "to show")  # fmt: skip
 UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
-           "eval_modes": "the study has no BN run"}  # fmt: skip
+           "stability_worst_drop": "every run is stuck at chance (best test accuracy below 20%)",
+           "eval_modes": "the study has no BN run",
+           "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)"}  # fmt: skip
 
 
 def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -188,6 +196,8 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
     bar would reach below 0 for a metric that cannot); colour = variant, marker = learning
     rate, size = batch size. None when no cell has a mean |change| (see UNDRAWN)."""
     metrics = ["mean_abs_change", "final_acc"]
+    # A stuck run's flat curve is no evidence of steadiness: its |change| stays out of the bars, as out of the means.
+    summary = summary.assign(mean_abs_change=summary["mean_abs_change"].mask(summary["stuck"]))
     spread = summary.groupby(CELL_KEYS, dropna=False, observed=True)[metrics].agg(["min", "max"])
     spread.columns = [f"{m}_{stat}" for m, stat in spread.columns]
     measured = cells.join(spread, on=CELL_KEYS, how="inner").astype({"variant": str})
@@ -214,9 +224,41 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
     ax.set_xlabel(METRIC_LABELS["mean_abs_change"] + ", mean over seeds")
     ax.set_ylabel("final test accuracy (%), mean over seeds")
     unplotted = len(measured) - len(frame)
-    left_out = f"; {plural(unplotted, 'cell')} with a single finite epoch left out" if unplotted else ""
+    left_out = (f"; {plural(unplotted, 'cell')} with a single finite epoch or only stuck runs left out"
+                if unplotted else "")  # fmt: skip
     ax.set_title(f"Final accuracy vs volatility, one point per grid cell{left_out}; bars: lowest to highest seed\n"
                  f"{data_note(study)}")  # fmt: skip
+    return fig
+
+
+VERDICT_COLOURS = {"higher": "tab:red", "lower": "tab:blue", NO_CLEAR: "0.6"}
+
+
+def verdict_colour(verdict: str) -> str:
+    """The forest plot's colour of a comparisons.csv verdict ("<a> higher than <b>", ...)."""
+    return VERDICT_COLOURS[NO_CLEAR if verdict == NO_CLEAR else verdict.split()[1]]
+
+
+def plot_comparisons(study: StudyResults, summary: pd.DataFrame) -> plt.Figure | None:
+    """Figure 7: a forest plot of comparisons.csv: per pair of variants and metric, the mean
+    paired difference (pp) with its bootstrap 95% interval, a line at 0, colour by verdict.
+    None without a pair of runs (see UNDRAWN)."""
+    table = comparison_table(summary)
+    if table.empty:
+        return None
+    labels = [f"{a} − {b}: {METRICS[m]}" for a, b, m in zip(table["a"], table["b"], table["metric"])]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(table)), layout="constrained")
+    for y, row in enumerate(table.itertuples()):
+        colour = verdict_colour(row.verdict)
+        ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
+        ax.plot(100 * row.mean, y, "o", color=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(table)), labels)
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set_xlabel("difference, first minus second variant (pp): mean and bootstrap 95% interval")
+    pairs = table["n_pairs"]
+    n = f"{pairs.min()}" if pairs.min() == pairs.max() else f"{pairs.min()}-{pairs.max()}"
+    ax.set_title(f"Paired differences between variants ({n} pairs of runs: same cell and seed)\n{data_note(study)}")
     return fig
 
 
@@ -234,6 +276,7 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
             "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
             "eval_modes": plot_eval_modes(study, epochs),
             "train_vs_test": plot_train_vs_test(study, epochs),
+            "comparisons": plot_comparisons(study, summary),
         }
     return {name: fig for name, fig in figures.items() if fig is not None}
 

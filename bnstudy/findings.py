@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import ALL_METRICS, CURVE_METRICS, curve_metrics, drops
+from bnstudy.aggregate import ALL_METRICS, CURVE_METRICS, STUCK_BELOW, curve_metrics, drops
+from bnstudy.comparisons import comparison_table, smallest_text
 from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp
@@ -33,14 +34,34 @@ def upward_share(epochs: pd.DataFrame) -> pd.Series:
     return (sums["up"] / sums["abs"]).where(sums["abs"] > 0)
 
 
-def variant_findings(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
-    """How the variants compare, averaged over their cells (`cells`: cells with runs)."""
+# An upward share this high (rises three times the falls) marks a variant still learning:
+# its small worst drop says little about stability, as it has not yet had a peak to fall from.
+STILL_LEARNING = 0.75
+
+
+def steadiest_text(means: pd.Series, up: pd.Series, table: pd.DataFrame) -> str:
+    """ "smallest for bn_after: clearly below ... (paired contrasts)", and a warning when
+    that variant's upward share says it is still learning. `means`: mean worst drop per
+    variant; `up`: upward share per variant; `table`: comparisons.comparison_table."""
+    steadiest = means.idxmin()
+    others = [v for v in means.dropna().index if v != steadiest]
+    text = f"smallest for {steadiest}"
+    if others:
+        text += f"; paired by cell and seed, {steadiest}'s is {smallest_text(table, steadiest, others, 'worst_drop')}"
+    if up.get(steadiest, 0) >= STILL_LEARNING:
+        text += (f"; but {steadiest}'s test accuracy mostly rises (upward share {up[steadiest]:.0%}): it is still "
+                 f"learning, so its small worst drop does not show that it is stable")  # fmt: skip
+    return text
+
+
+def variant_findings(cells: pd.DataFrame, epochs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """How the variants compare, averaged over their cells (`cells`: cells with runs;
+    `epochs`: the counted rows of runs not stuck; `table`: comparisons.comparison_table)."""
     means = cells.groupby("variant", observed=True)[["mean_abs_change_mean", "worst_drop_mean", "gen_gap_mean"]].mean()
     up = upward_share(epochs).dropna()
-    steadiest = means["worst_drop_mean"].idxmin()
     sentences = [
         f"Averaged over their grid cells, the worst drop of test accuracy below an earlier best is "
-        f"{per_variant(means['worst_drop_mean'], pp)}, smallest for {steadiest}.",
+        f"{per_variant(means['worst_drop_mean'], pp)}, {steadiest_text(means['worst_drop_mean'], up, table)}.",
         f"The train-minus-test gap at the last epoch (gen_gap) averages {per_variant(means['gen_gap_mean'], pp)}.",
     ]
     if means["mean_abs_change_mean"].notna().any():  # needs two epochs
@@ -72,15 +93,15 @@ def largest_drop_finding(summary: pd.DataFrame, epochs: pd.DataFrame, extra: lis
 def cell_findings(cells: pd.DataFrame, extra: list[str]) -> list[str]:
     """The extreme cells: largest mean worst drop and mean |change|, best and worst final
     accuracy, largest spread over seeds (`cells`: cells with runs)."""
-    drop, best, worst = (cells.loc[i] for i in (cells["worst_drop_mean"].idxmax(), cells["final_acc_mean"].idxmax(),
-                                                 cells["final_acc_mean"].idxmin()))  # fmt: skip
-    never = int((cells["worst_drop_mean"] == 0).sum())
-    sentences = [
-        f"By cell (mean over seeds), the largest worst drop is {pp(drop['worst_drop_mean'])} ({cell_text(drop, extra)}); "
-        f"cells whose accuracy never drops in any seed: {never} of {len(cells)}.",
-        f"The best final test accuracy is {pct(best['final_acc_mean'])} ({cell_text(best, extra)}), "
-        f"the worst {pct(worst['final_acc_mean'])} ({cell_text(worst, extra)}).",
-    ]  # fmt: skip
+    best, worst = cells.loc[cells["final_acc_mean"].idxmax()], cells.loc[cells["final_acc_mean"].idxmin()]
+    sentences = [f"The best final test accuracy is {pct(best['final_acc_mean'])} ({cell_text(best, extra)}), "
+                 f"the worst {pct(worst['final_acc_mean'])} ({cell_text(worst, extra)})."]  # fmt: skip
+    if cells["worst_drop_mean"].notna().any():  # NaN where every run is stuck
+        drop = cells.loc[cells["worst_drop_mean"].idxmax()]
+        never = int((cells["worst_drop_mean"] == 0).sum())
+        sentences.insert(0, f"By cell (mean over seeds), the largest worst drop is {pp(drop['worst_drop_mean'])} "
+                            f"({cell_text(drop, extra)}); cells whose accuracy never drops in any seed: {never} of "
+                            f"{len(cells)}.")  # fmt: skip
     if cells["mean_abs_change_mean"].notna().any():  # needs two epochs
         change = cells.loc[cells["mean_abs_change_mean"].idxmax()]
         sentences.insert(1, f"The largest mean |change| of a cell is {pp(change['mean_abs_change_mean'])} "
@@ -125,6 +146,16 @@ def precise_bn_findings(summary: pd.DataFrame) -> list[str]:
     return sentences
 
 
+def stuck_finding(summary: pd.DataFrame, extra: list[str]) -> list[str]:
+    """The runs stuck at chance, in one sentence; none when no run is stuck."""
+    stuck = summary[summary["stuck"]]
+    if stuck.empty:
+        return []
+    runs = "; ".join(f"{cell_text(r, extra)}, seed {r['seed']}" for _, r in stuck.iterrows())
+    return [f"{len(stuck)} of {len(summary)} runs are stuck at chance (best test accuracy below {pct(STUCK_BELOW)}) "
+            f"and are left out of the volatility averages and comparisons: {runs}."]  # fmt: skip
+
+
 def divergence_finding(summary: pd.DataFrame, extra: list[str]) -> str:
     """Which runs diverged (their loss turned non-finite), if any."""
     diverged = summary[summary["diverged"]]
@@ -142,11 +173,15 @@ def findings(summary: pd.DataFrame, cells: pd.DataFrame, epochs: pd.DataFrame) -
     if measured.empty:
         return [divergence_finding(summary, extra)]
     done = cells[cells["final_acc_mean"].notna()]
+    # Runs stuck at chance stay out of every statement about volatility (aggregate.stuck).
+    learning = measured[~measured["stuck"]]
+    volatility = [*variant_findings(done, epochs[epochs["run_id"].isin(learning["run_id"])], comparison_table(summary)),
+                  largest_drop_finding(learning, epochs, extra)] if len(learning) else []  # fmt: skip
     return [
-        *variant_findings(done, epochs),
-        largest_drop_finding(measured, epochs, extra),
+        *volatility,
         *cell_findings(done, extra),
-        *precise_bn_findings(measured),
+        *precise_bn_findings(learning),
+        *stuck_finding(summary, extra),
         divergence_finding(summary, extra),
     ]
 

@@ -3,6 +3,7 @@
     DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout)
     DIR/summary.csv                 one row per run: its settings and stability metrics
     DIR/cells.csv                   one row per grid cell (all settings but the seed)
+    DIR/comparisons.csv             one row per pair of variants x stability metric: paired differences
     DIR/figures/<name>.png + .svg   the figures of bnstudy.figures.FIGURES
     DIR/report.md                   what was run, findings, ranked tables, the figures
 
@@ -34,6 +35,7 @@ from bnstudy.aggregate import (
     summarize_runs,
 )
 from bnstudy.axis_findings import axis_findings
+from bnstudy.comparisons import comparison_findings, comparison_table
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings, notebook_comparison
@@ -164,13 +166,14 @@ def ranked_table(cells: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     for metric, title in columns.items():
         table[title] = [mean_std(m, sd) for m, sd in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
     table["diverged"] = cells["n_diverged"].astype(str).to_numpy()
+    table["stuck"] = cells["n_stuck"].astype(str).to_numpy()
     return table
 
 
 def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame, missing: pd.DataFrame,
-                  figures: list[str]) -> str:  # fmt: skip
+                  figures: list[str], comparisons: pd.DataFrame) -> str:  # fmt: skip
     """report.md's text. `missing`: incomplete_cells(...); `figures`: the names of the
-    figures written under figures/."""
+    figures written under figures/; `comparisons`: comparison_table(summary)."""
     extra = extra_axes(cells)
     epochs = study.epochs[counts(study.epochs)]
     parts = [f"# Batch-normalization stability report: study `{study.name}`",
@@ -181,6 +184,9 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
     if len(missing):
         parts += ["## Incomplete cells", f"{len(missing)} of {len(cells)} cells lack runs:", md_table(missing)]
     parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
+    if len(comparisons):
+        parts += ["## Paired comparisons between variants", CONTRASTS_NOTE + " Runs stuck at chance are left out.",
+                  "\n".join(f"- {sentence}" for sentence in comparison_findings(comparisons))]  # fmt: skip
     about_axes = axis_findings(summary)
     if about_axes:
         parts += [f"## What {axes_studied(summary)} change{'s' if ' and ' not in axes_studied(summary) else ''}",
@@ -219,10 +225,16 @@ def axes_studied(summary: pd.DataFrame) -> str:
 CONTRASTS_NOTE = ("Each difference pairs runs that differ in that one setting only, seed included; the interval is "
                   "a bootstrap 95% interval over the pairs, and a difference is claimed only when it excludes 0.")
 FILES_NOTE = """\
-- `summary.csv`: one row per run: its settings, status, `diverged`, `epochs_used`, the
-  stability metrics (fractions, not %), and the training/evaluation seconds.
+- `summary.csv`: one row per run: its settings, status, `diverged`, `stuck` (best test
+  accuracy below 20%: it never left chance), `epochs_used`, the stability metrics
+  (fractions, not %), and the training/evaluation seconds.
 - `cells.csv`: one row per grid cell (all settings but the seed): `n` runs of `n_expected`,
-  `n_diverged`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds.
+  `n_diverged`, `n_stuck`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds; the
+  volatility metrics (mean |change|, worst drop, late std) over the runs that are not stuck.
+- `comparisons.csv`: one row per pair of variants and metric: `a`, `b`, `metric`, `n_pairs`,
+  and over the pairs of runs that differ in the variant only (same cell and seed, stuck runs
+  left out) the `mean`, bootstrap 95% interval (`low`, `high`) of metric(a) − metric(b)
+  (fractions), the pairs where a is `above` / `below` b, and the `verdict` in words.
 - A run's metrics use its epochs whose loss and accuracy are finite: a diverged run counts up
   to its last finite epoch and is flagged.
 - `late_std` is the population standard deviation of the last ceil(E/2) epochs; spreads over
@@ -259,12 +271,14 @@ def write_report(root: str | os.PathLike, include_extra: bool = False) -> Output
     check_writable(study.root)
     summary = summarize_runs(study)
     cells = aggregate_cells(summary, study.expected)
+    comparisons = comparison_table(summary)
     incomplete = incomplete_cells(missing_runs(study), extra_axes(cells))
     try:
         with staging_folder(study.root) as stage:
             drawn = [png.stem for png in save_figures(draw_figures(study, summary, cells), stage / "figures")]
             texts = {"summary.csv": summary.to_csv(index=False), "cells.csv": cells.to_csv(index=False),
-                     "report.md": render_report(study, summary, cells, incomplete, drawn)}  # fmt: skip
+                     "comparisons.csv": comparisons.to_csv(index=False),
+                     "report.md": render_report(study, summary, cells, incomplete, drawn, comparisons)}  # fmt: skip
             for name, text in texts.items():
                 atomic_write_text(stage / name, text)
             # report.md last: it links the figures, which must be there before it

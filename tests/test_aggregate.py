@@ -130,7 +130,10 @@ def test_summary_matches_per_run_metrics(real_tables):
 def test_cells_match_a_direct_pandas_groupby(real_tables):
     _, summary, cells = real_tables
     keys = ["variant", "lr", "batch_size"]  # the only cell settings that vary here
-    direct = summary.astype({"variant": str}).groupby(keys)[aggregate.ALL_METRICS].agg(["mean", "std"])
+    # the volatility metrics count only the runs that left chance (best test accuracy 20% or more)
+    at_chance = summary["best_acc"] < 0.20
+    direct = (summary.assign(**{m: summary[m].where(~at_chance) for m in aggregate.STABILITY_METRICS})
+              .astype({"variant": str}).groupby(keys)[aggregate.ALL_METRICS].agg(["mean", "std"]))  # fmt: skip
     ours = cells.astype({"variant": str}).set_index(keys)
     for metric in aggregate.ALL_METRICS:
         for stat in ("mean", "std"):
