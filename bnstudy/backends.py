@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing.resource_tracker
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +104,15 @@ _slot: tuple | None = None  # (the open lock file, the device) of this worker pr
 
 
 def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
-    """Worker-process initializer: take the first slot whose lock file no live worker holds,
-    for the rest of this process's life. The kernel drops a dead worker's lock, so a
-    replacement worker takes over its slot (its GPU)."""
+    """Worker-process initializer: leave SIGINT to the driver for good (the process started
+    with it blocked: _workers_start_deaf_to_sigint), and take the first slot whose lock
+    file no live worker holds, for the rest of this process's life. The kernel drops a
+    dead worker's lock, so a replacement worker takes over its slot (its GPU)."""
     global _slot
+    # Caught and dropped rather than blocked or ignored, which the programs this worker runs
+    # would inherit: git (runner.git_commit) must still get a Ctrl-C and remove its lock file.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     for index, device in enumerate(slots):
         handle = open(Path(lock_dir) / f"slot{index}.lock", "w")  # noqa: SIM115  (held until exit)
         try:
@@ -148,9 +155,29 @@ def _joblib_runner(n_jobs: int, task_fn: TaskFn, device: str | None) -> RunTasks
         # No more workers than tasks: each one costs a torch import and a dataset load.
         jobs = min(n_jobs, len(tasks)) if n_jobs > 0 else n_jobs
         parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
-        return parallel(delayed(task_fn)(task, device) for task in tasks)
+        with _workers_start_deaf_to_sigint():  # the workers start in this call
+            return parallel(delayed(task_fn)(task, device) for task in tasks)
 
     return run
+
+
+@contextlib.contextmanager
+def _workers_start_deaf_to_sigint():
+    """Block SIGINT in this thread for the block: processes started meanwhile start with it
+    blocked (claim_slot then has them drop it), and this process gets a SIGINT that came
+    meanwhile at the block's end.
+
+    A terminal's Ctrl-C signals the whole process group. The driver alone should handle it
+    (one line, then joblib stops the workers): a worker interrupted while still importing,
+    before any initializer can act, printed a traceback."""
+    # CPython's resource tracker unblocks SIGINT after starting itself (SIG_UNBLOCK, not a
+    # restore); loky's executor starts it on first use, so start it before blocking.
+    multiprocessing.resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
