@@ -10,6 +10,7 @@ task_fn(task, device) with device None meaning "the slot this worker process cla
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import multiprocessing.resource_tracker
@@ -137,7 +138,7 @@ def claimed_device() -> str:
 def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
     """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
     yields task_fn's result for each task as soon as it finishes, in any order. UserError
-    when the dask scheduler cannot be reached."""
+    when no dask scheduler answers at the address."""
     if execution.backend == "dask":
         with _dask_client(execution.scheduler) as client, parallel_config(backend="dask"):
             yield _joblib_runner(-1, task_fn, execution.device), len(client.nthreads())  # worker processes
@@ -180,15 +181,52 @@ def _workers_start_deaf_to_sigint():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _connect_deadline() -> float:
+    """Seconds allowed to reach a dask scheduler: dask's distributed.comm.timeouts.connect
+    (30 s unless configured, e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+
+
 @contextlib.contextmanager
 def _dask_client(scheduler: str):
+    """A distributed Client of the scheduler at `scheduler`, closed on exit. UserError when
+    none answers within _connect_deadline()."""
     try:
         from distributed import Client
     except ImportError:
         raise UserError("--backend dask needs dask.distributed: pip install 'bnstudy[dask]'") from None
+    deadline = _connect_deadline()
+    _check_scheduler(scheduler, deadline)
     try:
-        client = Client(scheduler)  # waits up to dask's distributed.comm.timeouts.connect (30 s)
+        client = Client(scheduler, timeout=deadline)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
     with client:
         yield client
+
+
+def _check_scheduler(address: str, deadline: float) -> None:
+    """Ask the server at `address` who it is, within `deadline` seconds in all; UserError
+    unless a dask scheduler answers. Client alone would hang on an address that accepts
+    and stays silent: distributed waits for the handshake's reply without a limit."""
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    async def identity() -> dict:
+        async with rpc(address, timeout=deadline, connection_args=Security().get_connection_args("client")) as remote:
+            return await remote.identity()
+
+    try:
+        answer = asyncio.run(asyncio.wait_for(identity(), deadline))
+    except TimeoutError:
+        raise UserError(f"--scheduler {address}: cannot connect: no dask scheduler answered within {deadline:g} s "
+                        "(is one running there? `dask scheduler` prints its address)") from None  # fmt: skip
+    except Exception as exc:  # noqa: BLE001  (refused, a bad address or scheme, TLS settings, another protocol)
+        raise UserError(f"--scheduler {address}: cannot connect ({type(exc).__name__}: {exc})") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise UserError(f"--scheduler {address}: that is a dask {kind or 'server'}, not a scheduler "
+                        "(`dask scheduler` prints the scheduler's address)")  # fmt: skip

@@ -1,13 +1,16 @@
 """Where runs execute: the CPU gets one worker per job, one GPU runs in the driver's
 process, several GPUs get a worker each; a Ctrl-C during a sweep with workers is one
-line."""
+line; an address where no dask scheduler answers is one error, within a deadline."""
 
 import contextlib
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 from bnstudy.backends import open_backend, plan_execution
+from bnstudy.cli import main
 from bnstudy.settings import CSV_COLUMNS
 from bnstudy.store import RunStore
 
@@ -125,3 +129,60 @@ def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tm
         assert store.state(json_path.stem) == "complete"
     for csv_path in store.runs_dir.glob("*.csv"):
         assert csv_path.read_text().startswith(",".join(CSV_COLUMNS) + "\n")
+
+
+# ---------------------------------------------------------------- an address that is no scheduler
+@contextlib.contextmanager
+def silent_server():
+    """A TCP server on localhost that accepts connections and never says a word; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):  # the server closed
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass  # its log goes to stderr, which the test reads
+
+
+@contextlib.contextmanager
+def http_server():
+    """An HTTP server on localhost (what `python3 -m http.server` runs); yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("server", [silent_server, http_server])
+def test_an_address_where_no_scheduler_answers_is_one_error_within_the_deadline(tmp_path, capsys, server):
+    pytest.importorskip("distributed")
+    import dask
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    status = []
+    with server() as port, dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"]
+        sweep = threading.Thread(target=lambda: status.append(main(argv)), daemon=True)
+        sweep.start()
+        sweep.join(timeout=60)  # far beyond the 1 s deadline; without one it waits forever
+    assert status == [2], "the sweep is still waiting for an answer"
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: --scheduler tcp://127.0.0.1:{port}: cannot connect: no dask scheduler answered "
+                   "within 1 s (is one running there? `dask scheduler` prints its address)\n")  # fmt: skip
+    assert not out.exists()
