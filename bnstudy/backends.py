@@ -3,9 +3,10 @@ or one per GPU), or a dask cluster.
 
 One small interface for all three, as Hydra's launchers have it: `open_backend(execution,
 task_fn)` is a context manager yielding (run, workers), where run(tasks) yields each
-task's result as soon as it finishes, in any order. The task function is handed in:
-task_fn(task, device) with device None meaning "the slot this worker process claimed"
-(`claimed_device`). A backend knows nothing of training, and training nothing of backends.
+task's result as soon as it finishes, in any order, or a TaskFailure for a task that gave
+none (on a dask cluster). The task function is handed in: task_fn(task, device)
+with device None meaning "the slot this worker process claimed" (`claimed_device`). A
+backend knows nothing of training, and training nothing of backends.
 """
 
 from __future__ import annotations
@@ -26,7 +27,20 @@ from joblib import Parallel, delayed, parallel_config
 from bnstudy.errors import UserError
 
 TaskFn = Callable[[list, "str | None"], list]  # (task, device or None) -> the task's results
-RunTasks = Callable[[list[list]], Iterable[list]]  # tasks -> each task's results as it finishes
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that gave no result: its dask worker died running it more often than the
+    scheduler allows (distributed.scheduler.allowed-failures), or the worker could not
+    run it at all. `error`: a one-line reason, then details; the sweep records the task's
+    runs as failed with it, so that the next sweep reruns them."""
+
+    task: list
+    error: str
+
+
+RunTasks = Callable[[list[list]], Iterable["list | TaskFailure"]]  # tasks -> each task's outcome as it finishes
 
 
 @dataclass(frozen=True)
@@ -137,27 +151,27 @@ def claimed_device() -> str:
 @contextlib.contextmanager
 def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
     """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
-    yields task_fn's result for each task as soon as it finishes, in any order. UserError
-    when no dask scheduler answers at the address."""
+    yields task_fn's result for each task as soon as it finishes, in any order; a dask
+    cluster yields a TaskFailure for a task it gave up on. UserError when no dask scheduler
+    answers at the address."""
     if execution.backend == "dask":
-        with _dask_client(execution.scheduler) as client, parallel_config(backend="dask"):
-            yield _joblib_runner(-1, task_fn, execution.device), len(client.nthreads())  # worker processes
+        with _dask_client(execution.scheduler) as client:
+            yield _dask_runner(client, task_fn, execution.device), len(client.nthreads())  # worker processes
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
             backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)
         ):
-            yield _joblib_runner(len(execution.slots), task_fn, None), len(execution.slots)
+            yield _joblib_runner(len(execution.slots), task_fn), len(execution.slots)
     else:
         yield (lambda tasks: (task_fn(task, execution.slots[0]) for task in tasks)), 1
 
 
-def _joblib_runner(n_jobs: int, task_fn: TaskFn, device: str | None) -> RunTasks:
+def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
     def run(tasks):
         # No more workers than tasks: each one costs a torch import and a dataset load.
-        jobs = min(n_jobs, len(tasks)) if n_jobs > 0 else n_jobs
-        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
+        parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered", batch_size=1)
         with _workers_start_deaf_to_sigint():  # the workers start in this call
-            return parallel(delayed(task_fn)(task, device) for task in tasks)
+            return parallel(delayed(task_fn)(task, None) for task in tasks)
 
     return run
 
@@ -181,6 +195,40 @@ def _workers_start_deaf_to_sigint():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# ---------------------------------------------------------------- the dask cluster
+def _dask_runner(client, task_fn: TaskFn, device: str) -> RunTasks:
+    """Submit every task to the cluster, earliest first (costliest, as make_tasks orders
+    them), and yield each outcome as it finishes. distributed reruns a task whose worker
+    died on another worker (or the same one, restarted by its nanny); `_outcome` turns a
+    task it gave up on into a TaskFailure."""
+    from distributed import as_completed
+
+    def run(tasks):
+        futures = {client.submit(task_fn, task, device, pure=False): task for task in tasks}
+        for future in as_completed(list(futures), loop=client.loop):
+            # Popped, so that the cluster can drop a result once it is here.
+            yield _outcome(future, futures.pop(future))
+
+    return run
+
+
+def _outcome(future, task: list) -> "list | TaskFailure":
+    """A finished future's result; a TaskFailure when the task raised or its workers kept
+    dying."""
+    from distributed.scheduler import KilledWorker
+
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if isinstance(exc, KilledWorker):
+        deaths = exc.allowed_failures + 1
+        died = "died once" if deaths == 1 else f"died {deaths} times, the last"
+        summary = f"KilledWorker: the dask worker running this task {died} on {exc.last_worker.address}; see its log"
+    else:  # worker_task catches training errors, so this one is the worker's own (e.g. no bnstudy there)
+        summary = f"{type(exc).__name__} on a dask worker: {exc}"
+    return TaskFailure(task, f"{summary}\n{exc!r}")
+
+
 def _connect_deadline() -> float:
     """Seconds allowed to reach a dask scheduler: dask's distributed.comm.timeouts.connect
     (30 s unless configured, e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s)."""
@@ -192,8 +240,8 @@ def _connect_deadline() -> float:
 
 @contextlib.contextmanager
 def _dask_client(scheduler: str):
-    """A distributed Client of the scheduler at `scheduler`, closed on exit. UserError when
-    none answers within _connect_deadline()."""
+    """A distributed Client of the scheduler at `scheduler`, closed on exit (which cancels
+    the tasks still on the cluster). UserError when none answers within _connect_deadline()."""
     try:
         from distributed import Client
     except ImportError:
@@ -201,7 +249,7 @@ def _dask_client(scheduler: str):
     deadline = _connect_deadline()
     _check_scheduler(scheduler, deadline)
     try:
-        client = Client(scheduler, timeout=deadline)
+        client = Client(scheduler, timeout=deadline, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
     with client:
