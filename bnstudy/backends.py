@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import multiprocessing.resource_tracker
 import os
 import signal
@@ -207,16 +208,19 @@ def _dask_runner(client, task_fn: TaskFn, device: str) -> RunTasks:
         futures = {client.submit(task_fn, task, device, pure=False): task for task in tasks}
         for future in as_completed(list(futures), loop=client.loop):
             # Popped, so that the cluster can drop a result once it is here.
-            yield _outcome(future, futures.pop(future))
+            yield _outcome(future, futures.pop(future), client.scheduler.address)
 
     return run
 
 
-def _outcome(future, task: list) -> "list | TaskFailure":
+def _outcome(future, task: list, scheduler: str) -> "list | TaskFailure":
     """A finished future's result; a TaskFailure when the task raised or its workers kept
-    dying."""
+    dying; UserError when the scheduler was lost (it cancels every future)."""
     from distributed.scheduler import KilledWorker
 
+    if future.cancelled():
+        raise UserError(f"lost the dask scheduler at {scheduler}; finished runs are kept, "
+                        "the same command reruns the rest")  # fmt: skip
     exc = future.exception()
     if exc is None:
         return future.result()
@@ -252,8 +256,24 @@ def _dask_client(scheduler: str):
         client = Client(scheduler, timeout=deadline, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    with client:
+    try:
         yield client
+    finally:
+        _close(client)
+
+
+def _close(client) -> None:
+    """Close the client, which cancels its tasks still on the cluster. A client that lost its
+    scheduler is still trying to reconnect, and distributed logs the end of that as an
+    error with a traceback; the sweep has said what happened in one line, so mute it."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if client.status == "connecting":
+        logger.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+    finally:
+        logger.setLevel(level)
 
 
 def _check_scheduler(address: str, deadline: float) -> None:

@@ -1,7 +1,7 @@
-"""Sweeps on a dask cluster, started as README's "More machines" starts one (the `dask`
-command: a scheduler, then worker processes): a worker process killed mid-sweep costs at
-most the runs it held, which are recorded "failed" and rerun by the next sweep; the sweep
-itself finishes."""
+"""Sweeps on a real dask cluster, started as README's "More machines" starts one (the
+`dask` command: a scheduler, then worker processes): a worker process killed mid-sweep
+costs at most the runs it held, which are recorded "failed" and rerun by the next sweep;
+a scheduler killed mid-sweep ends it with one line. Either way the sweep finishes."""
 
 import contextlib
 import json
@@ -68,11 +68,11 @@ def started(command: list[str], log: Path, **env: str):
 @contextlib.contextmanager
 def dask_cluster(folder: Path, workers: int, **scheduler_env: str):
     """`dask scheduler` and `dask worker ADDR --nthreads 1 --nworkers N` on localhost, the
-    workers importing this checkout; yields (address, `dask worker`'s process)."""
+    workers importing this checkout; yields (address, the scheduler's process, `dask worker`'s)."""
     scheduler_file = folder / "scheduler.json"
     scheduler_command = [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                          "--scheduler-file", str(scheduler_file)]  # fmt: skip
-    with started(scheduler_command, folder / "scheduler.log", **scheduler_env):
+    with started(scheduler_command, folder / "scheduler.log", **scheduler_env) as scheduler:
         wait_for(lambda: scheduler_file.exists() and scheduler_file.read_text().strip(), "the scheduler")
         address = json.loads(scheduler_file.read_text())["address"]
         with started([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", str(workers), "--no-dashboard",
@@ -80,7 +80,7 @@ def dask_cluster(folder: Path, workers: int, **scheduler_env: str):
                      PYTHONPATH=str(ROOT), **NO_GIT_LOCKS) as nannies:  # fmt: skip
             with distributed.Client(address, timeout=60) as client:
                 client.wait_for_workers(workers, timeout=120)
-            yield address, nannies
+            yield address, scheduler, nannies
 
 
 def worker_processes(nannies: subprocess.Popen) -> list[int]:
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_sweep_fails_only_its_runs_and_the_next_sweep_reruns
     store, configs = RunStore(out), load_study(spec).runs()
     # allowed-failures 0: the first death of a task's worker gives the task up (KilledWorker),
     # so the sweep must record its runs failed (the default, 3, would retry them elsewhere).
-    with dask_cluster(tmp_path, 2, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0") as (address, nannies):
+    with dask_cluster(tmp_path, 2, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0") as (address, _, nannies):
         argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", address]
         status = []
         first = sweep_in_thread(argv, status)
@@ -133,6 +133,30 @@ def test_a_worker_killed_mid_sweep_fails_only_its_runs_and_the_next_sweep_reruns
     assert second == 0
     assert f"{len(configs) - len(failed)} already done, {len(failed)} to run" in resumed
     assert all(store.state(config.run_id) == "complete" for config in configs)
+
+
+@needs_dask_command
+def test_a_scheduler_killed_mid_sweep_ends_it_with_one_line_keeping_the_finished_runs(tmp_path):
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    store = RunStore(out)
+    with dask_cluster(tmp_path, 1) as (address, scheduler, _):
+        # A process of its own, so that all it prints is read, distributed's logging included.
+        sweep = subprocess.Popen([sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--backend",
+                                  "dask", "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, env={**os.environ, **NO_GIT_LOCKS})  # fmt: skip
+        try:
+            wait_for(lambda: list(store.runs_dir.glob("*.json")) or sweep.poll() is not None, "a first run")
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            _, err = sweep.communicate(timeout=120)
+        finally:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"bnstudy: error: lost the dask scheduler at {address}; finished runs are kept, "
+                                    "the same command reruns the rest")  # fmt: skip
+    done = [path.stem for path in store.runs_dir.glob("*.json")]
+    assert done and all(store.state(run_id) == "complete" for run_id in done)
 
 
 def test_a_task_that_raises_on_a_dask_worker_comes_back_as_a_failure_of_its_runs():
