@@ -157,7 +157,8 @@ def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTas
     answers at the address."""
     if execution.backend == "dask":
         with _dask_client(execution.scheduler) as client:
-            yield _dask_runner(client, task_fn, execution.device), len(client.nthreads())  # worker processes
+            # Workers may join later; the count now only sizes the estimates, which need one.
+            yield _dask_runner(client, task_fn, execution.device), max(1, len(client.nthreads()))
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
             backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)

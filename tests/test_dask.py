@@ -169,3 +169,18 @@ def test_a_task_that_raises_on_a_dask_worker_comes_back_as_a_failure_of_its_runs
     assert outcome.task == ["run a", "run b"]
     assert outcome.error.splitlines()[0] == "ModuleNotFoundError on a dask worker: No module named 'bnstudy'"
 
+
+def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC.replace("seed = [0, 1, 2]", "seed = [0]"))
+    with distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        status = []
+        sweep = sweep_in_thread(["sweep", str(spec), "--out", str(tmp_path / "out"), "--backend", "dask",
+                                 "--scheduler", cluster.scheduler_address], status)  # fmt: skip
+        wait_for(lambda: cluster.scheduler.tasks or not sweep.is_alive(), "the sweep's tasks")
+        cluster.scale(1)
+        sweep.join(timeout=120)
+        assert not sweep.is_alive(), "the sweep hangs"
+    printed = capsys.readouterr()
+    assert status == [0], printed.err
+    assert "3 runs in" in printed.out
