@@ -3,16 +3,21 @@ or one per GPU), or a dask cluster.
 
 One small interface for all three, as Hydra's launchers have it: `open_backend(execution,
 task_fn)` is a context manager yielding (run, workers), where run(tasks) yields each
-task's result as soon as it finishes, in any order. The task function is handed in:
-task_fn(task, device) with device None meaning "the slot this worker process claimed"
-(`claimed_device`). A backend knows nothing of training, and training nothing of backends.
+task's result as soon as it finishes, in any order, or a TaskFailure for a task that gave
+none (on a dask cluster). The task function is handed in: task_fn(task, device)
+with device None meaning "the slot this worker process claimed" (`claimed_device`). A
+backend knows nothing of training, and training nothing of backends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import logging
+import multiprocessing.resource_tracker
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,20 @@ from joblib import Parallel, delayed, parallel_config
 from bnstudy.errors import UserError
 
 TaskFn = Callable[[list, "str | None"], list]  # (task, device or None) -> the task's results
-RunTasks = Callable[[list[list]], Iterable[list]]  # tasks -> each task's results as it finishes
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that gave no result: its dask worker died running it more often than the
+    scheduler allows (distributed.scheduler.allowed-failures), or the worker could not
+    run it at all. `error`: a one-line reason, then details; the sweep records the task's
+    runs as failed with it, so that the next sweep reruns them."""
+
+    task: list
+    error: str
+
+
+RunTasks = Callable[[list[list]], Iterable["list | TaskFailure"]]  # tasks -> each task's outcome as it finishes
 
 
 @dataclass(frozen=True)
@@ -102,10 +120,15 @@ _slot: tuple | None = None  # (the open lock file, the device) of this worker pr
 
 
 def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
-    """Worker-process initializer: take the first slot whose lock file no live worker holds,
-    for the rest of this process's life. The kernel drops a dead worker's lock, so a
-    replacement worker takes over its slot (its GPU)."""
+    """Worker-process initializer: leave SIGINT to the driver for good (the process started
+    with it blocked: _workers_start_deaf_to_sigint), and take the first slot whose lock
+    file no live worker holds, for the rest of this process's life. The kernel drops a
+    dead worker's lock, so a replacement worker takes over its slot (its GPU)."""
     global _slot
+    # Caught and dropped rather than blocked or ignored, which the programs this worker runs
+    # would inherit: git (runner.git_commit) must still get a Ctrl-C and remove its lock file.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     for index, device in enumerate(slots):
         handle = open(Path(lock_dir) / f"slot{index}.lock", "w")  # noqa: SIM115  (held until exit)
         try:
@@ -129,39 +152,150 @@ def claimed_device() -> str:
 @contextlib.contextmanager
 def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
     """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
-    yields task_fn's result for each task as soon as it finishes, in any order. UserError
-    when the dask scheduler cannot be reached."""
+    yields task_fn's result for each task as soon as it finishes, in any order; a dask
+    cluster yields a TaskFailure for a task it gave up on. UserError when no dask scheduler
+    answers at the address."""
     if execution.backend == "dask":
-        with _dask_client(execution.scheduler) as client, parallel_config(backend="dask"):
-            yield _joblib_runner(-1, task_fn, execution.device), len(client.nthreads())  # worker processes
+        with _dask_client(execution.scheduler) as client:
+            # Workers may join later; the count now only sizes the estimates, which need one.
+            yield _dask_runner(client, task_fn, execution.device), max(1, len(client.nthreads()))
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
             backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)
         ):
-            yield _joblib_runner(len(execution.slots), task_fn, None), len(execution.slots)
+            yield _joblib_runner(len(execution.slots), task_fn), len(execution.slots)
     else:
         yield (lambda tasks: (task_fn(task, execution.slots[0]) for task in tasks)), 1
 
 
-def _joblib_runner(n_jobs: int, task_fn: TaskFn, device: str | None) -> RunTasks:
+def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
     def run(tasks):
         # No more workers than tasks: each one costs a torch import and a dataset load.
-        jobs = min(n_jobs, len(tasks)) if n_jobs > 0 else n_jobs
-        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)
-        return parallel(delayed(task_fn)(task, device) for task in tasks)
+        parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered", batch_size=1)
+        with _workers_start_deaf_to_sigint():  # the workers start in this call
+            return parallel(delayed(task_fn)(task, None) for task in tasks)
 
     return run
 
 
 @contextlib.contextmanager
+def _workers_start_deaf_to_sigint():
+    """Block SIGINT in this thread for the block: processes started meanwhile start with it
+    blocked (claim_slot then has them drop it), and this process gets a SIGINT that came
+    meanwhile at the block's end.
+
+    A terminal's Ctrl-C signals the whole process group. The driver alone should handle it
+    (one line, then joblib stops the workers): a worker interrupted while still importing,
+    before any initializer can act, printed a traceback."""
+    # CPython's resource tracker unblocks SIGINT after starting itself (SIG_UNBLOCK, not a
+    # restore); loky's executor starts it on first use, so start it before blocking.
+    multiprocessing.resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# ---------------------------------------------------------------- the dask cluster
+def _dask_runner(client, task_fn: TaskFn, device: str) -> RunTasks:
+    """Submit every task to the cluster, earliest first (costliest, as make_tasks orders
+    them), and yield each outcome as it finishes. distributed reruns a task whose worker
+    died on another worker (or the same one, restarted by its nanny); `_outcome` turns a
+    task it gave up on into a TaskFailure."""
+    from distributed import as_completed
+
+    def run(tasks):
+        futures = {client.submit(task_fn, task, device, pure=False): task for task in tasks}
+        for future in as_completed(list(futures), loop=client.loop):
+            # Popped, so that the cluster can drop a result once it is here.
+            yield _outcome(future, futures.pop(future), client.scheduler.address)
+
+    return run
+
+
+def _outcome(future, task: list, scheduler: str) -> "list | TaskFailure":
+    """A finished future's result; a TaskFailure when the task raised or its workers kept
+    dying; UserError when the scheduler was lost (it cancels every future)."""
+    from distributed.scheduler import KilledWorker
+
+    if future.cancelled():
+        raise UserError(f"lost the dask scheduler at {scheduler}; finished runs are kept, "
+                        "the same command reruns the rest")  # fmt: skip
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if isinstance(exc, KilledWorker):
+        deaths = exc.allowed_failures + 1
+        died = "died once" if deaths == 1 else f"died {deaths} times, the last"
+        summary = f"KilledWorker: the dask worker running this task {died} on {exc.last_worker.address}; see its log"
+    else:  # worker_task catches training errors, so this one is the worker's own (e.g. no bnstudy there)
+        summary = f"{type(exc).__name__} on a dask worker: {exc}"
+    return TaskFailure(task, f"{summary}\n{exc!r}")
+
+
+def _connect_deadline() -> float:
+    """Seconds allowed to reach a dask scheduler: dask's distributed.comm.timeouts.connect
+    (30 s unless configured, e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+
+
+@contextlib.contextmanager
 def _dask_client(scheduler: str):
+    """A distributed Client of the scheduler at `scheduler`, closed on exit (which cancels
+    the tasks still on the cluster). UserError when none answers within _connect_deadline()."""
     try:
         from distributed import Client
     except ImportError:
         raise UserError("--backend dask needs dask.distributed: pip install 'bnstudy[dask]'") from None
+    deadline = _connect_deadline()
+    _check_scheduler(scheduler, deadline)
     try:
-        client = Client(scheduler)  # waits up to dask's distributed.comm.timeouts.connect (30 s)
+        client = Client(scheduler, timeout=deadline, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    with client:
+    try:
         yield client
+    finally:
+        _close(client)
+
+
+def _close(client) -> None:
+    """Close the client, which cancels its tasks still on the cluster. A client that lost its
+    scheduler is still trying to reconnect, and distributed logs the end of that as an
+    error with a traceback; the sweep has said what happened in one line, so mute it."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if client.status == "connecting":
+        logger.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+    finally:
+        logger.setLevel(level)
+
+
+def _check_scheduler(address: str, deadline: float) -> None:
+    """Ask the server at `address` who it is, within `deadline` seconds in all; UserError
+    unless a dask scheduler answers. Client alone would hang on an address that accepts
+    and stays silent: distributed waits for the handshake's reply without a limit."""
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    async def identity() -> dict:
+        async with rpc(address, timeout=deadline, connection_args=Security().get_connection_args("client")) as remote:
+            return await remote.identity()
+
+    try:
+        answer = asyncio.run(asyncio.wait_for(identity(), deadline))
+    except TimeoutError:
+        raise UserError(f"--scheduler {address}: cannot connect: no dask scheduler answered within {deadline:g} s "
+                        "(is one running there? `dask scheduler` prints its address)") from None  # fmt: skip
+    except Exception as exc:  # noqa: BLE001  (refused, a bad address or scheme, TLS settings, another protocol)
+        raise UserError(f"--scheduler {address}: cannot connect ({type(exc).__name__}: {exc})") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise UserError(f"--scheduler {address}: that is a dask {kind or 'server'}, not a scheduler "
+                        "(`dask scheduler` prints the scheduler's address)")  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from bnstudy.backends import Execution, open_backend, plan_execution
+from bnstudy.backends import Execution, TaskFailure, open_backend, plan_execution
 from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
 from bnstudy.settings import RunConfig
 from bnstudy.spec import Study
@@ -109,7 +109,8 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed}{postfix}")  # fmt: skip
     with bar:
         bar.set_postfix_str(f"failed 0, eta ~{format_duration(eta.seconds())}")
-        for results in run_tasks(tasks):
+        for outcome in run_tasks(tasks):
+            results = failed_results(outcome, execution.device) if isinstance(outcome, TaskFailure) else outcome
             for rows, metadata in results:
                 record(store, rows, metadata, tally)
                 if metadata["status"] == "failed":
@@ -119,6 +120,15 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
             bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
     tally.wall_seconds = time.perf_counter() - start
     return tally
+
+
+def failed_results(failure: TaskFailure, device: str) -> list[tuple[list[dict], dict]]:
+    """The runs of a task the backend gave no result for, each "failed" with its error, as
+    worker_task reports a run that failed on its worker."""
+    from bnstudy.runner import now, run_metadata
+
+    ended = now()  # when it started is the worker's business, and the worker is gone
+    return [([], run_metadata(config, "failed", device, ended, ended, failure.error)) for config in failure.task]
 
 
 def record(store: RunStore, rows: list[dict], metadata: dict, tally: Tally) -> None:

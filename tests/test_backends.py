@@ -1,10 +1,40 @@
 """Where runs execute: the CPU gets one worker per job, one GPU runs in the driver's
-process, several GPUs get a worker each."""
+process, several GPUs get a worker each; a Ctrl-C during a sweep with workers is one
+line; an address where no dask scheduler answers is one error, within a deadline."""
+
+import contextlib
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from bnstudy.backends import plan_execution
+from bnstudy.backends import open_backend, plan_execution
+from bnstudy.cli import main
+from bnstudy.settings import CSV_COLUMNS
+from bnstudy.store import RunStore
+
+INTERRUPTED = "bnstudy: interrupted; finished runs are kept, the rest will be redone"
+SPEC = """
+name = "tiny"
+epochs = 2
+limit_train = 512
+limit_test = 200
+precise_bn_samples = 64
+batch_size = 32
+[grid]
+variant = ["none", "bn_before", "bn_after"]
+lr = [1e-3]
+seed = [0, 1, 2]
+"""
 
 
 @pytest.mark.parametrize("gpus, jobs, slots", [(1, None, ("cuda",)), (4, None, ("cuda:0", "cuda:1", "cuda:2", "cuda:3")),
@@ -16,3 +46,143 @@ def test_one_gpu_runs_in_process_and_several_get_one_worker_each(monkeypatch, gp
     assert (execution.device, execution.slots, execution.grouped) == ("cuda", slots, True)
     assert not plan_execution("local", None, "auto", jobs, fuse=False).grouped  # --no-fuse
     assert plan_execution("local", None, "cpu", 3).slots == ("cpu",) * 3
+
+
+# ---------------------------------------------------------------- Ctrl-C
+def sigint_in_a_worker(task, device):
+    """A task function: how its worker process treats SIGINT (handler, blocked?), and
+    whether a program it runs gets SIGINT blocked or ignored."""
+    child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True).stdout
+    masks = dict(line.split(":", 1) for line in child.splitlines())
+    deaf = any(int(masks[key], 16) >> (signal.SIGINT - 1) & 1 for key in ("SigBlk", "SigIgn"))
+    return [(signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), deaf)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's signal masks in /proc")
+def test_local_workers_drop_sigint_and_the_programs_they_run_get_it():
+    with open_backend(plan_execution("local", None, "cpu", 2), sigint_in_a_worker) as (run, _):
+        results = [result for results in run([[], []]) for result in results]
+    for handler, blocked, program_deaf in results:
+        assert callable(handler) and handler is not signal.default_int_handler  # no KeyboardInterrupt in a worker
+        assert not blocked and not program_deaf
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.005)
+
+
+def loky_workers(driver: int) -> list[int]:
+    """The pids of the loky worker processes the driver process has started."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == driver and b"popen_loky_posix" in (stat.parent / "cmdline").read_bytes():
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def sigint_set_up(pid: int) -> bool:
+    """Whether the process has set up SIGINT (caught, as Python's KeyboardInterrupt handler
+    does, blocked or ignored); a SIGINT before that ends it without a word."""
+    with contextlib.suppress(OSError):
+        masks = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return any(int(masks[key], 16) >> (signal.SIGINT - 1) & 1 for key in ("SigCgt", "SigBlk", "SigIgn"))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="watches the worker processes in /proc")
+@pytest.mark.parametrize("moment", ["workers starting", "training"])
+def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tmp_path, moment):
+    """SIGINT to the sweep's process group, as a terminal's Ctrl-C sends it: while a worker
+    is still starting (importing; one interrupted then printed a traceback), and once runs
+    are being written."""
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    store = RunStore(out)
+    command = [sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--jobs", "2"]
+    # GIT_OPTIONAL_LOCKS=0: a worker's `git status` (a run's git_commit) takes no .git/index.lock,
+    # which the SIGKILL below, or joblib's of its workers, could leave behind in this checkout.
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # fmt: skip
+    reached = {"workers starting": lambda: any(map(sigint_set_up, loky_workers(sweep.pid))),
+               "training": lambda: list(store.runs_dir.glob("*.json"))}[moment]  # fmt: skip
+    try:
+        wait_for(lambda: reached() or sweep.poll() is not None, moment)
+        assert sweep.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, err = sweep.communicate(timeout=120)  # EOF on stderr: the workers, which hold it too, are gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    assert sweep.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.splitlines()[-1] == INTERRUPTED
+    # Whole files or none under a run's names (a `.tmp` may stay, for the next sweep to remove).
+    for json_path in store.runs_dir.glob("*.json"):
+        assert json.loads(json_path.read_text())["status"] == "complete"
+        assert store.state(json_path.stem) == "complete"
+    for csv_path in store.runs_dir.glob("*.csv"):
+        assert csv_path.read_text().startswith(",".join(CSV_COLUMNS) + "\n")
+
+
+# ---------------------------------------------------------------- an address that is no scheduler
+@contextlib.contextmanager
+def silent_server():
+    """A TCP server on localhost that accepts connections and never says a word; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):  # the server closed
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass  # its log goes to stderr, which the test reads
+
+
+@contextlib.contextmanager
+def http_server():
+    """An HTTP server on localhost (what `python3 -m http.server` runs); yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("server", [silent_server, http_server])
+def test_an_address_where_no_scheduler_answers_is_one_error_within_the_deadline(tmp_path, capsys, server):
+    pytest.importorskip("distributed")
+    import dask
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    status = []
+    with server() as port, dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"]
+        sweep = threading.Thread(target=lambda: status.append(main(argv)), daemon=True)
+        sweep.start()
+        sweep.join(timeout=60)  # far beyond the 1 s deadline; without one it waits forever
+    assert status == [2], "the sweep is still waiting for an answer"
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: --scheduler tcp://127.0.0.1:{port}: cannot connect: no dask scheduler answered "
+                   "within 1 s (is one running there? `dask scheduler` prints its address)\n")  # fmt: skip
+    assert not out.exists()

@@ -1,0 +1,186 @@
+"""Sweeps on a real dask cluster, started as README's "More machines" starts one (the
+`dask` command: a scheduler, then worker processes): a worker process killed mid-sweep
+costs at most the runs it held, which are recorded "failed" and rerun by the next sweep;
+a scheduler killed mid-sweep ends it with one line. Either way the sweep finishes."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bnstudy.backends import Execution, open_backend
+from bnstudy.cli import main
+from bnstudy.spec import load_study
+from bnstudy.store import RunStore
+
+distributed = pytest.importorskip("distributed")
+
+ROOT = Path(__file__).resolve().parents[1]
+# Workers run `git status` (a run's git_commit), which takes .git/index.lock to refresh the
+# index; killed at that moment, one would leave the lock behind in this checkout.
+NO_GIT_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
+DASK = Path(sys.executable).with_name("dask")  # the console script installed beside this Python
+SPEC = """
+name = "tiny"
+epochs = 1
+limit_train = 256
+limit_test = 200
+precise_bn_samples = 64
+batch_size = 32
+[grid]
+variant = ["none", "bn_before", "bn_after"]
+lr = [1e-3]
+seed = [0, 1, 2]
+"""
+needs_dask_command = pytest.mark.skipif(not DASK.exists(), reason=f"no dask command at {DASK}")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes in /proc")
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def started(command: list[str], log: Path, **env: str):
+    """Run `command` in its own process group, output to `log`; kill the group on exit."""
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **env})  # fmt: skip
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int, **scheduler_env: str):
+    """`dask scheduler` and `dask worker ADDR --nthreads 1 --nworkers N` on localhost, the
+    workers importing this checkout; yields (address, the scheduler's process, `dask worker`'s)."""
+    scheduler_file = folder / "scheduler.json"
+    scheduler_command = [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                         "--scheduler-file", str(scheduler_file)]  # fmt: skip
+    with started(scheduler_command, folder / "scheduler.log", **scheduler_env) as scheduler:
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.read_text().strip(), "the scheduler")
+        address = json.loads(scheduler_file.read_text())["address"]
+        with started([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", str(workers), "--no-dashboard",
+                      "--local-directory", str(folder / "workers")], folder / "workers.log",
+                     PYTHONPATH=str(ROOT), **NO_GIT_LOCKS) as nannies:  # fmt: skip
+            with distributed.Client(address, timeout=60) as client:
+                client.wait_for_workers(workers, timeout=120)
+            yield address, scheduler, nannies
+
+
+def worker_processes(nannies: subprocess.Popen) -> list[int]:
+    """The worker processes that `dask worker --nworkers N` has spawned (one per nanny)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == nannies.pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def sweep_in_thread(argv: list[str], status: list) -> threading.Thread:
+    """`bnstudy` with argv in a thread of this process; its exit status goes to `status`."""
+    thread = threading.Thread(target=lambda: status.append(main(argv)), daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_dask_command
+@needs_proc
+def test_a_worker_killed_mid_sweep_fails_only_its_runs_and_the_next_sweep_reruns_them(tmp_path, capsys):
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    store, configs = RunStore(out), load_study(spec).runs()
+    # allowed-failures 0: the first death of a task's worker gives the task up (KilledWorker),
+    # so the sweep must record its runs failed (the default, 3, would retry them elsewhere).
+    with dask_cluster(tmp_path, 2, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0") as (address, _, nannies):
+        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", address]
+        status = []
+        first = sweep_in_thread(argv, status)
+        # Both workers are busy from the first run on: each holds a run and has the next queued.
+        wait_for(lambda: list(store.runs_dir.glob("*.json")) or not first.is_alive(), "a first run")
+        os.kill(worker_processes(nannies)[0], signal.SIGKILL)  # the worker process, not its nanny
+        first.join(timeout=120)
+        assert not first.is_alive(), "the sweep hangs"
+        printed = capsys.readouterr()
+        states = {config.run_id: store.state(config.run_id) for config in configs}
+        errors = {run_id: json.loads(store.json_path(run_id).read_text())["error"]
+                  for run_id, state in states.items() if state == "failed"}  # fmt: skip
+        second = main(argv)
+        resumed = capsys.readouterr().out
+    assert status == [1] and "Traceback" not in printed.err, printed.err
+    failed = list(errors)
+    assert failed and len(failed) + list(states.values()).count("complete") == len(configs), states
+    for run_id, error in errors.items():
+        assert error.startswith("KilledWorker: the dask worker running this task died once on tcp://")
+        assert f"{run_id}: KilledWorker: " in printed.out
+    assert second == 0
+    assert f"{len(configs) - len(failed)} already done, {len(failed)} to run" in resumed
+    assert all(store.state(config.run_id) == "complete" for config in configs)
+
+
+@needs_dask_command
+def test_a_scheduler_killed_mid_sweep_ends_it_with_one_line_keeping_the_finished_runs(tmp_path):
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    store = RunStore(out)
+    with dask_cluster(tmp_path, 1) as (address, scheduler, _):
+        # A process of its own, so that all it prints is read, distributed's logging included.
+        sweep = subprocess.Popen([sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--backend",
+                                  "dask", "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, env={**os.environ, **NO_GIT_LOCKS})  # fmt: skip
+        try:
+            wait_for(lambda: list(store.runs_dir.glob("*.json")) or sweep.poll() is not None, "a first run")
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            _, err = sweep.communicate(timeout=120)
+        finally:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"bnstudy: error: lost the dask scheduler at {address}; finished runs are kept, "
+                                    "the same command reruns the rest")  # fmt: skip
+    done = [path.stem for path in store.runs_dir.glob("*.json")]
+    assert done and all(store.state(run_id) == "complete" for run_id in done)
+
+
+def test_a_task_that_raises_on_a_dask_worker_comes_back_as_a_failure_of_its_runs():
+    def cannot_run(task, device):  # what a worker without bnstudy does with the sweep's task
+        raise ModuleNotFoundError("No module named 'bnstudy'")
+
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with open_backend(Execution("dask", "cpu", scheduler=cluster.scheduler_address), cannot_run) as (run, _):
+            (outcome,) = run([["run a", "run b"]])
+    assert outcome.task == ["run a", "run b"]
+    assert outcome.error.splitlines()[0] == "ModuleNotFoundError on a dask worker: No module named 'bnstudy'"
+
+
+def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC.replace("seed = [0, 1, 2]", "seed = [0]"))
+    with distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        status = []
+        sweep = sweep_in_thread(["sweep", str(spec), "--out", str(tmp_path / "out"), "--backend", "dask",
+                                 "--scheduler", cluster.scheduler_address], status)  # fmt: skip
+        wait_for(lambda: cluster.scheduler.tasks or not sweep.is_alive(), "the sweep's tasks")
+        cluster.scale(1)
+        sweep.join(timeout=120)
+        assert not sweep.is_alive(), "the sweep hangs"
+    printed = capsys.readouterr()
+    assert status == [0], printed.err
+    assert "3 runs in" in printed.out
