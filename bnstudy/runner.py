@@ -60,12 +60,13 @@ def describe_error(exc: BaseException) -> str:
 # ---------------------------------------------------------------- the run's JSON
 @functools.cache
 def git_commit() -> str | None:
-    """The checkout's commit (with "-dirty" when it has changes), or None outside git."""
+    """The checkout's commit (with "-dirty" when it has changes), or None outside git. `git status`
+    takes no index lock (--no-optional-locks): a worker killed mid-call must not leave one."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=5)  # fmt: skip
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=5)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
