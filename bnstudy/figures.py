@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
@@ -247,12 +248,15 @@ def plot_comparisons(study: StudyResults, summary: pd.DataFrame) -> plt.Figure |
     if table.empty:
         return None
     labels = [f"{a} − {b}: {METRICS[m]}" for a, b, m in zip(table["a"], table["b"], table["metric"])]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(table)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(table)), layout="constrained")  # room for the legend
     for y, row in enumerate(table.itertuples()):
         colour = verdict_colour(row.verdict)
         ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
         ax.plot(100 * row.mean, y, "o", color=colour)
     ax.axvline(0, color="black", lw=0.8)
+    legend = {"higher": "first higher", "lower": "first lower", NO_CLEAR: NO_CLEAR}  # what each colour says
+    ax.legend(handles=[Line2D([], [], color=VERDICT_COLOURS[key], lw=2, marker="o", label=text)
+                       for key, text in legend.items()], loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_yticks(range(len(table)), labels)
     ax.invert_yaxis()  # the table's order, top to bottom
     ax.set_xlabel("difference, first minus second variant (pp): mean and bootstrap 95% interval")
