@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
+from bnstudy.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
 from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
@@ -36,11 +37,17 @@ FIGURES = {  # name: (heading, what it shows)
     "train_vs_test": ("Train against test accuracy", "Train accuracy (train mode, during the epoch) and test "
                       "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
                       "generalization gap."),
+    "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
+                        "accuracy over its window (the 5 epochs whose train accuracy matches the log's best), at "
+                        "every point of its fine curve where it has one, else at the epoch ends: eval mode and "
+                        "PreciseBN, one line per seed; black stars: the log's own test accuracy."),
 }  # fmt: skip
 # Why a figure can be left out of a report: it would have nothing to show.
 NO_CHANGE = "no run has two finite epochs, so there is no change from one epoch to the next to show"
 UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
-           "eval_modes": "the study has no BN run"}  # fmt: skip
+           "eval_modes": "the study has no BN run",
+           "notebook_window": "no bn_before run at the notebook's setting, or no run there reaches "
+                              "the train accuracy of either of its logs"}  # fmt: skip
 
 
 def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -141,6 +148,28 @@ def plot_train_vs_test(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
     return plot_lines(study, long, "accuracy", "accuracy (%)", title, style="data")
 
 
+def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
+    """Figure 6: per notebook log (row) and variant (column), each run's test accuracy in
+    its window (notebook.window_curves), eval mode and PreciseBN, one line per seed, with the
+    log's own test accuracy as black stars. None without the notebook's cell or when no run
+    reaches a log's window."""
+    long = window_curves(epochs, study.points) if has_notebook_cell(epochs) else pd.DataFrame()
+    if long.empty:
+        return None
+    grid = sns.relplot(data=long, kind="line", x="position", y="accuracy", hue="variant", palette=PALETTE,
+                       hue_order=variants_in(long), style="statistics", style_order=["eval mode", "PreciseBN"],
+                       units="run_id", estimator=None, row="log", col="variant", col_order=variants_in(long),
+                       height=2.8, aspect=1.3, linewidth=1)  # fmt: skip
+    logs = {log.name: log for log in LOGS}
+    for (name, _), ax in grid.axes_dict.items():
+        ax.plot(range(1, WINDOW + 1), [100 * a for a in logs[name].test_acc], "k*", markersize=8)
+    grid.set_titles(template="log {row_name}: {col_name}")
+    grid.set_axis_labels("epochs into the window", "test accuracy (%)")
+    grid.figure.suptitle(f"Test accuracy in the notebook's window, aligned by train accuracy\n{data_note(study)}\n"
+                         f"one line per seed; black stars: the notebook's log", y=1.0, va="bottom")  # fmt: skip
+    return grid.figure
+
+
 METRIC_LABELS = {
     "mean_abs_change": "mean |change| of test accuracy from one epoch to the next (pp)",
     "worst_drop": "worst drop of test accuracy below an earlier best (pp)",
@@ -234,6 +263,7 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
             "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
             "eval_modes": plot_eval_modes(study, epochs),
             "train_vs_test": plot_train_vs_test(study, epochs),
+            "notebook_window": plot_notebook_window(study, epochs),
         }
     return {name: fig for name, fig in figures.items() if fig is not None}
 

@@ -36,7 +36,8 @@ from bnstudy.aggregate import (
 from bnstudy.axis_findings import axis_findings
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
-from bnstudy.findings import findings, notebook_comparison
+from bnstudy.findings import findings
+from bnstudy.notebook import notebook_comparison, table_text
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, join_words, plural, value_text
 
@@ -186,13 +187,10 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
         parts += [f"## What {axes_studied(summary)} change{'s' if ' and ' not in axes_studied(summary) else ''}",
                   CONTRASTS_NOTE,
                   "\n".join(f"- {sentence}" for sentence in about_axes)]  # fmt: skip
-    comparison = notebook_comparison(summary)
+    comparison = notebook_comparison(epochs, study.points)
     if comparison is not None:
         sentences, table = comparison
-        unit = {m: " (%)" if m.endswith("acc") else " (pp)" for m in table.columns}
-        shown = table.map(lambda v: f"{100 * v:.1f}").rename(columns=lambda m: m.replace("_", " ") + unit[m])
-        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences),
-                  md_table(shown.reset_index(names="source"))]  # fmt: skip
+        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences), md_table(table_text(table))]
     parts.append("## Cells ranked by final accuracy, per variant")
     for variant, block in cells.groupby("variant", observed=True):
         parts += [f"### {variant}", md_table(ranked_table(block, extra))]
