@@ -157,7 +157,7 @@ def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figur
     if long.empty:
         return None
     grid = sns.relplot(data=long, kind="line", x="position", y="accuracy", hue="variant", palette=PALETTE,
-                       hue_order=variants_in(long), style="statistics", style_order=["eval mode", "PreciseBN"],
+                       hue_order=variants_in(long), style="statistics", style_order=list(EVAL_MODES.values())[:2],
                        units="run_id", estimator=None, row="log", col="variant", col_order=variants_in(long),
                        height=2.8, aspect=1.3, linewidth=1)  # fmt: skip
     logs = {log.name: log for log in LOGS}

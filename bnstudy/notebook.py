@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import curve_metrics
+from bnstudy.aggregate import EVAL_MODES, curve_metrics
 from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import VARIANTS
 from bnstudy.wording import join_words, pct, plural, pp
@@ -69,8 +69,7 @@ def in_notebook_setting(frame: pd.DataFrame) -> pd.Series:
 
 
 def has_notebook_cell(epochs: pd.DataFrame) -> bool:
-    """Whether `epochs` hold a bn_before run at the notebook's setting: what the report's
-    section and figure on the notebook need."""
+    """Whether `epochs` hold a bn_before run at the notebook's setting (the section and figure need one)."""
     return bool((in_notebook_setting(epochs) & (epochs["variant"] == NOTEBOOK_VARIANT)).any())
 
 
@@ -139,8 +138,7 @@ def window_metrics(run: pd.DataFrame, points: pd.DataFrame, start: int, end: int
 
 
 def compare_runs(epochs: pd.DataFrame, points: pd.DataFrame, log: NotebookLog) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(find_windows(...), one row per run that reaches `log`: its find_windows row and its
-    window_metrics)."""
+    """(find_windows(...), one row per run that reaches `log`: its window and window_metrics)."""
     windows = find_windows(epochs, log)
     rows = [{**w, **window_metrics(epochs[epochs["run_id"] == w["run_id"]], points[points["run_id"] == w["run_id"]],
                                    w["start"], w["end"])}
@@ -150,7 +148,7 @@ def compare_runs(epochs: pd.DataFrame, points: pd.DataFrame, log: NotebookLog) -
 
 def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """Each run's test accuracy in each window it reaches, for the figure: one row per
-    (log, run_id, position, statistics): variant, seed, accuracy (%). The fine curve's points
+    (log, run_id, position, statistics: aggregate.EVAL_MODES' words): variant, seed, accuracy (%). The fine curve's points
     where the run has one, else its epoch ends; `position` counts epochs into the window, 1
     at the end of its first epoch, as the log's epochs (1 to WINDOW). `epochs`: counted rows."""
     frames = []
@@ -168,9 +166,8 @@ def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     long = pd.concat(frames, ignore_index=True).melt(id_vars=columns[:5], value_vars=list(CURVES),
                                                      var_name="statistics", value_name="accuracy")  # fmt: skip
-    names = {"test_acc": "eval mode", "test_acc_precise_bn": "PreciseBN"}
     return long.dropna(subset=["accuracy"]).assign(accuracy=lambda f: 100 * f["accuracy"].astype(float),
-                                                   statistics=lambda f: f["statistics"].map(names))[columns]  # fmt: skip
+                                                   statistics=lambda f: f["statistics"].map(EVAL_MODES))[columns]  # fmt: skip
 
 
 # ---------------------------------------------------------------- words
@@ -256,10 +253,8 @@ def log_sentences(log: NotebookLog, windows: pd.DataFrame, compared: pd.DataFram
 def differences_from_notebook(epochs: pd.DataFrame) -> list[str]:
     """What our runs at the notebook's setting do differently from its training on all
     60,000 images: sentences, none when nothing."""
-    limits = epochs["limit_train"].dropna().unique()
-    if not len(limits):
-        return []
-    return [f"Our runs train on {join_words([f'{int(n):,}' for n in sorted(limits)])} images instead of {TRAIN_SIZE:,}."]
+    limits = [f"{int(n):,}" for n in sorted(epochs["limit_train"].dropna().unique())]
+    return [f"Our runs train on {join_words(limits)} images instead of {TRAIN_SIZE:,}."] if limits else []
 
 
 # ---------------------------------------------------------------- the report's section
@@ -282,12 +277,6 @@ def comparison_table(results: list[tuple[NotebookLog, pd.DataFrame]]) -> pd.Data
         for variant, runs in compared.groupby("variant", sort=False) if len(compared) else ():
             rows[f"log {log.name}: {variant} ({plural(len(runs), 'run')})"] = runs[list(TABLE_COLUMNS)].mean()
     return pd.DataFrame(rows).T.reindex(columns=list(TABLE_COLUMNS)).astype(float)
-
-
-def table_text(table: pd.DataFrame) -> pd.DataFrame:
-    """comparison_table as report.md shows it: % and pp to one decimal, "–" where not measured."""
-    shown = table.map(lambda v: "–" if math.isnan(v) else f"{100 * v:.1f}").rename(columns=TABLE_COLUMNS)
-    return shown.reset_index(names="source")
 
 
 def notebook_comparison(epochs: pd.DataFrame, points: pd.DataFrame) -> tuple[list[str], pd.DataFrame] | None:

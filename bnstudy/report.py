@@ -37,7 +37,7 @@ from bnstudy.axis_findings import axis_findings
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
 from bnstudy.findings import findings
-from bnstudy.notebook import notebook_comparison, table_text
+from bnstudy.notebook import TABLE_COLUMNS, notebook_comparison
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, join_words, plural, value_text
 
@@ -168,6 +168,13 @@ def ranked_table(cells: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     return table
 
 
+def window_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The notebook section's table (notebook.comparison_table) as report.md shows it: % and
+    pp to one decimal, "–" where not measured (the notebook's logs have no PreciseBN or points)."""
+    shown = table.map(lambda v: "–" if pd.isna(v) else f"{100 * v:.1f}").rename(columns=TABLE_COLUMNS)
+    return shown.reset_index(names="source")
+
+
 def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame, missing: pd.DataFrame,
                   figures: list[str]) -> str:  # fmt: skip
     """report.md's text. `missing`: incomplete_cells(...); `figures`: the names of the
@@ -190,7 +197,7 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
     comparison = notebook_comparison(epochs, study.points)
     if comparison is not None:
         sentences, table = comparison
-        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences), md_table(table_text(table))]
+        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences), md_table(window_table(table))]
     parts.append("## Cells ranked by final accuracy, per variant")
     for variant, block in cells.groupby("variant", observed=True):
         parts += [f"### {variant}", md_table(ranked_table(block, extra))]
@@ -226,7 +233,10 @@ FILES_NOTE = """\
 - `late_std` is the population standard deviation of the last ceil(E/2) epochs; spreads over
   seeds are sample standard deviations.
 - The `*_precise_bn` and `*_batch_stats` metrics are the same stability metrics of the test
-  accuracy measured with PreciseBN and with test-batch statistics."""
+  accuracy measured with PreciseBN and with test-batch statistics.
+- Which curve a number is from: the `fine_*` metrics are from the fine curve, every point of
+  `runs/<run_id>.evals.csv` (k per epoch; NaN for a run evaluated once an epoch), their
+  mean |change| per point step; every other metric and table is from the epoch ends."""
 
 
 @dataclasses.dataclass

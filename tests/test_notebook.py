@@ -178,3 +178,12 @@ def test_the_window_figure_draws_each_runs_window(fine_study):
             assert any(np.allclose(line.get_ydata(), ends) and np.allclose(line.get_xdata(), range(1, 6)) for line in after)
     finally:
         plt.close(fig)
+
+
+def test_no_section_or_figure_without_the_notebooks_cell(tmp_path):
+    """bn_after alone reaches both windows, but without bn_before there is nothing to compare."""
+    study = write_study(tmp_path, {("bn_after", 0): [0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.84, 0.66, 0.86, 0.87]})
+    epochs = study.epochs[aggregate.counts(study.epochs)]
+    assert len(notebook.window_curves(epochs, study.points))  # the windows are there
+    assert notebook.notebook_comparison(epochs, study.points) is None
+    assert plot_notebook_window(study, epochs) is None
