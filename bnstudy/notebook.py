@@ -99,26 +99,23 @@ def find_windows(epochs: pd.DataFrame, log: NotebookLog) -> pd.DataFrame:
                      "start": start, "end": start + WINDOW - 1, "mismatch": found[1] if found else math.nan,
                      "highest_train": train.max(),
                      "reached": found is not None and train.max() >= log.train_last - TOLERANCE})  # fmt: skip
-    columns = ["run_id", "variant", "seed", "start", "end", "mismatch", "highest_train", "reached"]
-    windows = pd.DataFrame(rows, columns=columns)
-    order = windows["variant"].map(VARIANTS.index)  # the order of every legend and table
-    return windows.assign(order=order).sort_values(["order", "seed"]).drop(columns="order").reset_index(drop=True)
+    windows = pd.DataFrame(rows, columns=["run_id", "variant", "seed", "start", "end", "mismatch", "highest_train",
+                                          "reached"])  # fmt: skip
+    in_order = lambda column: column.map(VARIANTS.index) if column.name == "variant" else column  # noqa: E731
+    return windows.sort_values(["variant", "seed"], key=in_order, ignore_index=True)  # as every legend and table
 
 
 def in_window(frame: pd.DataFrame, position: str, start: int, end: int) -> pd.DataFrame:
-    """Rows of `frame` whose `position` (an epoch, or a point's epoch_fraction) lies from the
-    end of epoch `start` to the end of epoch `end`. (A point's fraction is the whole number e
-    exactly at the end of epoch e: step S of S.)"""
+    """Rows of `frame` whose `position` (an epoch, or a point's epoch_fraction: exactly e at
+    the end of epoch e, step S of S) lies from the end of epoch `start` to that of `end`."""
     return frame[(frame[position] >= start) & (frame[position] <= end)]
 
 
 def stability(acc: np.ndarray, prefix: str = "", suffix: str = "") -> dict:
     """mean_abs_change, worst_drop and lowest_acc of a curve (NaN for an empty one), named
     f"{prefix}{metric}{suffix}"."""
-    curve = curve_metrics(acc)
-    values = {"mean_abs_change": curve["mean_abs_change"], "worst_drop": curve["worst_drop"],
-              "lowest_acc": acc.min() if acc.size else math.nan}  # fmt: skip
-    return {f"{prefix}{name}{suffix}": value for name, value in values.items()}
+    curve = curve_metrics(acc) | {"lowest_acc": acc.min() if acc.size else math.nan}
+    return {f"{prefix}{name}{suffix}": curve[name] for name in ("mean_abs_change", "worst_drop", "lowest_acc")}
 
 
 def window_metrics(run: pd.DataFrame, points: pd.DataFrame, start: int, end: int) -> dict:
@@ -176,8 +173,8 @@ def verdict(ours: pd.Series, theirs: float) -> tuple[str, str]:
     against the log's worst drop `theirs` (see the module's docstring)."""
     seeds = plural(len(ours), "seed")
     if theirs <= ours.max():
-        where = "lies within" if theirs >= ours.min() else "is below all of"
-        return "reproduces", f"the log's worst drop of {pp(theirs)} {where} our {seeds}' ({span(ours, pp)})"
+        where = "lies within" if theirs >= ours.min() else "is below"
+        return "reproduces", f"the log's worst drop of {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
     if ours.max() > 0:
         return "partly", f"our {seeds} drop, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
     return "not", f"none of our {seeds} drops in its window; the log's worst drop is {pp(theirs)}"
@@ -190,8 +187,9 @@ def span(values: pd.Series, fmt) -> str:
 
 
 def seed_range(values: pd.Series, fmt=pp) -> str:
-    """ "12.1 pp (seeds: 3.0 to 20.4 pp)": the mean over seeds and their range."""
-    return fmt(values.mean()) + (f" (seeds: {span(values, fmt)})" if len(values) > 1 else "")
+    """ "12.1 pp (seeds: 3.0 to 20.4 pp)": the mean over seeds and their range ("(every seed)" when they agree)."""
+    agree = fmt(values.min()) == fmt(values.max())
+    return fmt(values.mean()) + ("" if len(values) == 1 else " (every seed)" if agree else f" (seeds: {span(values, fmt)})")
 
 
 def reach_text(variant: str, windows: pd.DataFrame) -> str:
@@ -200,8 +198,7 @@ def reach_text(variant: str, windows: pd.DataFrame) -> str:
     reached, runs = windows[windows["reached"]], plural(len(windows), "run")
     if reached.empty:
         return f"{variant} in none of its {runs} (highest train accuracy {pct(windows['highest_train'].max())})"
-    starts = sorted(set(reached["start"].astype(int)))
-    where = join_words([f"{s}–{s + WINDOW - 1}" for s in starts])
+    where = join_words([f"{s}–{s + WINDOW - 1}" for s in sorted(set(reached["start"].astype(int)))])
     return (f"{variant} in {len(reached)} of {runs} (window epochs {where}; train accuracy off by "
             f"{seed_range(reached['mismatch'])} RMS)")  # fmt: skip
 
@@ -240,9 +237,12 @@ def log_sentences(log: NotebookLog, windows: pd.DataFrame, compared: pd.DataFram
     if ours.empty:
         return sentences + [f"No bn_before run gets that far, so this study is too short to reach log {log.name}'s "
                             f"window: no comparison."]  # fmt: skip
-    word, why = verdict(ours["worst_drop"], log.metrics()["worst_drop"])
-    few = " Too few seeds to say how often it happens." if len(ours) < 3 else ""
-    sentences += [ours_text(ours), f"Verdict for log {log.name}: {word} ({why}).{few}"]
+    theirs, fine = log.metrics()["worst_drop"], ours["fine_worst_drop"].dropna()
+    word, why = verdict(ours["worst_drop"], theirs)
+    text = f"Verdict for log {log.name}: {word} ({why})"
+    if len(fine):  # swings between the epoch ends, which the log could not have shown
+        text += "; on the fine curve (every point): {} ({})".format(*verdict(fine, theirs))
+    sentences += [ours_text(ours), text + (". Too few seeds to say how often it happens." if len(ours) < 3 else ".")]
     others = compared[compared["variant"] != NOTEBOOK_VARIANT].groupby("variant", sort=False)
     contrast = [f"{seed_range(runs['worst_drop'])} for {variant}" for variant, runs in others]
     if contrast:
