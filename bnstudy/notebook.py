@@ -176,7 +176,7 @@ def verdict(ours: pd.Series, theirs: float) -> tuple[str, str]:
         where = "lies within" if theirs >= ours.min() else "is below"
         return "reproduces", f"the log's worst drop of {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
     if ours.max() > 0:
-        return "partly", f"our {seeds} drop, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
+        return "partly", f"our {seeds} drop{'s' * (len(ours) == 1)}, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
     return "not", f"none of our {seeds} drops in its window; the log's worst drop is {pp(theirs)}"
 
 
