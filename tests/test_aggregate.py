@@ -168,3 +168,15 @@ def test_fine_curve_metrics_are_the_points_own(tmp_path):
     assert summary.loc[cfg("bn_before", epochs=3).run_id, aggregate.FINE_METRICS].isna().all()
     cells = aggregate.aggregate_cells(summary.reset_index(), study.expected)
     assert cells["fine_worst_drop_mean"].dropna().tolist() == [pytest.approx(0.80 - 0.66)]
+
+
+def test_a_diverged_runs_fine_curve_stops_with_its_counted_epochs(tmp_path):
+    """Epoch 3's loss is NaN: its points (a NaN-weight net's 0.1) count no more than its row."""
+    config = cfg("bn_before", epochs=3, evals_per_epoch=2)
+    acc = [0.5, 0.7, 0.6, 0.65, 0.1, 0.1]
+    write_hand_run(tmp_path, config, hand_rows(config, acc[1::2], nan_from=3), status="diverged",
+                   points=studies.hand_points(config, acc))  # fmt: skip
+    got = aggregate.summarize_runs(aggregate.load_results(tmp_path)).iloc[0]
+    counted = np.array(acc[:4])
+    assert got["fine_worst_drop"] == pytest.approx(0.1) and got["fine_late_std"] == pytest.approx(np.std(counted[2:]))
+    assert got["fine_mean_abs_change"] == pytest.approx(np.abs(np.diff(counted)).mean())
