@@ -56,8 +56,9 @@ EVAL_MODES = {
 }
 DIAGNOSTIC_METRICS = [f"{m}_{col.removeprefix('test_acc_')}" for col in list(EVAL_MODES)[1:]
                       for m in ("mean_abs_change", "worst_drop")]  # fmt: skip
-# The same volatility on the fine curve (runs/<run_id>.evals.csv), eval mode and PreciseBN.
-FINE_METRICS = [f"fine_{m}{suffix}" for suffix in ("", "_precise_bn")
+# The same volatility on the fine curve (runs/<run_id>.evals.csv): a point's accuracies, their metrics' suffixes.
+POINT_CURVES = {"test_acc": "", "test_acc_precise_bn": "_precise_bn"}
+FINE_METRICS = [f"fine_{m}{suffix}" for suffix in POINT_CURVES.values()
                 for m in ("mean_abs_change", "worst_drop", "late_std")]  # fmt: skip
 ALL_METRICS = RUN_METRICS + DIAGNOSTIC_METRICS + FINE_METRICS
 
@@ -115,7 +116,7 @@ def fine_metrics(points: pd.DataFrame) -> dict:
     points = points.sort_values("step")
     late = (points["epoch"] > points["epoch"].max() // 2).to_numpy()  # the last ceil(E/2) epochs
     metrics = {}
-    for col, suffix in (("test_acc", ""), ("test_acc_precise_bn", "_precise_bn")):
+    for col, suffix in POINT_CURVES.items():
         acc = points[col].to_numpy(dtype=float)
         kept = np.isfinite(acc)
         curve = curve_metrics(acc[kept])

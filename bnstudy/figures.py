@@ -149,7 +149,7 @@ def plot_train_vs_test(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
 
 
 def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
-    """Figure 6: per notebook log (row) and variant (column), each run's test accuracy in
+    """The notebook's window: per notebook log (row) and variant (column), each run's test accuracy in
     its window (notebook.window_curves), eval mode and PreciseBN, one line per seed, with the
     log's own test accuracy as black stars. None without the notebook's cell or when no run
     reaches a log's window."""

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import EVAL_MODES, curve_metrics
+from bnstudy.aggregate import EVAL_MODES, POINT_CURVES, curve_metrics
 from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import VARIANTS
 from bnstudy.wording import join_words, pct, plural, pp
@@ -59,7 +59,6 @@ class NotebookLog:
 
 LOGS = (NotebookLog("A", (0.838, 0.821, 0.704, 0.842, 0.686), 0.909, 0.919),
         NotebookLog("B", (0.835, 0.802, 0.857, 0.801, 0.805), 0.897, 0.908))  # fmt: skip
-CURVES = {"test_acc": "", "test_acc_precise_bn": "_precise_bn"}  # eval mode, PreciseBN: metric name suffix
 
 
 def in_notebook_setting(frame: pd.DataFrame) -> pd.Series:
@@ -129,7 +128,7 @@ def window_metrics(run: pd.DataFrame, points: pd.DataFrame, start: int, end: int
                "late_std": curve_metrics(ends["test_acc"].to_numpy())["late_std"],
                "gen_gap": ends["train_acc"].iloc[-1] - ends["test_acc"].iloc[-1]}  # fmt: skip
     for prefix, frame in (("", ends), ("fine_", fine)):
-        for column, suffix in CURVES.items():
+        for column, suffix in POINT_CURVES.items():
             metrics |= stability(frame[column].dropna().to_numpy(dtype=float), prefix, suffix)
     return metrics
 
@@ -144,10 +143,10 @@ def compare_runs(epochs: pd.DataFrame, points: pd.DataFrame, log: NotebookLog) -
 
 
 def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
-    """Each run's test accuracy in each window it reaches, for the figure: one row per
-    (log, run_id, position, statistics: aggregate.EVAL_MODES' words): variant, seed, accuracy (%). The fine curve's points
-    where the run has one, else its epoch ends; `position` counts epochs into the window, 1
-    at the end of its first epoch, as the log's epochs (1 to WINDOW). `epochs`: counted rows."""
+    """Each run's test accuracy in each window it reaches, for the figure: one row per (log,
+    run_id, position, statistics: EVAL_MODES' words): variant, seed, accuracy (%). The fine
+    curve's points where the run has one, else its epoch ends; `position` counts epochs into
+    the window, 1 at the end of its first epoch, as the log's epochs. `epochs`: counted rows."""
     frames = []
     for log in LOGS:
         windows = find_windows(epochs, log)
@@ -157,11 +156,11 @@ def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
             curve = in_window(frame, position, w.start, w.end)
             frames.append(pd.DataFrame({"log": log.name, "run_id": w.run_id, "variant": w.variant, "seed": w.seed,
                                         "position": curve[position] - w.start + 1,
-                                        **{c: curve[c] for c in CURVES}}))  # fmt: skip
+                                        **{c: curve[c] for c in POINT_CURVES}}))  # fmt: skip
     columns = ["log", "run_id", "variant", "seed", "position", "statistics", "accuracy"]
     if not frames:
         return pd.DataFrame(columns=columns)
-    long = pd.concat(frames, ignore_index=True).melt(id_vars=columns[:5], value_vars=list(CURVES),
+    long = pd.concat(frames, ignore_index=True).melt(id_vars=columns[:5], value_vars=list(POINT_CURVES),
                                                      var_name="statistics", value_name="accuracy")  # fmt: skip
     return long.dropna(subset=["accuracy"]).assign(accuracy=lambda f: 100 * f["accuracy"].astype(float),
                                                    statistics=lambda f: f["statistics"].map(EVAL_MODES))[columns]  # fmt: skip
@@ -176,7 +175,8 @@ def verdict(ours: pd.Series, theirs: float) -> tuple[str, str]:
         where = "lies within" if theirs >= ours.min() else "is below"
         return "reproduces", f"the log's worst drop of {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
     if ours.max() > 0:
-        return "partly", f"our {seeds} drop{'s' * (len(ours) == 1)}, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
+        drop = "drops" if len(ours) == 1 else "drop"
+        return "partly", f"our {seeds} {drop}, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
     return "not", f"none of our {seeds} drops in its window; the log's worst drop is {pp(theirs)}"
 
 
