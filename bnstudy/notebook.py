@@ -197,9 +197,9 @@ def reach_text(variant: str, windows: pd.DataFrame) -> str:
     their train accuracy matches, or how far the others got."""
     reached, runs = windows[windows["reached"]], plural(len(windows), "run")
     if reached.empty:
-        return f"{variant} in none of its {runs} (highest train accuracy {pct(windows['highest_train'].max())})"
+        return f"{variant}: 0 of {runs} (highest train accuracy {pct(windows['highest_train'].max())})"
     where = join_words([f"{s}–{s + WINDOW - 1}" for s in sorted(set(reached["start"].astype(int)))])
-    return (f"{variant} in {len(reached)} of {runs} (window epochs {where}; train accuracy off by "
+    return (f"{variant}: {len(reached)} of {runs} (window epochs {where}; train accuracy off by "
             f"{seed_range(reached['mismatch'])} RMS)")  # fmt: skip
 
 

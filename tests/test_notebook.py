@@ -84,8 +84,8 @@ def test_windows_follow_training_progress_not_epoch_numbers(tmp_path):
         assert windows[["start", "end"]].drop_duplicates().values.tolist() == [list(WINDOWS[log.name])]
         assert windows["reached"].all()
     text, table = comparison(study)
-    assert "bn_before in 2 of 2 runs (window epochs 6–10; train accuracy off by 0.0 pp (every seed) RMS)" in text
-    assert "bn_before in 2 of 2 runs (window epochs 4–8; train accuracy off by 0.4 pp (every seed) RMS)" in text
+    assert "bn_before: 2 of 2 runs (window epochs 6–10; train accuracy off by 0.0 pp (every seed) RMS)" in text
+    assert "bn_before: 2 of 2 runs (window epochs 4–8; train accuracy off by 0.4 pp (every seed) RMS)" in text
     assert table.loc["log A: bn_before (2 runs)", "worst_drop"] == pytest.approx((0 + (0.84 - 0.66)) / 2)  # 0.84 at epoch 7, 0.66 at 8
     assert table.loc["log B: bn_before (2 runs)", "lowest_acc"] == pytest.approx((0.81 + 0.66) / 2)
     assert table.loc["log A: bn_before (2 runs)", "train_first"] == pytest.approx(0.909)
@@ -98,7 +98,7 @@ def test_a_study_too_short_for_a_log_says_so(tmp_path):
     text, table = comparison(study)
     for name in "AB":
         assert f"this study is too short to reach log {name}'s window: no comparison." in text
-    assert "bn_before in none of its 1 run (highest train accuracy 90.0%)" in text
+    assert "bn_before: 0 of 1 run (highest train accuracy 90.0%)" in text
     assert list(table.index) == ["log A: notebook", "log B: notebook"]
     study = write_study(tmp_path / "longer", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84, 0.83, 0.82, 0.85]})
     text, _ = comparison(study)
