@@ -3,6 +3,7 @@
     DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout); only done runs (complete or
                                     diverged, files checked by RunStore.check) count; the rest
                                     (failed, damaged, in flight) are skipped and named
+    DIR/runs/<run_id>.evals.csv     a done run's points (evals_per_epoch k > 1): its fine curve
 
 Conventions that make DESIGN.md's metrics precise:
 
@@ -19,6 +20,13 @@ Conventions that make DESIGN.md's metrics precise:
   never left chance (10%, ten balanced classes). Its flat curve has no volatility to speak
   of, so the cells' stability means and stds (STABILITY_METRICS) leave it out; summary.csv
   flags it (`stuck`) and cells.csv counts it (`n_stuck`). Its accuracy metrics stay in.
+- The fine curve: a run with k > 1 points per epoch also gets the volatility metrics of
+  its points of the counted epochs in step order (FINE_METRICS; NaN without points):
+  fine_mean_abs_change is the mean |change| from one point to the next (a k-th of an epoch
+  apart, so not comparable with the per-epoch mean_abs_change), fine_worst_drop the worst
+  drop below an earlier point's best (never less than worst_drop: the epoch ends are among
+  the points), fine_late_std the population std of the points of the last ceil(E/2)
+  epochs (the span late_std covers); the same of the PreciseBN points (`*_precise_bn`).
 - Accuracies are fractions here and in the CSVs; figures and report.md show percent (%)
   and percentage points (pp).
 """
@@ -36,7 +44,7 @@ import pandas as pd
 
 from bnstudy import spec
 from bnstudy.errors import UserError
-from bnstudy.settings import BY_NAME, CSV_COLUMNS, METRIC_COLUMNS, RUN_SETTINGS, from_record
+from bnstudy.settings import BY_NAME, CSV_COLUMNS, EVALS_COLUMNS, METRIC_COLUMNS, RUN_SETTINGS, from_record
 from bnstudy.store import DONE_STATUSES, RunStore
 
 CONFIG_KEYS = list(RUN_SETTINGS)  # a run's identity; `study` only names its folder
@@ -52,9 +60,13 @@ EVAL_MODES = {
 }
 DIAGNOSTIC_METRICS = [f"{m}_{col.removeprefix('test_acc_')}" for col in list(EVAL_MODES)[1:]
                       for m in ("mean_abs_change", "worst_drop")]  # fmt: skip
-ALL_METRICS = RUN_METRICS + DIAGNOSTIC_METRICS
+# The same volatility on the fine curve (runs/<run_id>.evals.csv): a point's accuracies, their metrics' suffixes.
+POINT_CURVES = {"test_acc": "", "test_acc_precise_bn": "_precise_bn"}
+FINE_METRICS = [f"fine_{m}{suffix}" for suffix in POINT_CURVES.values()
+                for m in ("mean_abs_change", "worst_drop", "late_std")]  # fmt: skip
+ALL_METRICS = RUN_METRICS + DIAGNOSTIC_METRICS + FINE_METRICS
 # The metrics of how a curve moves, which a run stuck at chance would show as perfect calm.
-STABILITY_METRICS = ["mean_abs_change", "worst_drop", "late_std", *DIAGNOSTIC_METRICS]
+STABILITY_METRICS = ["mean_abs_change", "worst_drop", "late_std", *DIAGNOSTIC_METRICS, *FINE_METRICS]
 
 # Chance is 10% (ten balanced classes): a constant guess scores about 10% of the test set,
 # random guesses 10% +- 1.3 pp on 512 test images (binomial std) and +- 0.3 pp on all
@@ -117,8 +129,33 @@ def stuck(best_acc: pd.Series) -> pd.Series:
     return best_acc < STUCK_BELOW
 
 
+def fine_metrics(points: pd.DataFrame) -> dict:
+    """FINE_METRICS of one run's points (EVALS_COLUMNS rows of its counted epochs); see the
+    module's docstring. NaN where a curve has no point (`none` has no PreciseBN)."""
+    points = points.sort_values("step")
+    late = (points["epoch"] > points["epoch"].max() // 2).to_numpy()  # the last ceil(E/2) epochs
+    metrics = {}
+    for col, suffix in POINT_CURVES.items():
+        acc = points[col].to_numpy(dtype=float)
+        kept = np.isfinite(acc)
+        curve = curve_metrics(acc[kept])
+        metrics[f"fine_mean_abs_change{suffix}"] = curve["mean_abs_change"]
+        metrics[f"fine_worst_drop{suffix}"] = curve["worst_drop"]
+        metrics[f"fine_late_std{suffix}"] = acc[kept & late].std(ddof=0) if (kept & late).any() else math.nan
+    return metrics
+
+
 # ---------------------------------------------------------------- loading a study
 RUN_INFO = ["study", "device", "started", "ended", "torch_version", "bnstudy_version", "git_commit"]  # from the JSON
+
+
+POINT_TYPES = {"run_id": str, "epoch": int, "point": int, "step": int, "epoch_fraction": float, "test_acc": float,
+               "test_acc_precise_bn": float}  # fmt: skip
+
+
+def empty_points() -> pd.DataFrame:
+    """A points table without rows (a study without fine curves)."""
+    return pd.DataFrame(columns=EVALS_COLUMNS).astype(POINT_TYPES)
 
 
 @dataclasses.dataclass
@@ -136,6 +173,8 @@ class StudyResults:
               e.g. left by an earlier version of it: run_id, state. Without a spec, none.
     extra_included: whether the done extra runs are in `epochs` and `runs` (else only the
               spec's runs are; skipped and expected never hold extra runs).
+    points:   the fine curves: EVALS_COLUMNS rows of the runs in `runs` with
+              evals_per_epoch > 1, every point of every epoch they finished (load_points).
     """
 
     root: Path
@@ -146,6 +185,7 @@ class StudyResults:
     grid_source: str
     extra: pd.DataFrame
     extra_included: bool
+    points: pd.DataFrame = dataclasses.field(default_factory=empty_points)
 
     @property
     def name(self) -> str:
@@ -251,7 +291,16 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
                             done[["status", *RUN_INFO]].reset_index(drop=True)], axis=1))  # fmt: skip
     epochs = pd.concat([loaded[run_id][0] for run_id in done["run_id"]], ignore_index=True)
     epochs = typed(epochs[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]])
-    return StudyResults(root, epochs, runs, skipped, config_frame(grid), grid_source, extra, include_extra)
+    return StudyResults(root, epochs, runs, skipped, config_frame(grid), grid_source, extra, include_extra,
+                        load_points(store, runs))  # fmt: skip
+
+
+def load_points(store: RunStore, runs: pd.DataFrame) -> pd.DataFrame:
+    """The points files of `runs` (done runs: RunStore.check has made sure that each with
+    evals_per_epoch > 1 has its whole file) as one typed table of EVALS_COLUMNS."""
+    fine = runs.loc[runs["evals_per_epoch"] > 1, "run_id"]
+    frames = [pd.read_csv(store.evals_path(run_id)) for run_id in fine]
+    return pd.concat(frames, ignore_index=True).astype(POINT_TYPES) if frames else empty_points()
 
 
 # ---------------------------------------------------------------- tables
@@ -262,11 +311,21 @@ def summarize_runs(study: StudyResults) -> pd.DataFrame:
     metrics = pd.DataFrame({run_id: run_metrics(run) for run_id, run in by_run}).T
     seconds = by_run[["train_seconds", "eval_seconds"]].sum()
     summary = study.runs[["run_id", *CONFIG_KEYS, "status"]].set_index("run_id").join(metrics).join(seconds)
+    summary = summary.join(fine_summary(study))
     summary["diverged"] = summary["status"] == "diverged"
     summary = summary.astype({"epochs_used": int, **dict.fromkeys(ALL_METRICS, float)})
     summary["stuck"] = stuck(summary["best_acc"])
     columns = [*CONFIG_KEYS, "status", "diverged", "stuck", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
     return summary[columns].reset_index().sort_values([*CELL_KEYS, "seed"], ignore_index=True)
+
+
+def fine_summary(study: StudyResults) -> pd.DataFrame:
+    """FINE_METRICS per run (index run_id, every run of study.runs), from the points of its
+    counted epochs; NaN for a run without points."""
+    counted = study.epochs.loc[counts(study.epochs), ["run_id", "epoch"]]
+    points = study.points.merge(counted, on=["run_id", "epoch"])  # a diverged run's last epoch means nothing
+    fine = pd.DataFrame({run_id: fine_metrics(run) for run_id, run in points.groupby("run_id")}, index=FINE_METRICS)
+    return fine.T.reindex(study.runs["run_id"])
 
 
 def aggregate_cells(summary: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
 from bnstudy.comparisons import METRICS, NO_CLEAR, comparison_table  # noqa: E402
+from bnstudy.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
 from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
@@ -42,6 +43,10 @@ FIGURES = {  # name: (heading, what it shows)
                     "difference (first minus second) over runs that differ in the variant only, same cell and seed, "
                     "with its bootstrap 95% interval; runs stuck at chance are left out. Red: the first clearly "
                     "higher, blue: clearly lower, grey: no clear difference (the interval includes 0)."),
+    "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
+                        "accuracy over its window (the 5 epochs whose train accuracy matches the log's best), at "
+                        "every point of its fine curve where it has one, else at the epoch ends: eval mode and "
+                        "PreciseBN, one line per seed; black stars: the log's own test accuracy."),
 }  # fmt: skip
 # Why a figure can be left out of a report: it would have nothing to show.
 NO_CHANGE = ("no run that left chance has two finite epochs, so there is no change from one epoch to the next "
@@ -49,7 +54,9 @@ NO_CHANGE = ("no run that left chance has two finite epochs, so there is no chan
 UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
            "stability_worst_drop": "every run is stuck at chance (best test accuracy below 20%)",
            "eval_modes": "the study has no BN run",
-           "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)"}  # fmt: skip
+           "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)",
+           "notebook_window": "no bn_before run at the notebook's setting, or no run there reaches "
+                              "the train accuracy of either of its logs"}  # fmt: skip
 
 
 def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -148,6 +155,28 @@ def plot_train_vs_test(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
     long = long.assign(accuracy=100 * long["accuracy"], data=long["data"].map(names))
     title = "Train vs test accuracy: the generalization gap"
     return plot_lines(study, long, "accuracy", "accuracy (%)", title, style="data")
+
+
+def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
+    """The notebook's window: per notebook log (row) and variant (column), each run's test accuracy in
+    its window (notebook.window_curves), eval mode and PreciseBN, one line per seed, with the
+    log's own test accuracy as black stars. None without the notebook's cell or when no run
+    reaches a log's window."""
+    long = window_curves(epochs, study.points) if has_notebook_cell(epochs) else pd.DataFrame()
+    if long.empty:
+        return None
+    grid = sns.relplot(data=long, kind="line", x="position", y="accuracy", hue="variant", palette=PALETTE,
+                       hue_order=variants_in(long), style="statistics", style_order=list(EVAL_MODES.values())[:2],
+                       units="run_id", estimator=None, row="log", col="variant", col_order=variants_in(long),
+                       height=2.8, aspect=1.3, linewidth=1)  # fmt: skip
+    logs = {log.name: log for log in LOGS}
+    for (name, _), ax in grid.axes_dict.items():
+        ax.plot(range(1, WINDOW + 1), [100 * a for a in logs[name].test_acc], "k*", markersize=8)
+    grid.set_titles(template="log {row_name}: {col_name}")
+    grid.set_axis_labels("epochs into the window", "test accuracy (%)")
+    grid.figure.suptitle(f"Test accuracy in the notebook's window, aligned by train accuracy\n{data_note(study)}\n"
+                         f"one line per seed; black stars: the notebook's log", y=1.0, va="bottom")  # fmt: skip
+    return grid.figure
 
 
 METRIC_LABELS = {
@@ -281,6 +310,7 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
             "eval_modes": plot_eval_modes(study, epochs),
             "train_vs_test": plot_train_vs_test(study, epochs),
             "comparisons": plot_comparisons(study, summary),
+            "notebook_window": plot_notebook_window(study, epochs),
         }
     return {name: fig for name, fig in figures.items() if fig is not None}
 

@@ -1,5 +1,5 @@
-"""The report's findings: sentences computed from a study's tables, and the comparison
-with the reference notebook's published log."""
+"""The report's findings: sentences computed from a study's tables. (The comparison with
+the reference notebook's logs is bnstudy.notebook's.)"""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import ALL_METRICS, CURVE_METRICS, STUCK_BELOW, curve_metrics, drops
+from bnstudy.aggregate import ALL_METRICS, STUCK_BELOW, drops
 from bnstudy.comparisons import comparison_table, smallest_text
-from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp
 
-# The reference notebook's published log (d2l, batch-norm chapter: bn_before, Adam, lr 1e-3,
-# batch 256, 5 epochs): test accuracy per epoch and the last epoch's train accuracy.
-NOTEBOOK_TEST_ACC = (0.838, 0.821, 0.704, 0.842, 0.686)
-NOTEBOOK_FINAL_TRAIN_ACC = 0.919
-NOTEBOOK_CELL = {"variant": "bn_before", "optimizer": "adam", "lr": 1e-3, "batch_size": 256}
-# The notebook's network also has sigmoids and nn.BatchNorm's momentum: runs with another
-# activation or momentum are not its setting.
-NOTEBOOK_DEFAULTS = {"activation": BY_NAME["activation"].default, "bn_momentum": BY_NAME["bn_momentum"].default}
 
 
 def upward_share(epochs: pd.DataFrame) -> pd.Series:
@@ -184,102 +175,3 @@ def findings(summary: pd.DataFrame, cells: pd.DataFrame, epochs: pd.DataFrame) -
         *stuck_finding(summary, extra),
         divergence_finding(summary, extra),
     ]
-
-
-# ---------------------------------------------------------------- the reference notebook
-def notebook_metrics() -> dict:
-    """The stability metrics of the notebook's published log (its numbers, not ours)."""
-    metrics = curve_metrics(np.array(NOTEBOOK_TEST_ACC))
-    return {**metrics, "gen_gap": NOTEBOOK_FINAL_TRAIN_ACC - NOTEBOOK_TEST_ACC[-1]}
-
-
-def in_notebook_cell(frame: pd.DataFrame) -> pd.Series:
-    """(rows,) bool: rows with the notebook's optimizer, learning rate and batch size, its
-    activation and BN momentum."""
-    return ((frame["optimizer"] == NOTEBOOK_CELL["optimizer"]) & np.isclose(frame["lr"], NOTEBOOK_CELL["lr"])
-            & (frame["batch_size"] == NOTEBOOK_CELL["batch_size"])
-            & (frame["activation"] == NOTEBOOK_DEFAULTS["activation"])
-            & np.isclose(frame["bn_momentum"], NOTEBOOK_DEFAULTS["bn_momentum"]))  # fmt: skip
-
-
-def seed_range(values: pd.Series) -> str:
-    """ "12.1 pp (seeds: 3.0 to 20.4 pp)": the mean over seeds and their range ("0.0 pp
-    (every seed)" when they agree)."""
-    if len(values) == 1 or values.min() == values.max():
-        return pp(values.mean()) + ("" if len(values) == 1 else " (every seed)")
-    return f"{pp(values.mean())} (seeds: {100 * values.min():.1f} to {pp(values.max())})"
-
-
-def reproduction_verdict(ours: pd.Series, theirs: float) -> str:
-    """Whether the notebook's worst drop `theirs` lies within the range of our seeds' `ours`."""
-    seeds, s = plural(len(ours), "seed"), "s" if len(ours) == 1 else ""
-    if theirs > ours.max():
-        extent = "in full" if ours.max() > 0 else "at all"  # smaller swings are a partial reproduction
-        return (f"do not reproduce {extent} here: our {seeds} drop{s} at most {pp(ours.max())}, less than the "
-                f"notebook's {pp(theirs)}")  # fmt: skip
-    if theirs < ours.min():
-        return (f"reproduce and are exceeded: our {seeds} drop{s} at least {pp(ours.min())}, more than the "
-                f"notebook's {pp(theirs)}")  # fmt: skip
-    return (f"reproduce: the notebook's worst drop of {pp(theirs)} lies within the range of our {seeds} "
-            f"({100 * ours.min():.1f} to {pp(ours.max())})")  # fmt: skip
-
-
-def rank_text(values: pd.Series, name: str) -> str:
-    """Where bn_before's value stands among the variants' `values` (indexed by variant):
-    "the largest worst drop", "the 2nd largest mean |change|", "the smallest ..."."""
-    rank = int(values.rank(ascending=False, method="min")[NOTEBOOK_CELL["variant"]])
-    if rank == 1:
-        return f"the largest {name}"
-    if rank == len(values):
-        return f"the smallest {name}"
-    return f"the {rank}{'nd' if rank == 2 else 'rd' if rank == 3 else 'th'} largest {name}"
-
-
-def differences_from_notebook(runs: pd.DataFrame) -> list[str]:
-    """How our runs' setting differs from the notebook's 5 epochs on all 60,000 images."""
-    notes = []
-    if set(runs["epochs"]) != {len(NOTEBOOK_TEST_ACC)}:
-        notes.append(f"{join_words(sorted({str(e) for e in runs['epochs']}))} epochs instead of {len(NOTEBOOK_TEST_ACC)}")
-    limits = runs["limit_train"].dropna().unique()
-    if len(limits):
-        notes.append(f"{join_words([f'{int(n):,}' for n in sorted(limits)])} training images instead of {TRAIN_SIZE:,}")
-    return notes
-
-
-def notebook_comparison(summary: pd.DataFrame) -> tuple[list[str], pd.DataFrame] | None:
-    """Sentences comparing the notebook's log with our bn_before runs at its setting and
-    with none and bn_after there, and the table behind them (rows: the notebook, then each
-    variant's mean over seeds; columns: CURVE_METRICS + gen_gap); None when the study lacks
-    the notebook's cell with runs of two or more finite epochs."""
-    cell = summary[in_notebook_cell(summary) & (summary["epochs_used"] > 1)]  # a swing needs two epochs
-    ours = cell[cell["variant"] == NOTEBOOK_CELL["variant"]]
-    if ours.empty:
-        return None
-    theirs = notebook_metrics()
-    log = ", ".join(f"{100 * a:.1f}" for a in NOTEBOOK_TEST_ACC)
-    by_variant = cell.groupby("variant", observed=True)[["mean_abs_change", "worst_drop"]].mean()
-    sentences = [
-        f"The notebook's published log (bn_before, Adam, learning rate 0.001, batch size 256, "
-        f"{len(NOTEBOOK_TEST_ACC)} epochs on all {TRAIN_SIZE:,} training images) has test accuracy {log}% "
-        f"— numbers from the notebook, not from this study: mean |change| {pp(theirs['mean_abs_change'])}, "
-        f"worst drop {pp(theirs['worst_drop'])}, late std {pp(theirs['late_std'])}.",
-        f"This study's bn_before runs at that setting ({plural(len(ours), 'seed')}) have mean |change| "
-        f"{seed_range(ours['mean_abs_change'])} and worst drop {seed_range(ours['worst_drop'])}; "
-        f"{(ours['worst_drop'] > 0).sum()} of them fall below an earlier best at some epoch.",
-    ]  # fmt: skip
-    notes = differences_from_notebook(ours)
-    if notes:
-        sentences.append(f"Our runs differ from the notebook's in {join_words(notes)}.")
-    sentences.append(f"The notebook's swings {reproduction_verdict(ours['worst_drop'], theirs['worst_drop'])}.")
-    if len(by_variant) > 1:
-        others = by_variant.drop(NOTEBOOK_CELL["variant"])
-        sentences.append(
-            f"At the same setting the mean |change| is {per_variant(others['mean_abs_change'], pp)} and the worst drop "
-            f"{per_variant(others['worst_drop'], pp)}: of the {len(by_variant)} variants, bn_before has "
-            f"{rank_text(by_variant['worst_drop'], 'worst drop')} and "
-            f"{rank_text(by_variant['mean_abs_change'], 'mean |change|')}.")  # fmt: skip
-    metrics = CURVE_METRICS + ["gen_gap"]
-    ours_by_variant = cell.groupby("variant", observed=True)[metrics].mean()
-    table = pd.concat([pd.DataFrame([theirs], index=["notebook log (bn_before)"])[metrics],
-                       ours_by_variant.rename(index=lambda v: f"this study: {v}")])  # fmt: skip
-    return sentences, table

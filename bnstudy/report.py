@@ -38,7 +38,8 @@ from bnstudy.axis_findings import axis_findings
 from bnstudy.comparisons import comparison_findings, comparison_table
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
-from bnstudy.findings import findings, notebook_comparison
+from bnstudy.findings import findings
+from bnstudy.notebook import TABLE_COLUMNS, notebook_comparison
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
 from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, join_words, plural, value_text
 
@@ -170,6 +171,13 @@ def ranked_table(cells: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     return table
 
 
+def window_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The notebook section's table (notebook.comparison_table) as report.md shows it: % and
+    pp to one decimal, "–" where not measured (the notebook's logs have no PreciseBN or points)."""
+    shown = table.map(lambda v: "–" if pd.isna(v) else f"{100 * v:.1f}").rename(columns=TABLE_COLUMNS)
+    return shown.reset_index(names="source")
+
+
 def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame, missing: pd.DataFrame,
                   figures: list[str], comparisons: pd.DataFrame) -> str:  # fmt: skip
     """report.md's text. `missing`: incomplete_cells(...); `figures`: the names of the
@@ -192,13 +200,10 @@ def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFram
         parts += [f"## What {axes_studied(summary)} change{'s' if ' and ' not in axes_studied(summary) else ''}",
                   CONTRASTS_NOTE,
                   "\n".join(f"- {sentence}" for sentence in about_axes)]  # fmt: skip
-    comparison = notebook_comparison(summary)
+    comparison = notebook_comparison(epochs, study.points)
     if comparison is not None:
         sentences, table = comparison
-        unit = {m: " (%)" if m.endswith("acc") else " (pp)" for m in table.columns}
-        shown = table.map(lambda v: f"{100 * v:.1f}").rename(columns=lambda m: m.replace("_", " ") + unit[m])
-        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences),
-                  md_table(shown.reset_index(names="source"))]  # fmt: skip
+        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences), md_table(window_table(table))]
     parts.append("## Cells ranked by final accuracy, per variant")
     for variant, block in cells.groupby("variant", observed=True):
         parts += [f"### {variant}", md_table(ranked_table(block, extra))]
@@ -240,7 +245,10 @@ FILES_NOTE = """\
 - `late_std` is the population standard deviation of the last ceil(E/2) epochs; spreads over
   seeds are sample standard deviations.
 - The `*_precise_bn` and `*_batch_stats` metrics are the same stability metrics of the test
-  accuracy measured with PreciseBN and with test-batch statistics."""
+  accuracy measured with PreciseBN and with test-batch statistics.
+- Which curve a number is from: the `fine_*` metrics are from the fine curve, every point of
+  `runs/<run_id>.evals.csv` (k per epoch; NaN for a run evaluated once an epoch), their
+  mean |change| per point step; every other metric and table is from the epoch ends."""
 
 
 @dataclasses.dataclass

@@ -35,8 +35,26 @@ def hand_rows(config: RunConfig, test_acc, train_acc=None, precise=None, batch_s
     return rows
 
 
-def write_hand_run(root, config: RunConfig, rows, status="complete") -> None:
-    RunStore(root).write_run(rows, run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows)))
+def hand_points(config: RunConfig, test_acc, precise=None) -> list[dict]:
+    """Points rows (settings.EVALS_COLUMNS) for a run with k = config.evals_per_epoch points
+    an epoch: `test_acc` (and `precise`, default test_acc + 0.01 for a BN variant) holds k
+    values per epoch in order, the k-th of each epoch being its CSV row's."""
+    k, steps = config.evals_per_epoch, config.limit_train // config.batch_size
+    has_bn = config.variant != "none"
+    precise = precise if precise is not None else [a + 0.01 if has_bn else None for a in test_acc]
+    rows = []
+    for i, (acc, pbn) in enumerate(zip(test_acc, precise)):
+        epoch, point = i // k + 1, i % k + 1
+        step = round(point * steps / k)
+        rows.append({"run_id": config.run_id, "epoch": epoch, "point": point, "step": (epoch - 1) * steps + step,
+                     "epoch_fraction": epoch - 1 + step / steps, "test_acc": acc, "test_acc_precise_bn": pbn})  # fmt: skip
+    return rows
+
+
+def write_hand_run(root, config: RunConfig, rows, status="complete", points=()) -> None:
+    """Write a run's files as a sweep does; `points` (hand_points) for a run with evals_per_epoch > 1."""
+    RunStore(root).write_run(rows, run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows),
+                                                points=points))  # fmt: skip
 
 
 def cfg(variant="bn_before", lr=1e-3, batch_size=256, seed=0, epochs=4, **kw) -> RunConfig:

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from studies import cfg, frame, hand_rows
+import studies
+from studies import cfg, frame, hand_rows, write_hand_run
 
 from bnstudy import aggregate
 
@@ -142,3 +143,43 @@ def test_cells_match_a_direct_pandas_groupby(real_tables):
     pd.testing.assert_series_equal(ours["seed_std"].sort_index(), direct[("final_acc", "std")].sort_index(),
                                    check_names=False)  # fmt: skip
     assert (ours["n"] == 2).all() and (ours["n_expected"] == 2).all()
+
+
+def direct_worst_drop(acc) -> float:
+    """The largest a(i) - a(j) over i < j, floored at 0, by brute force."""
+    return max([0.0] + [acc[i] - acc[j] for j in range(len(acc)) for i in range(j)])
+
+
+def test_fine_curve_metrics_are_the_points_own(tmp_path):
+    """3 epochs x 4 points: the fine metrics equal a direct numpy computation on the points;
+    a run without points gets NaN, the per-epoch metrics stay the epoch ends'."""
+    fine = cfg("bn_before", epochs=3, evals_per_epoch=4)
+    acc = [0.50, 0.62, 0.55, 0.60, 0.71, 0.58, 0.74, 0.70, 0.69, 0.80, 0.66, 0.78]
+    precise = [a + 0.02 * (i % 2) for i, a in enumerate(acc)]
+    rows = hand_rows(fine, acc[3::4], precise=precise[3::4])  # each epoch's k-th point is its row
+    write_hand_run(tmp_path, fine, rows, points=studies.hand_points(fine, acc, precise))
+    write_hand_run(tmp_path, cfg("bn_before", epochs=3), hand_rows(cfg("bn_before", epochs=3), [0.5, 0.6, 0.7]))
+    study = aggregate.load_results(tmp_path)
+    assert len(study.points) == 12 and (study.points["run_id"] == fine.run_id).all()
+    summary = aggregate.summarize_runs(study).set_index("run_id")
+    got = summary.loc[fine.run_id]
+    for curve, suffix in ((np.array(acc), ""), (np.array(precise), "_precise_bn")):
+        assert got[f"fine_mean_abs_change{suffix}"] == pytest.approx(np.mean(np.abs(curve[1:] - curve[:-1])))
+        assert got[f"fine_worst_drop{suffix}"] == pytest.approx(direct_worst_drop(curve))
+        assert got[f"fine_late_std{suffix}"] == pytest.approx(np.std(curve[4:]))  # epochs 2 and 3: ceil(3/2)
+    assert got["fine_worst_drop"] == pytest.approx(0.80 - 0.66) and got["worst_drop"] == pytest.approx(0.0)
+    assert summary.loc[cfg("bn_before", epochs=3).run_id, aggregate.FINE_METRICS].isna().all()
+    cells = aggregate.aggregate_cells(summary.reset_index(), study.expected)
+    assert cells["fine_worst_drop_mean"].dropna().tolist() == [pytest.approx(0.80 - 0.66)]
+
+
+def test_a_diverged_runs_fine_curve_stops_with_its_counted_epochs(tmp_path):
+    """Epoch 3's loss is NaN: its points (a NaN-weight net's 0.1) count no more than its row."""
+    config = cfg("bn_before", epochs=3, evals_per_epoch=2)
+    acc = [0.5, 0.7, 0.6, 0.65, 0.1, 0.1]
+    write_hand_run(tmp_path, config, hand_rows(config, acc[1::2], nan_from=3), status="diverged",
+                   points=studies.hand_points(config, acc))  # fmt: skip
+    got = aggregate.summarize_runs(aggregate.load_results(tmp_path)).iloc[0]
+    counted = np.array(acc[:4])
+    assert got["fine_worst_drop"] == pytest.approx(0.1) and got["fine_late_std"] == pytest.approx(np.std(counted[2:]))
+    assert got["fine_mean_abs_change"] == pytest.approx(np.abs(np.diff(counted)).mean())

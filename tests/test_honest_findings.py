@@ -116,14 +116,3 @@ def test_the_precise_bn_verdict(tmp_path, precise, removes, verdict):
     summary, _, _ = precise_study(tmp_path, precise)
     (sentence,) = findings.precise_bn_findings(summary)
     assert f"PreciseBN {removes}, {verdict}" in sentence
-
-
-@pytest.mark.parametrize("values, text", [
-    ({"none": 0.1, "bn_before": 0.3, "bn_after": 0.2}, "the largest worst drop"),
-    ({"none": 0.1, "bn_before": 0.2, "bn_after": 0.3}, "the 2nd largest worst drop"),
-    ({"none": 0.2, "bn_before": 0.1, "bn_after": 0.3}, "the smallest worst drop"),
-    ({"none": 0.2, "bn_before": 0.1, "bn_after": 0.3, "other": 0.4}, "the smallest worst drop"),
-    ({"a": 0.5, "none": 0.4, "bn_before": 0.2, "bn_after": 0.3, "b": 0.1}, "the 4th largest worst drop"),
-])  # fmt: skip
-def test_rank_text_ranks_bn_before_from_the_largest(values, text):
-    assert findings.rank_text(pd.Series(values), "worst drop") == text

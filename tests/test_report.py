@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from studies import cfg, hand_rows, write_hand_run  # noqa: E402
 
-from bnstudy import aggregate, cli, findings  # noqa: E402
+from bnstudy import aggregate, cli, notebook  # noqa: E402
 from bnstudy.figures import FIGURES  # noqa: E402
 
 
@@ -130,8 +130,8 @@ def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
     (tmp_path / "runs" / f"{cfg('bn_before').run_id}.csv").unlink()
     assert cli.main(["report", str(tmp_path)]) == 0
     names = sorted(p.name for p in (tmp_path / "figures").iterdir())
-    # one variant left: no BN run, no pair of variants to compare
-    undrawn = ("eval_modes", "comparisons")
+    # one variant left: no BN run, no pair of variants to compare; 4 epochs reach no notebook window
+    undrawn = ("eval_modes", "comparisons", "notebook_window")
     assert names == sorted(f"{name}.{ext}" for name in FIGURES if name not in undrawn for ext in ("png", "svg"))
 
 
@@ -188,16 +188,16 @@ def test_largest_drop_names_its_run_and_epochs(tmp_path):
 
 
 def test_notebook_comparison_only_with_the_notebooks_cell(written, real_tables, partial_study):
-    _, summary, _ = real_tables
+    study, _, _ = real_tables
     text = (written / "report.md").read_text()
-    ours = summary[(summary["variant"] == "bn_before") & (summary["lr"] == 1e-3)]
     assert "## The reference notebook's test-accuracy swings" in text
-    assert "mean |change| 10.7 pp, worst drop 15.6 pp" in text  # the notebook's own log
-    assert (f"This study's bn_before runs at that setting (2 seeds) have mean |change| "
-            f"{100 * ours['mean_abs_change'].mean():.1f} pp") in text  # fmt: skip
-    assert "3 epochs instead of 5 and 1,024 training images instead of 60,000" in text
-    elsewhere = aggregate.summarize_runs(aggregate.load_results(partial_study))
-    assert findings.notebook_comparison(elsewhere[elsewhere["variant"] == "none"]) is None
+    assert "worst drop 15.6 pp, mean |change| 10.7 pp, lowest 68.6%; the notebook's numbers" in text  # log A's own
+    assert "this study is too short to reach log A's window" in text and "this study is too short to reach log B's window" in text
+    assert "Our runs train on 1,024 images instead of 60,000." in text
+    assert "| log A: notebook | 90.9 | 91.9 | 15.6 | 10.7 | 68.6 |" in text
+    partial = aggregate.load_results(partial_study)
+    none_only = partial.epochs[partial.epochs["variant"] == "none"]
+    assert notebook.notebook_comparison(none_only, partial.points) is None
     # another activation or BN momentum is not the notebook's setting either
     for other in ({"activation": "relu"}, {"bn_momentum": 0.01}):
-        assert findings.notebook_comparison(summary.assign(**other)) is None, other
+        assert notebook.notebook_comparison(study.epochs.assign(**other), study.points) is None, other
