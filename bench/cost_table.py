@@ -1,4 +1,4 @@
-"""The CPU cost model's tables (bnstudy.runner.TRAIN_US, FORWARD_US), measured from sweeps.
+"""The CPU cost model's figures (each bnstudy.variants entry's train_us, forward_us), measured from sweeps.
 
     python bench/cost_table.py results/default results/quick [--quantile 0.25]
 
@@ -7,7 +7,8 @@ worker, as `bnstudy sweep` runs them) and prints, per variant, single-thread mic
 per training image for each batch size seen, and per image of an evaluation pass. Each
 figure is the `--quantile` of the per-epoch costs, over every epoch but the first (which
 pays the worker's warm-up): on a shared machine the low quantiles are the runs least
-slowed by other work. Paste the printed dicts into runner.py with the date and command.
+slowed by other work. Paste the printed figures into bnstudy/variants.py's VARIANT_TABLE
+with the date and command.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bnstudy.aggregate import load_results  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.variants import BN_VARIANTS  # noqa: E402
 
 
 def epoch_costs(epochs: pd.DataFrame) -> pd.DataFrame:
     """Per epoch row: µs per training image and µs per evaluated image, where an epoch's
     evaluation forwards the test set once, or for a BN variant three times plus its
-    PreciseBN sample (runner.estimate_seconds' count)."""
+    PreciseBN sample, and each of its evals_per_epoch - 1 extra points the test set once
+    more, plus PreciseBN for a BN variant (costs.estimate_seconds' count)."""
     n_train = epochs["limit_train"].fillna(TRAIN_SIZE).astype(float)
     n_test = epochs["limit_test"].fillna(TEST_SIZE).astype(float)
-    has_bn = epochs["variant"].astype(str) != "none"
-    forwards = n_test + has_bn * (2 * n_test + epochs["precise_bn_samples"].clip(upper=n_train))
+    has_bn = epochs["variant"].astype(str).isin(BN_VARIANTS)
+    precise = epochs["precise_bn_samples"].clip(upper=n_train)
+    extra_points = epochs["evals_per_epoch"] - 1
+    forwards = n_test + has_bn * (2 * n_test + precise) + extra_points * (n_test + has_bn * precise)
     return epochs.assign(train_us=1e6 * epochs["train_seconds"] / n_train,
                          forward_us=1e6 * epochs["eval_seconds"] / forwards)  # fmt: skip
 
@@ -45,13 +50,11 @@ def main() -> None:
     steady = epoch_costs(epochs[(epochs["epoch"] > 1) & (epochs["device"] == "cpu")])
     by_variant = steady.groupby("variant", observed=True)  # in VARIANTS order
     print(f"# from {', '.join(args.studies)}: the {args.quantile:g} quantile of {len(steady)} steady CPU epochs")
-    print("TRAIN_US = {")
+    forward = by_variant["forward_us"].quantile(args.quantile)
     for variant, rows in by_variant:
         costs = rows.groupby("batch_size")["train_us"].quantile(args.quantile)
-        print(f'    "{variant}": {{' + ", ".join(f"{b}: {math.ceil(us)}" for b, us in costs.items()) + "},")
-    print("}")
-    forward = by_variant["forward_us"].quantile(args.quantile)
-    print("FORWARD_US = {" + ", ".join(f'"{v}": {math.ceil(us)}' for v, us in forward.items()) + "}")
+        train_us = "{" + ", ".join(f"{b}: {math.ceil(us)}" for b, us in costs.items()) + "}"
+        print(f"{variant}: train_us {train_us}, forward_us {math.ceil(forward[variant])}")
 
 
 if __name__ == "__main__":
