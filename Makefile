@@ -13,12 +13,13 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP      := $(VENV)/.installed
 
-.PHONY: help setup data test sweep report bench clean
+.PHONY: help setup data test sweep report reference bench clean
 
 help:
 	@echo "make sweep   set up, then run the study in EXP (default $(EXP)); ARGS=\"--set epochs=2\" passes flags"
 	@echo "make report  tables and figures for STUDY (default $(STUDY))"
 	@echo "make test    set up, then run the tests"
+	@echo "make reference  copy the reports of REFERENCE_STUDIES (after their sweeps) into results/reference/"
 	@echo "make bench   time bnstudy against the reference notebook loop"
 
 setup: $(STAMP)
@@ -47,6 +48,17 @@ sweep: $(STAMP) data
 
 report: $(STAMP)
 	$(BIN)/bnstudy report $(STUDY)
+
+# The published answer: each study's report, tables and PNG figures (no run files), made
+# from results/<study>/ by this code, into results/reference/<study>/ (committed).
+REFERENCE_STUDIES ?= notebook default momentum activation
+reference: $(STAMP)
+	@for study in $(REFERENCE_STUDIES); do \
+	  $(BIN)/bnstudy report results/$$study || exit 2; \
+	  rm -rf results/reference/$$study && mkdir -p results/reference/$$study/figures || exit 2; \
+	  for file in report.md summary.csv cells.csv comparisons.csv; do cp results/$$study/$$file results/reference/$$study/; done; \
+	  cp results/$$study/figures/*.png results/reference/$$study/figures/; \
+	done; du -sh results/reference
 
 bench: $(STAMP) data
 	$(BIN)/python bench/bench_cpu.py
