@@ -66,16 +66,12 @@ def frame(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-# A study of tiny real runs (2 epochs on 256 training / 200 test images): seconds each.
-TINY_SETTINGS = """epochs = 2
-limit_train = 256
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 64
-lr = 1e-3
-"""
+# The fixed settings of a study of tiny real runs (256 training / 200 test images): seconds each.
+TINY_SETTINGS = dict(epochs=2, limit_train=256, limit_test=200, precise_bn_samples=64, batch_size=64, lr=1e-3)
 
 
-def tiny_spec(name: str, grid: str) -> str:
-    """The text of a study spec named `name` with TINY_SETTINGS and the [grid] lines `grid`."""
-    return f'name = "{name}"\n{TINY_SETTINGS}[grid]\n{grid}'
+def tiny_spec(name: str, grid: str, **settings) -> str:
+    """The text of a study spec named `name`: TINY_SETTINGS with `settings` in their place,
+    then the [grid] lines `grid`."""
+    fixed = "".join(f"{key} = {value!r}\n" for key, value in {**TINY_SETTINGS, **settings}.items())
+    return f'name = "{name}"\n{fixed}[grid]\n{grid}'

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from studies import tiny_spec
 
 from bnstudy.backends import open_backend, plan_execution
 from bnstudy.cli import main
@@ -23,18 +24,8 @@ from bnstudy.settings import CSV_COLUMNS
 from bnstudy.store import RunStore
 
 INTERRUPTED = "bnstudy: interrupted; finished runs are kept, the rest will be redone"
-SPEC = """
-name = "tiny"
-epochs = 2
-limit_train = 512
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 32
-[grid]
-variant = ["none", "bn_before", "bn_after"]
-lr = [1e-3]
-seed = [0, 1, 2]
-"""
+SPEC = tiny_spec("tiny", 'variant = ["none", "bn_before", "bn_after"]\nseed = [0, 1, 2]\n', limit_train=512,
+                 batch_size=32)
 
 
 @pytest.mark.parametrize("gpus, jobs, slots", [(1, None, ("cuda",)), (4, None, ("cuda:0", "cuda:1", "cuda:2", "cuda:3")),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from studies import tiny_spec
 
 from bnstudy.cli import main
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS
@@ -136,17 +137,7 @@ def test_errors_show_no_traceback_from_the_console_script(tmp_path):
 
 
 LONG = "x" * 300  # one name longer than any file system's 255 bytes
-ONE_RUN_SPEC = """
-name = "one"
-epochs = 1
-limit_train = 256
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 32
-[grid]
-variant = ["none"]
-lr = [1e-3]
-"""
+ONE_RUN_SPEC = tiny_spec("one", 'variant = ["none"]\n', epochs=1, batch_size=32)
 
 
 def one_run_spec(tmp_path) -> str:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from studies import tiny_spec
 
 from bnstudy.backends import Execution, open_backend
 from bnstudy.cli import main
@@ -27,18 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # index; killed at that moment, one would leave the lock behind in this checkout.
 NO_GIT_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
 DASK = Path(sys.executable).with_name("dask")  # the console script installed beside this Python
-SPEC = """
-name = "tiny"
-epochs = 1
-limit_train = 256
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 32
-[grid]
-variant = ["none", "bn_before", "bn_after"]
-lr = [1e-3]
-seed = [0, 1, 2]
-"""
+SPEC = tiny_spec("tiny", 'variant = ["none", "bn_before", "bn_after"]\nseed = [0, 1, 2]\n', epochs=1, batch_size=32)
 needs_dask_command = pytest.mark.skipif(not DASK.exists(), reason=f"no dask command at {DASK}")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes in /proc")
 

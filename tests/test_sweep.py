@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import studies
 import torch
 
 from bnstudy import runner
@@ -25,24 +26,13 @@ from bnstudy.spec import RunConfig, load_study
 from bnstudy.store import RunStore
 from bnstudy.sweep import make_tasks
 
-TINY = """
-name = "tiny"
-epochs = {epochs}
-limit_train = {limit_train}
-limit_test = 200
-precise_bn_samples = 64
-batch_size = 32
-[grid]
-variant = ["none", "bn_before", "bn_after"]
-lr = [1e-3]
-seed = {seeds}
-"""
 TIMING_COLUMNS = {"train_seconds", "eval_seconds", "samples_per_second"}
 
 
 def tiny_spec(tmp_path: Path, epochs: int = 1, limit_train: int = 256, seeds=(0, 1)) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(epochs=epochs, limit_train=limit_train, seeds=list(seeds)))
+    grid = f'variant = ["none", "bn_before", "bn_after"]\nseed = {list(seeds)}\n'
+    path.write_text(studies.tiny_spec("tiny", grid, epochs=epochs, limit_train=limit_train, batch_size=32))
     return path
 
 
