@@ -86,6 +86,12 @@ def sigint_set_up(pid: int) -> bool:
     return False
 
 
+def sigint_as_in_a_terminal() -> None:
+    """In a child before exec: SIGINT at its default action and unblocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="watches the worker processes in /proc")
 @pytest.mark.parametrize("moment", ["workers starting", "training"])
 def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tmp_path, moment):
@@ -98,8 +104,11 @@ def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tm
     command = [sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--jobs", "2"]
     # GIT_OPTIONAL_LOCKS=0: a worker's `git status` (a run's git_commit) takes no .git/index.lock,
     # which the SIGKILL below, or joblib's of its workers, could leave behind in this checkout.
+    # preexec_fn: the sweep starts as a terminal's foreground command does, SIGINT neither
+    # blocked nor ignored, whatever this test process inherited or an earlier test left.
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # fmt: skip
+                             start_new_session=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+                             preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
     reached = {"workers starting": lambda: any(map(sigint_set_up, loky_workers(sweep.pid))),
                "training": lambda: list(store.runs_dir.glob("*.json"))}[moment]  # fmt: skip
     try:
