@@ -143,8 +143,9 @@ def stuck_finding(summary: pd.DataFrame, extra: list[str]) -> list[str]:
     if stuck.empty:
         return []
     runs = "; ".join(f"{cell_text(r, extra)}, seed {r['seed']}" for _, r in stuck.iterrows())
-    return [f"{len(stuck)} of {len(summary)} runs are stuck at chance (best test accuracy below {pct(STUCK_BELOW)}) "
-            f"and are left out of the volatility averages and comparisons: {runs}."]  # fmt: skip
+    verb = "is" if len(stuck) == 1 else "are"
+    return [f"{len(stuck)} of {plural(len(summary), 'run')} {verb} stuck at chance (best test accuracy below "
+            f"{pct(STUCK_BELOW)}) and {verb} left out of the volatility averages and comparisons: {runs}."]  # fmt: skip
 
 
 def divergence_finding(summary: pd.DataFrame, extra: list[str]) -> str:
