@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bnstudy.contrasts import Contrast, compare
+from bnstudy.contrasts import NO_CLEAR, Contrast, compare, interval_text, signed_pp
 from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import join_words, pct, pp, value_text
 
-NO_CLEAR = "no clear difference at this many seeds"
 
 
 def contrast_text(c: Contrast, higher: str = "higher", lower: str = "lower") -> str:
@@ -22,8 +21,7 @@ def contrast_text(c: Contrast, higher: str = "higher", lower: str = "lower") -> 
     if c.n == 0:
         return "not measured (no pairs)"
     most, word = (c.above, higher) if c.above >= c.below else (c.below, lower)
-    return (f"{100 * c.mean:+.1f} pp (95% interval {100 * c.low:+.1f} to {100 * c.high:+.1f} pp; {word} in {most} of "
-            f"{c.n} pairs)")  # fmt: skip
+    return f"{signed_pp(c.mean)} ({interval_text(c.low, c.high)}; {word} in {most} of {c.n} pairs)"
 
 
 def varies(summary: pd.DataFrame, key: str) -> bool:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bnstudy.contrasts import MIN_PAIRS, Contrast, compare
+from bnstudy.contrasts import MIN_PAIRS, NO_CLEAR, Contrast, compare, interval_text, signed_pp
 from bnstudy.wording import join_words
 
-NO_CLEAR = "no clear difference at this many seeds"
 # (a, b): each row is a minus b, so "bn_before above none" reads as the row's sign.
 VARIANT_PAIRS = [("bn_before", "none"), ("bn_after", "none"), ("bn_before", "bn_after")]
 # metric: its name in sentences and the figure
@@ -63,8 +62,8 @@ def as_contrast(row) -> Contrast:
 
 def difference_text(row) -> str:
     """ "+1.2 pp (95% interval +0.4 to +2.0 pp; bn_before above none in 11, below in 1 of 12 pairs)"."""
-    return (f"{100 * row['mean']:+.1f} pp (95% interval {100 * row['low']:+.1f} to {100 * row['high']:+.1f} pp; "
-            f"{row['a']} above {row['b']} in {row['above']}, below in {row['below']} of {row['n_pairs']} pairs)")  # fmt: skip
+    return (f"{signed_pp(row['mean'])} ({interval_text(row['low'], row['high'])}; {row['a']} above {row['b']} in "
+            f"{row['above']}, below in {row['below']} of {row['n_pairs']} pairs)")  # fmt: skip
 
 
 def pair_sentence(rows: pd.DataFrame) -> str:
@@ -116,6 +115,5 @@ def smallest_text(table: pd.DataFrame, smallest: str, others: list[str], metric:
         # Averages over cells and paired means can disagree (unequal seeds, stuck runs left out).
         relation = ("not clearly different from" if not c.clear else
                     "clearly below" if sign * c.direction < 0 else "clearly above")  # fmt: skip
-        parts.append(f"{relation} {other} ({100 * mean:+.1f} pp, 95% interval {100 * low:+.1f} to "
-                     f"{100 * high:+.1f} pp over {c.n} pairs)")  # fmt: skip
+        parts.append(f"{relation} {other} ({signed_pp(mean)}, {interval_text(low, high)} over {c.n} pairs)")
     return join_words(parts)

@@ -23,6 +23,7 @@ from bnstudy.aggregate import CONFIG_KEYS
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0
 MIN_PAIRS = 3  # below this, an interval says nothing: too few seeds to tell
+NO_CLEAR = "no clear difference at this many seeds"  # what a report says instead of a claim
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, see
     means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def signed_pp(x: float) -> str:
+    """A difference of fractions in signed percentage points: 0.012 -> "+1.2 pp"."""
+    return f"{100 * x:+.1f} pp"
+
+
+def interval_text(low: float, high: float) -> str:
+    """An interval of differences of fractions: "95% interval +0.4 to +2.0 pp"."""
+    return f"95% interval {100 * low:+.1f} to {signed_pp(high)}"
 
 
 def contrast(differences: pd.Series) -> Contrast:

@@ -16,7 +16,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
-from bnstudy.comparisons import METRICS, NO_CLEAR, comparison_table  # noqa: E402
+from bnstudy.comparisons import METRICS, comparison_table  # noqa: E402
+from bnstudy.contrasts import NO_CLEAR  # noqa: E402
 from bnstudy.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
