@@ -1,120 +1,114 @@
 """Findings about the axes a study varies beside the variant: does BatchNorm's momentum
 change the eval-mode falls, and does the before/after verdict depend on the activation?
 
-Each answer rests on paired contrasts (bnstudy.contrasts): runs that differ in the one
-setting only, seed included, with a bootstrap interval; a difference is claimed only when
-the interval excludes 0.
+Each answer rests on claims (bnstudy.claims): paired contrasts of runs that differ in the
+one setting only, seed included, decided with the report's other claims. The verdicts
+rest on the worst drop, a fall below an earlier best: mean |change| also counts rises, and
+a small momentum's running statistics lag early training (they average about 2/momentum
+batches), which shows as a rise.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bnstudy.contrasts import NO_CLEAR, Contrast, compare, interval_text, signed_pp
+from bnstudy.claims import Claim, Verdict
+from bnstudy.contrasts import compare
 from bnstudy.variants import BN_VARIANTS
-from bnstudy.wording import join_words, pct, pp, value_text
+from bnstudy.wording import contrast_text, join_words, value_text, verdict_text
 
-
-
-def contrast_text(c: Contrast, higher: str = "higher", lower: str = "lower") -> str:
-    """ "+1.2 pp (95% interval +0.4 to +2.0 pp; higher in 7 of 8 pairs)"."""
-    if c.n == 0:
-        return "not measured (no pairs)"
-    most, word = (c.above, higher) if c.above >= c.below else (c.below, lower)
-    return f"{signed_pp(c.mean)} ({interval_text(c.low, c.high)}; {word} in {most} of {c.n} pairs)"
+MOMENTUM, ACTIVATION = "momentum", "activation"  # the claims' families
 
 
 def varies(summary: pd.DataFrame, key: str) -> bool:
     return summary[key].nunique() > 1
 
 
+def measured(summary: pd.DataFrame) -> pd.DataFrame:
+    """The runs an axis finding may use: two counted epochs or more, not stuck."""
+    return summary[(summary["epochs_used"] > 1) & ~summary["stuck"]]
+
+
 # ---------------------------------------------------------------- BN momentum
-def momentum_findings(summary: pd.DataFrame) -> list[str]:
-    """Per BN variant: the eval-mode worst drop and mean |change| at each momentum, and
-    whether they change from the smallest momentum to the largest (paired runs). The
-    verdict rests on the worst drop, a fall below an earlier best: mean |change| also
-    counts rises, and a small momentum's running statistics lag early training (they
-    average about 2/momentum batches), which shows as a rise. PreciseBN's worst drop beside
-    it tells whether the running statistics or the weights carry the change. [] when the
-    study does not vary bn_momentum."""
-    bn = summary[summary["variant"].isin(BN_VARIANTS) & (summary["epochs_used"] > 1)]
+def momentum_claims(summary: pd.DataFrame) -> list[Claim]:
+    """Per BN variant with two momenta or more: the worst drop and PreciseBN's worst drop at
+    the largest momentum minus at the smallest (paired runs); [] when the study does not
+    vary bn_momentum. PreciseBN's beside the eval mode's tells whether the running
+    statistics or the weights carry a change."""
+    bn = measured(summary)
+    bn = bn[bn["variant"].isin(BN_VARIANTS)]
     if bn.empty or not varies(bn, "bn_momentum"):
         return []
-    sentences = []
+    claims = []
     for variant, runs in bn.groupby("variant", observed=True):
         momenta = sorted(runs["bn_momentum"].unique())
         if len(momenta) < 2:
             continue
         low, high = momenta[0], momenta[-1]
-        means = runs.groupby("bn_momentum")[["worst_drop", "mean_abs_change", "worst_drop_precise_bn"]].mean()
-
-        def levels(metric: str) -> str:
-            return join_words([f"{pp(means.loc[m, metric])} at {value_text('bn_momentum', m)}" for m in momenta])
-
-        drop, change, precise = (compare(runs, "bn_momentum", low, high, metric)
-                                 for metric in ("worst_drop", "mean_abs_change", "worst_drop_precise_bn"))  # fmt: skip
-        sentences.append(
-            f"For {variant}, the worst drop of eval-mode test accuracy is {levels('worst_drop')} (BN momentum), "
-            f"its mean |change|, rises included, {levels('mean_abs_change')}, and PreciseBN's worst drop "
-            f"{levels('worst_drop_precise_bn')}. From momentum {value_text('bn_momentum', low)} to "
-            f"{value_text('bn_momentum', high)} the worst drop changes by {contrast_text(drop)} and the mean |change| "
-            f"by {contrast_text(change)}: {momentum_verdict(drop, precise)}.")  # fmt: skip
-    return sentences
+        for metric in ("worst_drop", "worst_drop_precise_bn"):
+            c = compare(runs, "bn_momentum", low, high, metric)
+            claims.append(Claim(MOMENTUM, "bn_momentum", value_text("bn_momentum", high),
+                                value_text("bn_momentum", low), metric, f"variant {variant}", c))  # fmt: skip
+    return claims
 
 
-def momentum_verdict(eval_mode: Contrast, with_precise: Contrast) -> str:
-    """Whether momentum changes the eval-mode falls (worst drop), and whether PreciseBN's
-    move with them (then the weights, not the running average, changed)."""
-    if not eval_mode.clear:
-        return f"{NO_CLEAR} in the eval-mode falls"
-    way = "larger" if eval_mode.direction > 0 else "smaller"
-    if with_precise.direction == eval_mode.direction:
-        return (f"a larger momentum makes the eval-mode falls {way}, and PreciseBN's falls move the same way, so "
-                f"the trained weights change too, not only the running statistics")  # fmt: skip
-    return (f"a larger momentum makes the eval-mode falls {way} while PreciseBN's do not move clearly, so the "
-            f"running statistics carry the difference")  # fmt: skip
+def momentum_sentence(eval_row: pd.Series, precise_row: pd.Series) -> str:
+    """One BN variant's momentum answer from its two claims.csv rows."""
+    variant = eval_row["scope"].removeprefix("variant ")
+    head = (f"{variant}: from BN momentum {eval_row['b']} to {eval_row['a']} the worst drop changes by "
+            f"{contrast_text(eval_row)}")  # fmt: skip
+    verdict = Verdict(eval_row["verdict"])
+    if not verdict.clear:
+        return f"{head}: {verdict_text(eval_row)}."
+    way = "larger" if verdict is Verdict.HIGHER else "smaller"
+    carried = ("PreciseBN's falls move the same way, so the weights change too"
+               if precise_row["verdict"] == eval_row["verdict"] else
+               "PreciseBN's do not move clearly, so the running statistics carry it")  # fmt: skip
+    return f"{head}: a larger momentum makes the falls {way}; {carried}."
+
+
+def momentum_findings(claims: pd.DataFrame) -> list[str]:
+    """One sentence per BN variant from the report's MOMENTUM claims."""
+    rows = claims[claims["family"] == MOMENTUM]
+    return [momentum_sentence(block.iloc[0], block.iloc[1]) for _, block in rows.groupby("scope", sort=False)]
 
 
 # ---------------------------------------------------------------- activation
-def activation_findings(summary: pd.DataFrame) -> list[str]:
-    """Per activation: bn_before minus bn_after in mean |change| and worst drop (paired
-    runs), the final accuracies of the variants, and whether the before/after verdict (on
-    the worst drop: falls, not rises) is the same for every activation. [] when the study does not vary the activation or
-    lacks one of the two BN variants."""
-    runs = summary[summary["epochs_used"] > 1]
+def activation_claims(summary: pd.DataFrame) -> list[Claim]:
+    """Per activation: bn_before minus bn_after in worst drop (paired runs); [] when the
+    study does not vary the activation or lacks one of the two BN variants."""
+    runs = measured(summary)
     if runs.empty or not varies(runs, "activation") or not set(BN_VARIANTS) <= set(runs["variant"].astype(str)):
         return []
-    verdicts, sentences = {}, []
-    for activation, block in runs.groupby("activation", observed=True):
-        change = compare(block, "variant", "bn_after", "bn_before", "mean_abs_change")
-        drop = compare(block, "variant", "bn_after", "bn_before", "worst_drop")
-        finals = block.groupby("variant", observed=True)["final_acc"].mean()
-        verdicts[activation] = drop.direction
-        sentences.append(
-            f"With {activation}, bn_before minus bn_after: mean |change| {contrast_text(change)}, worst drop "
-            f"{contrast_text(drop)}; final test accuracy {join_words([f'{pct(a)} for {v}' for v, a in finals.items()])}"
-            f".")  # fmt: skip
-    sentences.append(activation_verdict(verdicts))
-    return sentences
+    return [Claim(ACTIVATION, "variant", "bn_before", "bn_after", "worst_drop", f"activation {activation}",
+                  compare(block, "variant", "bn_after", "bn_before", "worst_drop"))
+            for activation, block in runs.groupby("activation", observed=True)]  # fmt: skip
 
 
-def activation_verdict(directions: dict[str, int]) -> str:
-    """One sentence from each activation's direction of bn_before minus bn_after in worst
-    drop (+1: bn_before falls further, -1: less far, 0: no clear difference)."""
-    words = {1: "bn_before's test accuracy falls further than bn_after's",
-             -1: "bn_before's test accuracy falls less far than bn_after's", 0: NO_CLEAR}  # fmt: skip
-    if len(set(directions.values())) == 1:
-        (direction,) = set(directions.values())
-        if direction == 0:
-            return f"Between BN before and after the activation there is {NO_CLEAR} for any activation."
-        return f"The before/after verdict does not depend on the activation: {words[direction]} with each of them."
-    parts = join_words([f"with {activation}, {words[d]}" for activation, d in directions.items()])
-    if {1, -1} <= set(directions.values()):
-        return f"The before/after verdict depends on the activation: {parts}."
-    clear = join_words([activation for activation, d in directions.items() if d])
-    return f"The before/after verdict is clear only with {clear}: {parts}."
+def activation_findings(claims: pd.DataFrame) -> list[str]:
+    """Per activation, bn_before minus bn_after in worst drop, then whether the verdict is
+    the same for every activation; from the report's ACTIVATION claims."""
+    rows = claims[claims["family"] == ACTIVATION]
+    if rows.empty:
+        return []
+    sentences = [f"With {row['scope'].removeprefix('activation ')}, bn_before minus bn_after worst drop "
+                 f"{contrast_text(row)}: {verdict_text(row)}." for _, row in rows.iterrows()]  # fmt: skip
+    verdicts = {row["scope"].removeprefix("activation "): Verdict(row["verdict"]) for _, row in rows.iterrows()}
+    return sentences + [activation_verdict(verdicts)]
 
 
-def axis_findings(summary: pd.DataFrame) -> list[str]:
-    """The findings of this module that apply to the study (none when it varies neither axis)."""
-    return [*momentum_findings(summary), *activation_findings(summary)]
+def activation_verdict(verdicts: dict[str, Verdict]) -> str:
+    """One sentence from each activation's verdict of bn_before minus bn_after worst drop."""
+    words = {Verdict.HIGHER: "bn_before falls further", Verdict.LOWER: "bn_before falls less far"}
+    clear = {a: v for a, v in verdicts.items() if v.clear}
+    if not clear:
+        return "For no activation is the before/after difference clear."
+    if len(clear) == len(verdicts) and len(set(clear.values())) == 1:
+        return f"The before/after verdict holds for every activation: {words[next(iter(clear.values()))]}."
+    parts = join_words([f"with {a}, {words[v]}" for a, v in clear.items()])
+    return f"The before/after verdict is clear only {parts}."
+
+
+def axis_claims(summary: pd.DataFrame) -> list[Claim]:
+    """The claims of this module that apply to the study (none when it varies neither axis)."""
+    return [*momentum_claims(summary), *activation_claims(summary)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,10 +16,13 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
-from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults, counts  # noqa: E402
-from bnstudy.comparisons import METRICS, comparison_table  # noqa: E402
-from bnstudy.contrasts import NO_CLEAR  # noqa: E402
+from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults  # noqa: E402
+from bnstudy.claims import Verdict  # noqa: E402
+from bnstudy.metrics import METRICS  # noqa: E402
 from bnstudy.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
+
+if TYPE_CHECKING:
+    from bnstudy.analysis import Analysis
 from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
 from bnstudy.wording import extra_axes, plural, setting_text  # noqa: E402
@@ -40,12 +44,14 @@ FIGURES = {  # name: (heading, what it shows)
     "train_vs_test": ("Train against test accuracy", "Train accuracy (train mode, during the epoch) and test "
                       "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
                       "generalization gap."),
-    "comparisons": ("Paired differences between variants", "One row per pair of variants and metric: the mean "
-                    "difference (first minus second) over runs that differ in the variant only, same cell and seed, "
-                    "with its bootstrap 95% interval; runs stuck at chance are left out. Red: the first clearly "
-                    "higher, blue: clearly lower, grey: no clear difference (the interval includes 0)."),
+    "comparisons": ("Paired differences between variants", "One panel per metric, each on its own scale, one row "
+                    "per pair of variants: the mean difference (first minus second) over runs that differ in the "
+                    "variant only, same cell and seed, with its paired t 95% interval; runs stuck at chance are "
+                    "left out. Red: the first clearly higher, blue: clearly lower (Holm-adjusted sign-flip p below "
+                    "0.05), grey: no claim."),
     "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
-                        "accuracy over its window (the 5 epochs whose train accuracy matches the log's best), at "
+                        "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy best match "
+                        "the log's first and last), at "
                         "every point of its fine curve where it has one, else at the epoch ends: eval mode and "
                         "PreciseBN, one line per seed; black stars: the log's own test accuracy."),
 }  # fmt: skip
@@ -180,10 +186,10 @@ def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figur
     return grid.figure
 
 
-METRIC_LABELS = {
-    "mean_abs_change": "mean |change| of test accuracy from one epoch to the next (pp)",
-    "worst_drop": "worst drop of test accuracy below an earlier best (pp)",
-}
+def metric_axis(metric: str) -> str:
+    """An axis title from the metric's declaration: "worst drop of test accuracy ... (pp)"."""
+    m = METRICS[metric]
+    return f"{m.label}: {m.measures} ({m.unit})"
 
 
 def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.Figure | None:
@@ -217,7 +223,7 @@ def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.
     fig.supylabel("learning rate")
     fig.colorbar(axes[0, 0].collections[0], ax=axes, label="pp", shrink=0.9)
     missing = " (grey: not measured)" if values.isna().any() else ""
-    fig.suptitle(f"{METRIC_LABELS[metric].capitalize()}, mean over seeds{missing}\n{data_note(study)}")
+    fig.suptitle(f"{metric_axis(metric).capitalize()}, mean over seeds{missing}\n{data_note(study)}")
     return fig
 
 
@@ -252,8 +258,8 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
                     size="batch size", size_order=batches, sizes=dict(zip(batches, np.linspace(40, 160, len(batches)))),
                     ax=ax, zorder=3)  # fmt: skip
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    ax.set_xlabel(METRIC_LABELS["mean_abs_change"] + ", mean over seeds")
-    ax.set_ylabel("final test accuracy (%), mean over seeds")
+    ax.set_xlabel(metric_axis("mean_abs_change") + ", mean over seeds")
+    ax.set_ylabel(f"{METRICS['final_acc'].header}, mean over seeds")
     unplotted = len(measured) - len(frame)
     left_out = (f"; {plural(unplotted, 'cell')} with a single finite epoch or only stuck runs left out"
                 if unplotted else "")  # fmt: skip
@@ -262,44 +268,48 @@ def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cell
     return fig
 
 
-VERDICT_COLOURS = {"higher": "tab:red", "lower": "tab:blue", NO_CLEAR: "0.6"}
+VERDICT_COLOURS = {Verdict.HIGHER: "tab:red", Verdict.LOWER: "tab:blue"}  # any other verdict: grey, no claim
+NO_CLAIM_COLOUR = "0.6"
 
 
-def verdict_colour(verdict: str) -> str:
-    """The forest plot's colour of a comparisons.csv verdict ("<a> higher than <b>", ...)."""
-    return VERDICT_COLOURS[NO_CLEAR if verdict == NO_CLEAR else verdict.split()[1]]
-
-
-def plot_comparisons(study: StudyResults, summary: pd.DataFrame) -> plt.Figure | None:
-    """Figure 7: a forest plot of comparisons.csv: per pair of variants and metric, the mean
-    paired difference (pp) with its bootstrap 95% interval, a line at 0, colour by verdict.
-    None without a pair of runs (see UNDRAWN)."""
-    table = comparison_table(summary)
-    if table.empty:
+def plot_comparisons(study: StudyResults, comparisons: pd.DataFrame) -> plt.Figure | None:
+    """Figure 7: a forest plot of comparisons.csv, one panel per metric (each on its own
+    scale: final accuracy differs by tens of pp, the volatility by a few): per pair of
+    variants the mean paired difference (pp) with its interval, a line at 0, colour by
+    verdict. None without a pair of runs (see UNDRAWN)."""
+    if comparisons.empty:
         return None
-    labels = [f"{a} − {b}: {METRICS[m]}" for a, b, m in zip(table["a"], table["b"], table["metric"])]
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * len(table)), layout="constrained")  # room for the legend
-    for y, row in enumerate(table.itertuples()):
-        colour = verdict_colour(row.verdict)
-        ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
-        ax.plot(100 * row.mean, y, "o", color=colour)
-    ax.axvline(0, color="black", lw=0.8)
-    legend = {"higher": "first higher", "lower": "first lower", NO_CLEAR: NO_CLEAR}  # what each colour says
-    ax.legend(handles=[Line2D([], [], color=VERDICT_COLOURS[key], lw=2, marker="o", label=text)
-                       for key, text in legend.items()], loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    ax.set_yticks(range(len(table)), labels)
-    ax.invert_yaxis()  # the table's order, top to bottom
-    ax.set_xlabel("difference, first minus second variant (pp): mean and bootstrap 95% interval")
-    pairs = table["n_pairs"]
-    n = f"{pairs.min()}" if pairs.min() == pairs.max() else f"{pairs.min()}-{pairs.max()}"
-    ax.set_title(f"Paired differences between variants ({n} pairs of runs: same cell and seed)\n{data_note(study)}")
+    metrics = list(dict.fromkeys(comparisons["metric"]))
+    pairs = list(dict.fromkeys(zip(comparisons["a"], comparisons["b"])))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 + 2.6 * len(metrics), 1.4 + 0.45 * len(pairs)),
+                             sharey=True, squeeze=False, layout="constrained")  # fmt: skip
+    for metric, ax in zip(metrics, axes[0]):
+        rows = comparisons[comparisons["metric"] == metric]
+        for row in rows.itertuples():
+            y = pairs.index((row.a, row.b))
+            colour = VERDICT_COLOURS.get(Verdict(row.verdict), NO_CLAIM_COLOUR)
+            ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
+            ax.plot(100 * row.mean, y, "o", color=colour)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(METRICS[metric].label, fontsize=10)
+        ax.set_xlabel("pp")
+    axes[0, 0].set_yticks(range(len(pairs)), [f"{a} − {b}" for a, b in pairs])
+    axes[0, 0].set_ylim(len(pairs) - 0.5, -0.5)  # the table's order, top to bottom
+    legend = [("first clearly higher", VERDICT_COLOURS[Verdict.HIGHER]),
+              ("first clearly lower", VERDICT_COLOURS[Verdict.LOWER]), ("no claim", NO_CLAIM_COLOUR)]  # fmt: skip
+    fig.legend(handles=[Line2D([], [], color=c, lw=2, marker="o", label=text) for text, c in legend],
+               loc="outside lower center", ncols=3, frameon=False)  # fmt: skip
+    n = comparisons["n_pairs"]
+    count = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+    fig.suptitle(f"Paired differences between variants, first minus second ({count} pairs of runs: same cell and "
+                 f"seed), mean and 95% interval\n{data_note(study)}")  # fmt: skip
     return fig
 
 
-def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> dict[str, plt.Figure]:
-    """The figures of FIGURES by name, those with something to show (UNDRAWN says why
-    the others are not drawn); none when no run has a counted epoch."""
-    epochs = study.epochs[counts(study.epochs)]
+def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
+    """The figures of FIGURES by name for the analysis `a`, those with something to show
+    (UNDRAWN says why the others are not drawn); none when no run has a counted epoch."""
+    study, summary, cells, epochs = a.study, a.summary, a.cells, a.epochs
     if epochs.empty:  # every run diverged in its first epoch: nothing to draw
         return {}
     with plt.rc_context(sns.axes_style("whitegrid")):
@@ -310,7 +320,7 @@ def draw_figures(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame
             "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
             "eval_modes": plot_eval_modes(study, epochs),
             "train_vs_test": plot_train_vs_test(study, epochs),
-            "comparisons": plot_comparisons(study, summary),
+            "comparisons": plot_comparisons(study, a.comparisons),
             "notebook_window": plot_notebook_window(study, epochs),
         }
     return {name: fig for name, fig in figures.items() if fig is not None}

@@ -31,6 +31,7 @@ import pandas as pd
 from bnstudy.aggregate import EVAL_MODES, POINT_CURVES, curve_metrics
 from bnstudy.settings import BY_NAME, TRAIN_SIZE
 from bnstudy.variants import VARIANTS
+from bnstudy.metrics import METRICS, label
 from bnstudy.wording import join_words, pct, plural, pp
 
 WINDOW = 5  # epochs, as in each log
@@ -166,18 +167,17 @@ def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
                                                    statistics=lambda f: f["statistics"].map(EVAL_MODES))[columns]  # fmt: skip
 
 
-# ---------------------------------------------------------------- words
+# ---------------------------------------------------------------- verdicts
 def verdict(ours: pd.Series, theirs: float) -> tuple[str, str]:
     """("reproduces" | "partly" | "not", why in words) for our seeds' worst drops `ours`
     against the log's worst drop `theirs` (see the module's docstring)."""
     seeds = plural(len(ours), "seed")
     if theirs <= ours.max():
         where = "lies within" if theirs >= ours.min() else "is below"
-        return "reproduces", f"the log's worst drop of {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
+        return "reproduces", f"its {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
     if ours.max() > 0:
-        drop = "drops" if len(ours) == 1 else "drop"
-        return "partly", f"our {seeds} {drop}, but at most {pp(ours.max())}, less than the log's {pp(theirs)}"
-    return "not", f"none of our {seeds} drops in its window; the log's worst drop is {pp(theirs)}"
+        return "partly", f"our {seeds} drop at most {pp(ours.max())} against its {pp(theirs)}"
+    return "not", f"none of our {seeds} drops in its window, against its {pp(theirs)}"
 
 
 def span(values: pd.Series, fmt) -> str:
@@ -186,85 +186,27 @@ def span(values: pd.Series, fmt) -> str:
     return low if low == high else f"{low.removesuffix(' pp').removesuffix('%')} to {high}"
 
 
-def seed_range(values: pd.Series, fmt=pp) -> str:
-    """ "12.1 pp (seeds: 3.0 to 20.4 pp)": the mean over seeds and their range ("(every seed)" when they agree)."""
-    agree = fmt(values.min()) == fmt(values.max())
-    return fmt(values.mean()) + ("" if len(values) == 1 else " (every seed)" if agree else f" (seeds: {span(values, fmt)})")
-
-
-def reach_text(variant: str, windows: pd.DataFrame) -> str:
-    """How many of a variant's runs reach the log, and where their windows lie and how well
-    their train accuracy matches, or how far the others got."""
-    reached, runs = windows[windows["reached"]], plural(len(windows), "run")
-    if reached.empty:
-        return f"{variant}: 0 of {runs} (highest train accuracy {pct(windows['highest_train'].max())})"
-    where = join_words([f"{s}–{s + WINDOW - 1}" for s in sorted(set(reached["start"].astype(int)))])
-    return (f"{variant}: {len(reached)} of {runs} (window epochs {where}; train accuracy off by "
-            f"{seed_range(reached['mismatch'])} RMS)")  # fmt: skip
-
-
-def log_text(log: NotebookLog) -> str:
-    """The log's numbers, said to be the notebook's."""
-    m = log.metrics()
-    return (f"Log {log.name} (train accuracy {pct(log.train_first)} in its first epoch, {pct(log.train_last)} in its "
-            f"last; test accuracy {', '.join(f'{100 * a:.1f}' for a in log.test_acc)}%: worst drop "
-            f"{pp(m['worst_drop'])}, mean |change| {pp(m['mean_abs_change'])}, lowest {pct(m['lowest_acc'])}; the "
-            f"notebook's numbers, not this study's).")  # fmt: skip
-
-
-def ours_text(ours: pd.DataFrame) -> str:
-    """bn_before's stability in its windows: epoch ends, PreciseBN and, where there is one,
-    the fine curve, as mean over seeds and range."""
-    text = (f"In their windows bn_before's runs have, at the epoch ends (the log's sampling), worst drop "
-            f"{seed_range(ours['worst_drop'])}, mean |change| {seed_range(ours['mean_abs_change'])} and lowest test "
-            f"accuracy {seed_range(ours['lowest_acc'], pct)}; with PreciseBN statistics worst drop "
-            f"{seed_range(ours['worst_drop_precise_bn'])}")  # fmt: skip
-    fine = ours.dropna(subset=["fine_worst_drop"])
-    if fine.empty:
-        return text + " (no finer curve: the runs evaluate once an epoch)."
-    return (text + f"; at every point of the fine curve ({plural(len(fine), 'run')}), worst drop "
-            f"{seed_range(fine['fine_worst_drop'])} and lowest {seed_range(fine['fine_lowest_acc'], pct)}, with "
-            f"PreciseBN worst drop {seed_range(fine['fine_worst_drop_precise_bn'])}.")  # fmt: skip
-
-
-def log_sentences(log: NotebookLog, windows: pd.DataFrame, compared: pd.DataFrame) -> list[str]:
-    """The sentences on one log: its numbers, which runs reach it, and unless none of
-    bn_before's does, bn_before's stability there, the verdict and the other variants'."""
-    by_variant = dict(tuple(windows.groupby("variant", sort=False)))
-    reach = "; ".join(reach_text(v, w) for v, w in by_variant.items())
-    sentences = [log_text(log), f"Runs that reach its train accuracy (within {pp(TOLERANCE)}): {reach}."]
-    ours = compared[compared["variant"] == NOTEBOOK_VARIANT] if len(compared) else compared
+def log_sentence(log: NotebookLog, ours: pd.DataFrame) -> str:
+    """One log's verdict from bn_before's runs that reach it (`ours`: compare_runs rows)."""
     if ours.empty:
-        return sentences + [f"No bn_before run gets that far, so this study is too short to reach log {log.name}'s "
-                            f"window: no comparison."]  # fmt: skip
-    theirs, fine = log.metrics()["worst_drop"], ours["fine_worst_drop"].dropna()
-    word, why = verdict(ours["worst_drop"], theirs)
-    text = f"Verdict for log {log.name}: {word} ({why})"
+        return f"Log {log.name}: no bn_before run reaches its train accuracy, so the study is too short for it."
+    word, why = verdict(ours["worst_drop"], log.metrics()["worst_drop"])
+    text = f"Log {log.name}: {word} at the epoch ends ({why})"
+    fine = ours["fine_worst_drop"].dropna()
     if len(fine):  # swings between the epoch ends, which the log could not have shown
-        text += "; on the fine curve (every point): {} ({})".format(*verdict(fine, theirs))
-    sentences += [ours_text(ours), text + (". Too few seeds to say how often it happens." if len(ours) < 3 else ".")]
-    others = compared[compared["variant"] != NOTEBOOK_VARIANT].groupby("variant", sort=False)
-    contrast = [f"{seed_range(runs['worst_drop'])} for {variant}" for variant, runs in others]
-    if contrast:
-        sentences.append(f"At the same training progress the worst drop at the epoch ends is {join_words(contrast)}.")
-    return sentences
-
-
-def differences_from_notebook(epochs: pd.DataFrame) -> list[str]:
-    """What our runs at the notebook's setting do differently from its training on all
-    60,000 images: sentences, none when nothing."""
-    limits = [f"{int(n):,}" for n in sorted(epochs["limit_train"].dropna().unique())]
-    return [f"Our runs train on {join_words(limits)} images instead of {TRAIN_SIZE:,}."] if limits else []
+        text += f"; between them our seeds drop up to {pp(fine.max())}"
+    return text + "."
 
 
 # ---------------------------------------------------------------- the report's section
 TABLE_COLUMNS = {  # window metric: its column in the report, saying which curve it is from
     "train_first": "train acc, first epoch (%)", "train_last": "train acc, last epoch (%)",
-    "worst_drop": "worst drop, epoch ends (pp)", "mean_abs_change": "mean abs change, epoch ends (pp)",
-    "lowest_acc": "lowest acc, epoch ends (%)", "late_std": "late std, epoch ends (pp)",
-    "gen_gap": "gen gap, last epoch (pp)", "worst_drop_precise_bn": "PreciseBN worst drop, epoch ends (pp)",
-    "fine_worst_drop": "worst drop, every point (pp)", "fine_lowest_acc": "lowest acc, every point (%)",
-    "fine_worst_drop_precise_bn": "PreciseBN worst drop, every point (pp)",
+    **{m: f"{label(m)}, epoch ends ({METRICS[m].unit})" for m in ("worst_drop", "mean_abs_change")},
+    "lowest_acc": "lowest acc, epoch ends (%)", "late_std": f"{label('late_std')}, epoch ends (pp)",
+    "gen_gap": f"{label('gen_gap')}, last epoch (pp)",
+    "worst_drop_precise_bn": f"{label('worst_drop_precise_bn')}, epoch ends (pp)",
+    "fine_worst_drop": f"{label('worst_drop')}, every point (pp)", "fine_lowest_acc": "lowest acc, every point (%)",
+    "fine_worst_drop_precise_bn": f"{label('worst_drop_precise_bn')}, every point (pp)",
 }  # fmt: skip
 
 
@@ -279,21 +221,41 @@ def comparison_table(results: list[tuple[NotebookLog, pd.DataFrame]]) -> pd.Data
     return pd.DataFrame(rows).T.reindex(columns=list(TABLE_COLUMNS)).astype(float)
 
 
-def notebook_comparison(epochs: pd.DataFrame, points: pd.DataFrame) -> tuple[list[str], pd.DataFrame] | None:
-    """The report's section on the notebook's logs: (sentences, comparison_table), or None
-    when the study has no bn_before run at the notebook's setting. `epochs`: counted rows;
-    `points`: the study's fine curves (StudyResults.points)."""
+@dataclasses.dataclass(frozen=True)
+class NotebookSection:
+    """The report's comparison with the notebook's logs: at most 3 sentences and the table
+    (comparison_table), or, when there is nothing to compare, `absent`: why."""
+
+    sentences: list[str]
+    table: pd.DataFrame
+    absent: str | None
+    verdicts: dict[str, str]  # log name -> "reproduces", "partly", "not" or "too short"
+
+
+METHOD = (f"Each run at the notebook's setting is compared over its own window: the {WINDOW} consecutive epochs "
+          f"whose first and last train accuracy best match the log's (root mean square), since neither log starts "
+          f"from a fresh network.")  # fmt: skip
+
+
+def notebook_section(epochs: pd.DataFrame, points: pd.DataFrame) -> NotebookSection:
+    """The notebook comparison of a study (`epochs`: counted rows; `points`: its fine
+    curves, StudyResults.points)."""
     if not has_notebook_cell(epochs):
-        return None
+        return NotebookSection([], pd.DataFrame(), "the study has no bn_before run at the notebook's setting (Adam, "
+                               "learning rate 0.001, batch size 256, sigmoid, BN momentum 0.1)", {})  # fmt: skip
     epochs = epochs[in_notebook_setting(epochs)]
-    sentences = [f"The notebook's logs do not start from a fresh network (log A's first epoch already has train "
-                 f"accuracy {pct(LOGS[0].train_first)}), so each of our runs at its setting (Adam, learning rate "
-                 f"0.001, batch size 256, sigmoid, BN momentum 0.1) is compared over its own window: the {WINDOW} "
-                 f"consecutive epochs whose train accuracy in the first and last of them is closest (root mean "
-                 f"square) to the log's."] + differences_from_notebook(epochs)  # fmt: skip
-    results = []
+    results, sentences, verdicts = [], [METHOD], {}
     for log in LOGS:
-        windows, compared = compare_runs(epochs, points, log)
-        sentences += log_sentences(log, windows, compared)
+        _, compared = compare_runs(epochs, points, log)
+        ours = compared[compared["variant"] == NOTEBOOK_VARIANT] if len(compared) else compared
+        sentences.append(log_sentence(log, ours))
+        verdicts[log.name] = verdict(ours["worst_drop"], log.metrics()["worst_drop"])[0] if len(ours) else "too short"
         results.append((log, compared))
-    return sentences, comparison_table(results)
+    if set(verdicts.values()) == {"too short"}:
+        highest = epochs.loc[epochs["variant"] == NOTEBOOK_VARIANT, "train_acc"].max()
+        return NotebookSection([], pd.DataFrame(), f"no bn_before run reaches the train accuracy of either log "
+                               f"(highest {pct(highest)}): the study is too short", verdicts)  # fmt: skip
+    limits = sorted(epochs["limit_train"].dropna().unique())
+    if limits:  # the notebook trains on all 60,000 images
+        sentences[0] += f" Our runs train on {join_words([f'{int(n):,}' for n in limits])} of {TRAIN_SIZE:,} images."
+    return NotebookSection(sentences, comparison_table(results), None, verdicts)

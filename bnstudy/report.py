@@ -1,16 +1,16 @@
-"""Study report: a study's runs -> summary tables, figures and report.md.
+"""Study report: a study's runs -> tables, claims, figures and report.md.
 
     DIR/runs/<run_id>.csv + .json   input (bnstudy.store's layout)
-    DIR/summary.csv                 one row per run: its settings and stability metrics
+    DIR/summary.csv                 one row per run: its settings and metrics
     DIR/cells.csv                   one row per grid cell (all settings but the seed)
-    DIR/comparisons.csv             one row per pair of variants x stability metric: paired differences
+    DIR/claims.csv                  every claim the report makes, decided together (bnstudy.claims)
+    DIR/comparisons.csv             its rows comparing the variants (bnstudy.comparisons)
     DIR/figures/<name>.png + .svg   the figures of bnstudy.figures.FIGURES
-    DIR/report.md                   what was run, findings, ranked tables, the figures
+    DIR/report.md                   the answer first, then what was run, tables, figures
 
-The stages: bnstudy.aggregate reads the runs and computes the metrics and tables (its
-docstring states the conventions), bnstudy.figures draws, bnstudy.findings writes the
-sentences, bnstudy.wording names things; this module renders report.md and writes it all,
-all or nothing (write_report).
+The stages: bnstudy.aggregate reads the runs and computes the metrics; bnstudy.analysis
+computes everything the report says once (an Analysis); bnstudy.figures draws it; this
+module renders report.md from it and writes it all, all or nothing (write_report).
 """
 
 from __future__ import annotations
@@ -24,24 +24,37 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.aggregate import (
-    CELL_KEYS,
-    CONFIG_KEYS,
-    StudyResults,
-    aggregate_cells,
-    counts,
-    load_results,
-    missing_runs,
-    summarize_runs,
-)
-from bnstudy.axis_findings import axis_findings
-from bnstudy.comparisons import comparison_findings, comparison_table
+from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, StudyResults, load_results
+from bnstudy.analysis import Analysis, analyze
+from bnstudy.axis_findings import ACTIVATION, MOMENTUM, activation_findings, momentum_findings
+from bnstudy.claims import ALPHA, Verdict
+from bnstudy.comparisons import COMPARISON
+from bnstudy.costs import format_duration
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, UNDRAWN, draw_figures, save_figures
-from bnstudy.findings import findings
-from bnstudy.notebook import TABLE_COLUMNS, notebook_comparison
+from bnstudy.findings import (
+    PRECISE_BN,
+    diverged_text,
+    learning_runs,
+    statistics_headers,
+    still_learning_text,
+    stuck_text,
+)
+from bnstudy.metrics import header, label
+from bnstudy.notebook import TABLE_COLUMNS
 from bnstudy.store import DONE_STATUSES, atomic_write_text, check_writable, format_damaged
-from bnstudy.wording import SETTING_NAMES, cell_text, extra_axes, join_words, plural, value_text
+from bnstudy.wording import (
+    SETTING_NAMES,
+    cell_text,
+    contrast_text,
+    join_words,
+    p_text,
+    plural,
+    pp,
+    setting_text,
+    value_text,
+    verdict_text,
+)
 
 
 # ---------------------------------------------------------------- report.md
@@ -52,19 +65,16 @@ def md_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
 def mean_std(mean: float, std: float) -> str:
     """Fractions as "83.8 ± 1.2" (in % or pp, the table header says which); the mean alone
     without a std; "–" without a mean."""
     if pd.isna(mean):
         return "–"
     return f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ± {100 * std:.1f}")
-
-
-def duration(seconds: float) -> str:
-    """ "42 s", "3.5 min", "1.2 h"."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def listing(values) -> str:
@@ -90,17 +100,80 @@ def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
     return list(zip(damaged["run_id"], damaged["reason"]))
 
 
-def what_was_run(study: StudyResults, summary: pd.DataFrame) -> list[str]:
-    """Bullet lines: the grid, fixed settings, device and versions, run counts (the
-    grid's, then damaged and extra runs), time."""
+# ---------------------------------------------------------------- 1. title and question
+def question(a: Analysis) -> str:
+    """What the study asks, from what it varies: "How stable is test accuracy for none,
+    bn_before and bn_after across learning rate and batch size?"."""
+    values = {k: a.study.expected[k].drop_duplicates() for k in CONFIG_KEYS if k not in ("variant", "seed")}
+    axes = [SETTING_NAMES[k] for k, vs in values.items() if len(vs) > 1]
+    variants = join_words([str(v) for v in a.study.expected["variant"].drop_duplicates().sort_values()])
+    across = f" across {join_words(axes)}" if axes else ""
+    return f"How stable is the test accuracy of {variants}{across}, and how sure can we be?"
+
+
+# ---------------------------------------------------------------- 2. summary
+def worst_drop_bullet(row: pd.Series) -> str:
+    """A worst-drop comparison (claims.csv row) as the summary says it."""
+    verdict = Verdict(row["verdict"])
+    if verdict.clear:
+        way = "falls further than" if verdict is Verdict.HIGHER else "falls less far than"
+        return f"**{row['a']} {way} {row['b']}**: worst drop {contrast_text(row)}."
+    return f"**{row['a']} vs {row['b']}: {verdict_text(row)}**, worst drop {contrast_text(row)}."
+
+
+def precise_bn_bullet(row: pd.Series, statistics: pd.DataFrame) -> str:
+    """A PreciseBN claim (claims.csv row) with the share of the worst drop it removes."""
+    variant = row["scope"].removeprefix("variant ")
+    stats = statistics.loc[variant]
+    levels = f"{pp(stats['worst_drop'])} → {pp(stats['worst_drop_precise_bn'])}"
+    if Verdict(row["verdict"]) is Verdict.LOWER and pd.notna(stats["removed"]):
+        return (f"**PreciseBN removes {stats['removed']:.0%} of {variant}'s worst drop** ({levels}): "
+                f"{contrast_text(row)}, so the running statistics carry it.")  # fmt: skip
+    return f"**PreciseBN on {variant}: {verdict_text(row)}** ({levels}): {contrast_text(row)}."
+
+
+MAX_SUMMARY = 6
+
+
+def summary_bullets(a: Analysis) -> list[str]:
+    """The study's answers, most important first, at most MAX_SUMMARY: the worst-drop
+    comparisons, PreciseBN's, the axis answers, the notebook verdicts."""
+    claims = a.claims
+    drops = claims[(claims["family"] == COMPARISON) & (claims["metric"] == "worst_drop")]
+    out = [worst_drop_bullet(row) for _, row in drops.iterrows()]
+    out += [precise_bn_bullet(row, a.statistics) for _, row in claims[claims["family"] == PRECISE_BN].iterrows()]
+    out += [f"**BN momentum**, {s}" for s in momentum_findings(claims)]
+    activation = activation_findings(claims)
+    out += [f"**Activation**: {activation[-1]}"] if activation else []
+    if a.notebook.absent is None:
+        verdicts = join_words([f"log {log} {word}" for log, word in a.notebook.verdicts.items()])
+        out.append(f"**The notebook's swings**: {verdicts} (section below).")
+    if not out:
+        return ["No two variants have runs that pair (same cell and seed), so there is nothing to compare."]
+    return out[:MAX_SUMMARY]
+
+
+def lead_figure(a: Analysis, figures: list[str]) -> str | None:
+    """The figure that shows the answer best: the notebook window when the study reaches it,
+    else the paired comparisons; None when neither is drawn."""
+    for name in ("notebook_window", "comparisons"):
+        if name in figures:
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- 3. what was run
+def what_was_run(a: Analysis) -> list[str]:
+    """Bullet lines: the grid, fixed settings (named as the sentences name them), device and
+    versions, run counts (the grid's, damaged, extra, stuck, diverged), time."""
+    study, summary = a.study, a.summary
     values = {k: study.expected[k].drop_duplicates().sort_values().tolist() for k in CONFIG_KEYS}
-    axes = [f"{k} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
-    fixed = [f"{k} {value_text(k, vs[0])}" for k, vs in values.items() if len(vs) == 1]
-    n_cells = study.expected.groupby(CELL_KEYS, dropna=False, observed=True).ngroups
+    axes = [f"{SETTING_NAMES[k]} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
+    fixed = [setting_text(k, vs[0]) for k, vs in values.items() if len(vs) == 1 and k != "study"]
     statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
     return [
-        f"**Grid**: {' × '.join(axes) or 'a single run'}: {len(study.expected)} runs in {n_cells} cells "
+        f"**Grid**: {' × '.join(axes) or 'a single run'}: {len(study.expected)} runs in {a.n_cells} cells "
         f"({study.grid_source}).",
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
@@ -109,8 +182,11 @@ def what_was_run(study: StudyResults, summary: pd.DataFrame) -> list[str]:
         f"{statuses.get('diverged', 0)} diverged); skipped: {skipped_text(study.skipped)}.",
         *damaged_bullet(study.skipped),
         *extra_bullet(study),
-        f"**Time**: {duration(summary['train_seconds'].sum())} training + {duration(summary['eval_seconds'].sum())} "
-        f"evaluation, summed over runs; {duration(span.total_seconds())} from the first start to the last end.",
+        *[text for text in (stuck_text(summary, a.extra),) if text],
+        diverged_text(summary, a.extra),
+        f"**Time**: {format_duration(summary['train_seconds'].sum())} training + "
+        f"{format_duration(summary['eval_seconds'].sum())} evaluation, summed over runs; "
+        f"{format_duration(span.total_seconds())} from the first start to the last end.",
     ]  # fmt: skip
 
 
@@ -152,25 +228,77 @@ def incomplete_cells(missing: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "missing runs"])
 
 
-def ranked_table(cells: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
-    """One variant's cells ranked by mean final accuracy (cells without runs last), as text."""
-    cells = cells.sort_values("final_acc_mean", ascending=False, na_position="last")
-    table = pd.DataFrame({"rank": [str(i + 1) if n else "–" for i, n in enumerate(cells["n"])]})
-    for key in ["lr", "batch_size", *extra]:
-        table[SETTING_NAMES.get(key, key)] = [value_text(key, v) for v in cells[key]]
-    table["runs"] = [f"{n} of {e}" for n, e in zip(cells["n"], cells["n_expected"])]
-    columns = {"final_acc": "final acc (%)", "best_acc": "best acc (%)", "mean_abs_change": "mean abs change (pp)",
-               "worst_drop": "worst drop (pp)", "late_std": "late std (pp)", "gen_gap": "gen gap (pp)",
-               "ema_gap": "PreciseBN gain (pp)"}  # fmt: skip
-    if not cells["ema_gap_mean"].notna().any():
-        columns.pop("ema_gap")  # `none` has no BN statistics to recompute
-    for metric, title in columns.items():
-        table[title] = [mean_std(m, sd) for m, sd in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
-    table["diverged"] = cells["n_diverged"].astype(str).to_numpy()
-    table["stuck"] = cells["n_stuck"].astype(str).to_numpy()
-    return table
+# ---------------------------------------------------------------- 4. and 5. claims
+def claims_md(rows: pd.DataFrame, subject) -> str:
+    """claims.csv rows as a Markdown table; `subject(row)` names what each compares."""
+    table = pd.DataFrame({
+        "compared": [subject(r) for _, r in rows.iterrows()],
+        "metric": [label(m) for m in rows["metric"]],
+        "n": rows["n_pairs"].astype(str),
+        "mean (pp)": [f"{100 * m:+.1f}" for m in rows["mean"]],
+        "95% CI (pp)": ["–" if pd.isna(lo) else f"{100 * lo:+.1f} to {100 * hi:+.1f}"
+                        for lo, hi in zip(rows["low"], rows["high"])],
+        "p": [p_text(p) for p in rows["p"]],
+        "adjusted p": [p_text(p) for p in rows["p_adjusted"]],
+        "verdict": [verdict_cell(r) for _, r in rows.iterrows()],
+        "detectable (pp)": ["–" if pd.isna(d) else "none at this n" if d == float("inf") else f"{100 * d:.1f}"
+                            for d in rows["detectable"]],
+    })  # fmt: skip
+    return md_table(table)
 
 
+def verdict_cell(row: pd.Series) -> str:
+    """A claims.csv row's verdict in a table: "higher", "no clear difference (~14 seeds)"."""
+    if Verdict(row["verdict"]).clear or pd.isna(row["seeds_needed"]):
+        return row["verdict"]
+    return f"{row['verdict']} (~{int(row['seeds_needed'])} seeds)"
+
+
+def pair_name(row: pd.Series) -> str:
+    return f"{row['a']} − {row['b']}" + (f" ({row['scope']})" if row["scope"] else "")
+
+
+def claims_note(a: Analysis) -> str:
+    """What the comparisons table cannot say, in at most three sentences."""
+    m = int(a.claims["p"].notna().sum())
+    return (f"Each row pairs runs that differ in the variant only (same cell and seed; runs stuck at chance left "
+            f"out). The p-values are exact sign-flip tests, Holm-adjusted over all {m} claims of this report; a "
+            f"claim needs adjusted p below {ALPHA:g} and a mean that does not round to 0.0 pp. 'detectable' is the "
+            f"smallest true difference those pairs find with 80% power at Holm's strictest threshold, and '~N "
+            f"seeds' how many would find the observed one.")  # fmt: skip
+
+
+def axis_sections(a: Analysis) -> list[str]:
+    """The BN momentum and activation sections, each a few sentences and its claims' table."""
+    parts = []
+    for family, title, sentences in ((MOMENTUM, "BN momentum", momentum_findings(a.claims)),
+                                     (ACTIVATION, "The activation", activation_findings(a.claims))):  # fmt: skip
+        rows = a.claims[a.claims["family"] == family]
+        if rows.empty:
+            continue
+        parts += [f"## {title}", bullets(sentences), claims_md(rows, pair_name)]
+    return parts
+
+
+def statistics_section(a: Analysis) -> list[str]:
+    """Which BN statistics carry the swings: the table and PreciseBN's claims."""
+    if a.statistics.empty:
+        return []
+    headers = statistics_headers()
+    shown = pd.DataFrame({"variant": a.statistics.index.astype(str)})
+    for column, title in headers.items():
+        values = a.statistics[column].to_numpy()
+        shown[title] = (values.astype(int).astype(str) if column == "runs" else
+                        ["–" if pd.isna(v) else f"{v:.0%}" for v in values] if column == "removed" else
+                        ["–" if pd.isna(v) else f"{100 * v:.1f}" for v in values])  # fmt: skip
+    rows = a.claims[a.claims["family"] == PRECISE_BN]
+    return ["## BN statistics: running averages or the weights?",
+            "Eval mode normalises with the running statistics; PreciseBN re-estimates them for the same weights, "
+            "and test-batch statistics use each test batch's own. Means over the runs that left chance.",
+            md_table(shown), claims_md(rows, pair_name)]  # fmt: skip
+
+
+# ---------------------------------------------------------------- 6. the notebook
 def window_table(table: pd.DataFrame) -> pd.DataFrame:
     """The notebook section's table (notebook.comparison_table) as report.md shows it: % and
     pp to one decimal, "–" where not measured (the notebook's logs have no PreciseBN or points)."""
@@ -178,77 +306,93 @@ def window_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown.reset_index(names="source")
 
 
-def render_report(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame, missing: pd.DataFrame,
-                  figures: list[str], comparisons: pd.DataFrame) -> str:  # fmt: skip
-    """report.md's text. `missing`: incomplete_cells(...); `figures`: the names of the
-    figures written under figures/; `comparisons`: comparison_table(summary)."""
-    extra = extra_axes(cells)
-    epochs = study.epochs[counts(study.epochs)]
-    parts = [f"# Batch-normalization stability report: study `{study.name}`",
-             "Accuracies in percent (%), changes in percentage points (pp); ± is the standard deviation over "
-             "seeds. Written by `bnstudy report` from the run files; every number and sentence below is "
-             "computed from them.",
-             "## What was run", "\n".join(f"- {line}" for line in what_was_run(study, summary))]  # fmt: skip
-    if len(missing):
-        parts += ["## Incomplete cells", f"{len(missing)} of {len(cells)} cells lack runs:", md_table(missing)]
-    parts += ["## Findings", "\n".join(f"- {sentence}" for sentence in findings(summary, cells, epochs))]
-    if len(comparisons):
-        parts += ["## Paired comparisons between variants", CONTRASTS_NOTE + " Runs stuck at chance are left out.",
-                  "\n".join(f"- {sentence}" for sentence in comparison_findings(comparisons))]  # fmt: skip
-    about_axes = axis_findings(summary)
-    if about_axes:
-        parts += [f"## What {axes_studied(summary)} change{'s' if ' and ' not in axes_studied(summary) else ''}",
-                  CONTRASTS_NOTE,
-                  "\n".join(f"- {sentence}" for sentence in about_axes)]  # fmt: skip
-    comparison = notebook_comparison(epochs, study.points)
-    if comparison is not None:
-        sentences, table = comparison
-        parts += ["## The reference notebook's test-accuracy swings", " ".join(sentences), md_table(window_table(table))]
-    parts.append("## Cells ranked by final accuracy, per variant")
-    for variant, block in cells.groupby("variant", observed=True):
-        parts += [f"### {variant}", md_table(ranked_table(block, extra))]
-    parts.append("## Figures")
+def notebook_part(a: Analysis) -> list[str]:
+    section = a.notebook
+    if section.absent is not None:
+        return [f"*No comparison with the reference notebook's logs: {section.absent}.*"]
+    return ["## The reference notebook's test-accuracy swings", " ".join(section.sentences),
+            md_table(window_table(section.table))]  # fmt: skip
+
+
+# ---------------------------------------------------------------- 7. cells, figures, files
+CELL_TABLE_METRICS = ["final_acc", "best_acc", "mean_abs_change", "worst_drop", "late_std", "gen_gap", "ema_gap"]
+
+
+def cell_table(cells: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    """One variant's cells, best mean final accuracy first (cells without runs last), as text."""
+    cells = cells.sort_values("final_acc_mean", ascending=False, na_position="last")
+    table = pd.DataFrame({SETTING_NAMES[key]: [value_text(key, v) for v in cells[key]]
+                          for key in ["lr", "batch_size", *extra]})  # fmt: skip
+    table["runs"] = [f"{n} of {e}" for n, e in zip(cells["n"], cells["n_expected"])]
+    metrics = [m for m in CELL_TABLE_METRICS if m != "ema_gap" or cells["ema_gap_mean"].notna().any()]
+    for metric in metrics:  # `none` has no BN statistics to recompute: no PreciseBN gain
+        table[header(metric)] = [mean_std(m, sd) for m, sd in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
+    table["diverged"] = cells["n_diverged"].astype(str).to_numpy()
+    table["stuck"] = cells["n_stuck"].astype(str).to_numpy()
+    return table
+
+
+def figures_part(figures: list[str], skip: str | None) -> list[str]:
+    parts = ["## Figures"]
     if not figures:
         parts.append("None: no run has an epoch with finite loss and accuracy.")
     for i, name in enumerate(figures, 1):
         heading, caption = FIGURES[name]
-        parts += [f"### {i}. {heading}", f"![{heading}](figures/{name}.png)",
+        where = " (also in the summary)" if name == skip else ""
+        parts += [f"### {i}. {heading}{where}", f"![{heading}](figures/{name}.png)",
                   f"{caption} Also as [SVG](figures/{name}.svg)."]  # fmt: skip
     undrawn = [f"{FIGURES[name][0]}: {UNDRAWN[name]}" for name in FIGURES if figures and name not in figures]
     if undrawn:
         parts.append(f"Not drawn: {'; '.join(undrawn)}.")
-    parts += ["## Files and conventions", FILES_NOTE]
+    return parts
+
+
+def render_report(a: Analysis, figures: list[str]) -> str:
+    """report.md's text, in the order of docs/DESIGN.md ("The report"). `figures`: the
+    names of the figures written under figures/."""
+    lead = lead_figure(a, figures)
+    parts = [f"# Study `{a.study.name}`", question(a), "## Summary", bullets(summary_bullets(a))]
+    if lead:
+        parts.append(f"![{FIGURES[lead][0]}](figures/{lead}.png)")
+    parts += ["## What was run", bullets(what_was_run(a))]
+    incomplete = incomplete_cells(a.missing, a.extra)
+    if len(incomplete):
+        parts += [f"{len(incomplete)} of {len(a.cells)} cells lack runs:", md_table(incomplete)]
+    comparisons = a.claims[a.claims["family"] == COMPARISON]
+    if len(comparisons):
+        parts += ["## Paired comparisons between variants", claims_md(comparisons, pair_name), claims_note(a)]
+        if text := still_learning_text(a.epochs[a.epochs["run_id"].isin(learning_runs(a.summary)["run_id"])]):
+            parts.append(text)
+    parts += [*axis_sections(a), *statistics_section(a), *notebook_part(a)]
+    if a.cells_per_variant > 1:
+        parts.append("## Per cell (mean ± std over seeds; accuracies in %, changes in pp)")
+        for variant, block in a.cells.groupby("variant", observed=True):
+            parts += [f"### {variant}", md_table(cell_table(block, a.extra))]
+    parts += [*figures_part(figures, lead), "## Files and conventions", FILES_NOTE]
     return "\n\n".join(parts) + "\n"
 
 
-def axes_studied(summary: pd.DataFrame) -> str:
-    """ "BN momentum", "the activation" or both: the axes of axis_findings the study varies."""
-    named = {"bn_momentum": "BN momentum", "activation": "the activation"}
-    return join_words([words for key, words in named.items() if summary[key].nunique() > 1])
-
-
-CONTRASTS_NOTE = ("Each difference pairs runs that differ in that one setting only, seed included; the interval is "
-                  "a bootstrap 95% interval over the pairs, and a difference is claimed only when it excludes 0.")
 FILES_NOTE = """\
+- Accuracies in percent (%), differences and spreads in percentage points (pp); the CSVs
+  hold fractions. Every number and sentence here is computed from the run files.
 - `summary.csv`: one row per run: its settings, status, `diverged`, `stuck` (best test
-  accuracy below 20%: it never left chance), `epochs_used`, the stability metrics
-  (fractions, not %), and the training/evaluation seconds.
+  accuracy below 20%: it never left chance), `epochs_used`, the metrics, and the
+  training/evaluation seconds.
 - `cells.csv`: one row per grid cell (all settings but the seed): `n` runs of `n_expected`,
   `n_diverged`, `n_stuck`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds; the
-  volatility metrics (mean |change|, worst drop, late std) over the runs that are not stuck.
-- `comparisons.csv`: one row per pair of variants and metric: `a`, `b`, `metric`, `n_pairs`,
-  and over the pairs of runs that differ in the variant only (same cell and seed, stuck runs
-  left out) the `mean`, bootstrap 95% interval (`low`, `high`) of metric(a) − metric(b)
-  (fractions), the pairs where a is `above` / `below` b, and the `verdict` in words.
+  volatility metrics over the runs that are not stuck.
+- `claims.csv`: every claim or non-claim this report makes: `family` (its section), `axis`,
+  `a`, `b`, `scope`, `metric`, `n_pairs`, `n_seeds`, `mean`, `low`, `high` (paired t 95%
+  interval of metric(a) − metric(b)), `above`, `below`, `ties`, `method`, `p` (sign-flip
+  test), `p_adjusted` (Holm, over the whole report), `verdict`, `detectable` (smallest
+  difference found with 80% power), `seeds_needed`. `comparisons.csv` is its comparison rows.
 - A run's metrics use its epochs whose loss and accuracy are finite: a diverged run counts up
   to its last finite epoch and is flagged.
 - `late_std` is the population standard deviation of the last ceil(E/2) epochs; spreads over
   seeds are sample standard deviations.
-- The `*_precise_bn` and `*_batch_stats` metrics are the same stability metrics of the test
-  accuracy measured with PreciseBN and with test-batch statistics.
-- Which curve a number is from: the `fine_*` metrics are from the fine curve, every point of
-  `runs/<run_id>.evals.csv` (k per epoch; NaN for a run evaluated once an epoch), their
-  mean |change| per point step; every other metric and table is from the epoch ends."""
+- The `*_precise_bn` and `*_batch_stats` metrics are the same metrics of the test accuracy
+  measured with PreciseBN and with test-batch statistics; the `fine_*` ones are from every
+  point of `runs/<run_id>.evals.csv` (k per epoch; NaN for a run evaluated once an epoch)."""
 
 
 @dataclasses.dataclass
@@ -267,7 +411,8 @@ class Outputs:
 
 def write_report(root: str | os.PathLike, include_extra: bool = False) -> Outputs:
     """Load the study in `root` (its spec's runs, and with `include_extra` the other done
-    runs there too) and write summary.csv, cells.csv, figures/ and report.md there.
+    runs there too) and write summary.csv, cells.csv, claims.csv, comparisons.csv,
+    figures/ and report.md there.
 
     All or nothing: the files are written into a hidden staging folder in `root` and moved
     into place only once all of them were written and every destination was checked, so a
@@ -277,16 +422,14 @@ def write_report(root: str | os.PathLike, include_extra: bool = False) -> Output
     report or `root` is not writable."""
     study = load_results(root, include_extra)
     check_writable(study.root)
-    summary = summarize_runs(study)
-    cells = aggregate_cells(summary, study.expected)
-    comparisons = comparison_table(summary)
-    incomplete = incomplete_cells(missing_runs(study), extra_axes(cells))
+    a = analyze(study)
+    incomplete = incomplete_cells(a.missing, a.extra)
     try:
         with staging_folder(study.root) as stage:
-            drawn = [png.stem for png in save_figures(draw_figures(study, summary, cells), stage / "figures")]
-            texts = {"summary.csv": summary.to_csv(index=False), "cells.csv": cells.to_csv(index=False),
-                     "comparisons.csv": comparisons.to_csv(index=False),
-                     "report.md": render_report(study, summary, cells, incomplete, drawn, comparisons)}  # fmt: skip
+            drawn = [png.stem for png in save_figures(draw_figures(a), stage / "figures")]
+            texts = {"summary.csv": a.summary.to_csv(index=False), "cells.csv": a.cells.to_csv(index=False),
+                     "claims.csv": a.claims.to_csv(index=False), "comparisons.csv": a.comparisons.to_csv(index=False),
+                     "report.md": render_report(a, drawn)}  # fmt: skip
             for name, text in texts.items():
                 atomic_write_text(stage / name, text)
             # report.md last: it links the figures, which must be there before it
@@ -298,7 +441,7 @@ def write_report(root: str | os.PathLike, include_extra: bool = False) -> Output
         raise UserError(f"{study.root}: cannot write the report ({exc.strerror or exc}{where})") from None
     return Outputs(study.root / "summary.csv", study.root / "cells.csv",
                    [study.root / "figures" / f"{name}.png" for name in drawn], study.root / "report.md",
-                   len(summary), study.skipped, incomplete, extra_text(study))  # fmt: skip
+                   len(a.summary), study.skipped, incomplete, extra_text(study))  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -66,3 +66,43 @@ def per_variant(values: pd.Series, fmt) -> str:
     ("not measured" when every value is NaN)."""
     items = [f"{fmt(v)} for {variant}" for variant, v in values.dropna().items()]
     return join_words(items) if items else "not measured"
+
+
+def signed_pp(x: float) -> str:
+    """A difference of fractions in signed percentage points: 0.012 -> "+1.2 pp"."""
+    return f"{100 * x:+.1f} pp"
+
+
+def p_text(p: float) -> str:
+    """A p-value as the report prints it: "0.19", "0.003", "< 0.001", "–" for none."""
+    if pd.isna(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
+def interval_text(low: float, high: float) -> str:
+    """A 95% interval of differences of fractions: "95% CI +0.4 to +2.0 pp"."""
+    if pd.isna(low):
+        return "no interval"
+    return f"95% CI {100 * low:+.1f} to {signed_pp(high)}"
+
+
+def seeds_text(row) -> str:
+    """What a claims.csv row that is not a claim would need: "about 14 seeds would tell",
+    or "no seed count would tell" when the observed difference is 0."""
+    needed = row["seeds_needed"]
+    return "no seed count would tell" if pd.isna(needed) else f"about {int(needed)} seeds would tell"
+
+
+def contrast_text(row) -> str:
+    """A claims.csv row's numbers: "+2.9 pp (95% CI -1.3 to +7.0 pp; n = 5, adjusted p 0.90)"."""
+    return (f"{signed_pp(row['mean'])} ({interval_text(row['low'], row['high'])}; n = {row['n_pairs']}, "
+            f"adjusted p {p_text(row['p_adjusted'])})")  # fmt: skip
+
+
+def verdict_text(row) -> str:
+    """A claims.csv row's verdict with what it would take: "no clear difference at n = 5;
+    about 14 seeds would tell", "a higher" is the caller's to say."""
+    if row["verdict"] in ("higher", "lower"):
+        return row["verdict"]
+    return f"{row['verdict']} at n = {row['n_pairs']}; {seeds_text(row)}"
