@@ -63,7 +63,7 @@ class Claim:
     contrast: Contrast
 
 
-COLUMNS = ["family", "axis", "a", "b", "scope", "metric", "n_pairs", "n_seeds", "mean", "low", "high", "above",
+COLUMNS = ["family", "axis", "a", "b", "scope", "metric", "n_pairs", "n_seeds", "mean", "sd", "low", "high", "above",
            "below", "ties", "method", "p", "p_adjusted", "verdict", "detectable", "seeds_needed"]  # fmt: skip
 
 
@@ -111,7 +111,7 @@ def decide(claims: list[Claim]) -> pd.DataFrame:
         c = claim.contrast
         v = verdict(c, p_adj)
         rows.append([claim.family, claim.axis, claim.a, claim.b, claim.scope, claim.metric, c.n, c.seeds, c.mean,
-                     c.low, c.high, c.above, c.below, c.ties, c.method, c.p, p_adj, v.value,
+                     c.sd, c.low, c.high, c.above, c.below, c.ties, c.method, c.p, p_adj, v.value,
                      detectable_difference(c.sd, c.n, strictest),
                      math.nan if v.clear else seeds_needed(c, strictest)])  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -185,6 +185,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bnstudy plan
+def add_plan_parser(commands) -> None:
+    p = commands.add_parser("plan", help="how many seeds each claim of a study needs to detect a difference",
+                            description="From the spread of a study's finished runs, the seeds each claim of its "
+                                        "report needs to detect DIFF with 80%% power after Holm's correction. "
+                                        "Trains nothing.")  # fmt: skip
+    p.add_argument("dir", type=check_path, metavar="DIR", help="a study's results folder, e.g. results/notebook")
+    p.add_argument("--detect", default="1pp", metavar="DIFF", help="the difference to detect, e.g. 1pp or 0.5pp "
+                   "(default: 1pp)")  # fmt: skip
+    p.set_defaults(handler=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    from bnstudy.aggregate import load_results
+    from bnstudy.analysis import analyze
+    from bnstudy.plan import format_plan, parse_difference
+
+    detect = parse_difference(args.detect)  # before the study loads: a typo costs nothing
+    print(format_plan(analyze(load_results(args.dir)), detect))
+    return 0
+
+
 # ---------------------------------------------------------------- the command
 def build_parser() -> Parser:
     parser = Parser(prog="bnstudy", description=__doc__.splitlines()[0])
@@ -194,6 +216,7 @@ def build_parser() -> Parser:
     add_sweep_parser(commands)
     add_status_parser(commands)
     add_report_parser(commands)
+    add_plan_parser(commands)
     return parser
 
 

@@ -32,6 +32,7 @@ correction): bnstudy.claims decides that.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,7 @@ MC_RESAMPLES = 100_000
 MC_SEED = 0
 POWER = 0.8  # the planner's power
 CONFIDENCE = 0.95
+NO_TEST = "none (fewer than 2 pairs)"
 CONFIG_KEYS = list(RUN_SETTINGS)
 
 
@@ -52,7 +54,7 @@ CONFIG_KEYS = list(RUN_SETTINGS)
 class Contrast:
     """The paired differences' summary: n pairs over `seeds` distinct seeds; their mean,
     sample std `sd` and paired t 95% interval (low, high); how many are above and below 0;
-    the sign-flip p-value and the method that gave it (NaN p and "" below 2 pairs)."""
+    the sign-flip p-value and the method that gave it (NaN p and NO_TEST below 2 pairs)."""
 
     n: int
     seeds: int
@@ -114,7 +116,10 @@ def t_interval(differences: np.ndarray, axis: int = -1) -> tuple:
     if differences.shape[axis] < 2:
         nan = np.full(np.delete(differences.shape, axis if axis >= 0 else differences.ndim + axis), np.nan)
         return (float(nan), float(nan)) if nan.ndim == 0 else (nan, nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Equal differences (every pair tied) have no spread: scipy warns and gives NaN, which
+    # becomes (mean, mean) below; nearly equal ones give an interval as narrow as they are.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         ci = stats.ttest_1samp(differences, 0.0, axis=axis).confidence_interval(CONFIDENCE)
     mean = differences.mean(axis=axis)
     low, high = np.where(np.isnan(ci.low), mean, ci.low), np.where(np.isnan(ci.high), mean, ci.high)
@@ -128,7 +133,7 @@ def contrast(differences: pd.Series) -> Contrast:
     mean = float(values.mean()) if n else math.nan
     sd = float(values.std(ddof=1)) if n > 1 else math.nan
     low, high = t_interval(values)
-    p, method = sign_flip_p(values) if n > 1 else (math.nan, "")
+    p, method = sign_flip_p(values) if n > 1 else (math.nan, NO_TEST)
     return Contrast(n, int(pd.Index(differences.index).nunique()), mean, sd, low, high,
                     int((values > 0).sum()), int((values < 0).sum()), p, method)  # fmt: skip
 

@@ -71,8 +71,9 @@ def grouped_runs(runs: pd.DataFrame, extra: list[str]) -> list[str]:
     for _, cell in runs.groupby(keys, observed=True, sort=True):
         first = cell.iloc[0]
         seeds = sorted(cell["seed"])
-        which = (f"all {len(seeds)} seeds" if len(seeds) == first["n_seeds"] and len(seeds) > 1 else
-                 f"seed{'s' if len(seeds) > 1 else ''} {join_words([str(s) for s in seeds])} of {first['n_seeds']}")  # fmt: skip
+        named = f"seed{'s' if len(seeds) > 1 else ''} {join_words([str(s) for s in seeds])}"
+        which = (named if first["n_seeds"] == 1 else f"all {len(seeds)} seeds" if len(seeds) == first["n_seeds"] else
+                 f"{named} of {first['n_seeds']}")  # fmt: skip
         parts.append(f"{cell_text(first, extra)}: {which}")
     return parts
 
@@ -120,6 +121,6 @@ def still_learning_text(epochs: pd.DataFrame) -> str | None:
     rising = [str(v) for v, share in up.items() if share >= STILL_LEARNING]
     if not rising:
         return None
-    shares = join_words([f"{up[v]:.0%} for {v}" for v in rising])
-    return (f"Still learning: rises make up {shares} of the epoch-to-epoch changes, so a small worst drop "
+    shares = join_words([f"{v} ({up[v]:.0%})" for v in rising])
+    return (f"Still learning: rises are most of the epoch-to-epoch changes of {shares}, so a small worst drop "
             f"there does not show stability.")  # fmt: skip

@@ -174,7 +174,7 @@ def verdict(ours: pd.Series, theirs: float) -> tuple[str, str]:
     seeds = plural(len(ours), "seed")
     if theirs <= ours.max():
         where = "lies within" if theirs >= ours.min() else "is below"
-        return "reproduces", f"its {pp(theirs)} {where} the range of our {seeds} ({span(ours, pp)})"
+        return "reproduces", f"its {pp(theirs)} {where} our {seeds}' range, {span(ours, pp)}"
     if ours.max() > 0:
         return "partly", f"our {seeds} drop at most {pp(ours.max())} against its {pp(theirs)}"
     return "not", f"none of our {seeds} drops in its window, against its {pp(theirs)}"

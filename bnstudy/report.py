@@ -59,9 +59,13 @@ from bnstudy.wording import (
 
 # ---------------------------------------------------------------- report.md
 def md_table(frame: pd.DataFrame) -> str:
-    """A Markdown table of `frame`'s columns (cells already formatted as text)."""
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    """A Markdown table of `frame`'s columns (cells already formatted as text; a "|" in
+    one, as in "mean |change|", is escaped so that it does not split the cell)."""
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -382,8 +386,8 @@ FILES_NOTE = """\
   `n_diverged`, `n_stuck`, `seed_std`, and `<metric>_mean` / `<metric>_std` over seeds; the
   volatility metrics over the runs that are not stuck.
 - `claims.csv`: every claim or non-claim this report makes: `family` (its section), `axis`,
-  `a`, `b`, `scope`, `metric`, `n_pairs`, `n_seeds`, `mean`, `low`, `high` (paired t 95%
-  interval of metric(a) − metric(b)), `above`, `below`, `ties`, `method`, `p` (sign-flip
+  `a`, `b`, `scope`, `metric`, `n_pairs`, `n_seeds`, `mean`, `sd`, `low`, `high` (paired t
+  95% interval of metric(a) − metric(b)), `above`, `below`, `ties`, `method`, `p` (sign-flip
   test), `p_adjusted` (Holm, over the whole report), `verdict`, `detectable` (smallest
   difference found with 80% power), `seeds_needed`. `comparisons.csv` is its comparison rows.
 - A run's metrics use its epochs whose loss and accuracy are finite: a diverged run counts up

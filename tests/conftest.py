@@ -75,3 +75,11 @@ def real_tables(real_study):
     study = aggregate.load_results(real_study)
     summary = aggregate.summarize_runs(study)
     return study, summary, aggregate.aggregate_cells(summary, study.expected)
+
+
+@pytest.fixture(scope="session")
+def real_analysis(real_study):
+    """The report's Analysis of real_study."""
+    from bnstudy.analysis import analyze
+
+    return analyze(aggregate.load_results(real_study))

@@ -1,6 +1,5 @@
 """bnstudy.comparisons: paired differences between variants against a direct computation,
-stuck runs left out, the words (a claim only when the interval excludes 0), comparisons.csv
-and its forest plot in the report."""
+stuck runs left out, the verdicts, comparisons.csv and its forest plot in the report."""
 
 from __future__ import annotations
 
@@ -12,14 +11,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from studies import cfg, hand_rows, write_hand_run  # noqa: E402
 
-from bnstudy import cli, comparisons, contrasts  # noqa: E402
+from bnstudy import cli, comparisons  # noqa: E402
+from bnstudy.claims import Verdict, decide  # noqa: E402
 from bnstudy.aggregate import load_results, typed  # noqa: E402
 from bnstudy.figures import plot_comparisons  # noqa: E402
+from bnstudy.metrics import label  # noqa: E402
 
-METRICS = list(comparisons.METRICS)
+METRICS = comparisons.COMPARED
+
+
+def table_of(summary: pd.DataFrame) -> pd.DataFrame:
+    """comparisons.csv of a summary whose only claims are its comparisons."""
+    return comparisons.comparison_table(decide(comparisons.comparison_claims(summary)))
 
 
 def summary_of(rows: list[tuple[dict, dict]], stuck=()) -> pd.DataFrame:
@@ -45,7 +52,7 @@ def test_the_table_matches_a_direct_paired_computation():
         if settings["variant"] == "none":
             metrics["worst_drop_precise_bn"] = np.nan  # none has no BN statistics
     summary = summary_of(rows, stuck=(4,))  # bn_before at lr 1e-3, seed 1: its pairs go
-    table = comparisons.comparison_table(summary).set_index(["a", "b", "metric"])
+    table = table_of(summary).set_index(["a", "b", "metric"])
     learning = summary[~summary["stuck"]].astype({"variant": str})
     wide = learning.pivot(index=["lr", "seed"], columns="variant", values=METRICS)
     for a, b in comparisons.VARIANT_PAIRS:
@@ -57,53 +64,37 @@ def test_the_table_matches_a_direct_paired_computation():
             row = table.loc[(a, b, metric)]
             assert row["n_pairs"] == len(direct) == (5 if "bn_before" in (a, b) else 6)
             assert row["mean"] == pytest.approx(direct.mean())
-            low, high = contrasts.bootstrap_interval(direct.to_numpy())
-            assert (row["low"], row["high"]) == pytest.approx((low, high))
+            half = stats.t.ppf(0.975, len(direct) - 1) * direct.std(ddof=1) / np.sqrt(len(direct))
+            assert (row["low"], row["high"]) == pytest.approx((direct.mean() - half, direct.mean() + half))
             assert (row["above"], row["below"]) == ((direct > 0).sum(), (direct < 0).sum())
+            assert row["method"] == "sign-flip, exact" and 0 < row["p"] <= row["p_adjusted"] <= 1
     assert list(table.reset_index().columns) == comparisons.COLUMNS
 
 
 def test_a_clear_difference_is_claimed_and_an_unclear_one_is_not():
-    clear = comparisons.comparison_table(drops_study(before=[0.10, 0.12, 0.11, 0.09], after=[0.02, 0.03, 0.02, 0.01]))
-    (row,) = clear.to_dict("records")
-    assert (row["a"], row["b"], row["verdict"]) == ("bn_before", "bn_after", "bn_before higher than bn_after")
-    flipped = comparisons.comparison_table(drops_study(before=[0.02, 0.03, 0.02, 0.01], after=[0.10, 0.12, 0.11, 0.09]))
-    assert flipped["verdict"].tolist() == ["bn_before lower than bn_after"]
-    # differences +5, -4, +3, -5 pp: the interval includes 0
-    before, after = [0.07, 0.02, 0.05, 0.00], [0.02, 0.06, 0.02, 0.05]
-    unclear = comparisons.comparison_table(drops_study(before, after))
+    before, after = [0.10, 0.12, 0.11, 0.09, 0.10, 0.13], [0.02, 0.03, 0.02, 0.01, 0.03, 0.02]
+    (row,) = table_of(drops_study(before, after)).to_dict("records")
+    assert (row["a"], row["b"], row["verdict"]) == ("bn_before", "bn_after", Verdict.HIGHER.value)
+    assert row["p"] == pytest.approx(2 / 64)  # 6 pairs of one sign
+    assert table_of(drops_study(after, before))["verdict"].tolist() == [Verdict.LOWER.value]
+    # differences +5, -4, +3, -5, +4, -2 pp
+    unclear = table_of(drops_study([0.07, 0.02, 0.05, 0.00, 0.06, 0.01], [0.02, 0.06, 0.02, 0.05, 0.02, 0.03]))
     (row,) = unclear.to_dict("records")
-    assert row["low"] < 0 < row["high"] and row["verdict"] == "no clear difference at this many seeds"
-    (sentence, _) = comparisons.comparison_findings(unclear)
-    mean = np.mean(np.subtract(before, after))
-    assert sentence == (f"bn_before minus bn_after, paired by cell and seed: worst drop {100 * mean:+.1f} pp (95% interval "
-                        f"{100 * row['low']:+.1f} to {100 * row['high']:+.1f} pp; bn_before above bn_after in 2, below "
-                        "in 2 of 4 pairs): no clear difference at this many seeds.")  # fmt: skip
+    assert row["low"] < 0 < row["high"] and row["verdict"] == Verdict.UNCLEAR.value
 
 
-def test_two_pairs_are_too_few_to_claim_anything():
-    table = comparisons.comparison_table(drops_study(before=[0.10, 0.12], after=[0.02, 0.03]))
-    assert table["verdict"].tolist() == ["no clear difference at this many seeds"]
+@pytest.mark.parametrize("seeds, verdict", [(5, Verdict.TOO_FEW), (6, Verdict.HIGHER)])
+def test_six_pairs_are_the_fewest_that_can_make_a_claim(seeds, verdict):
+    before = [0.10 + 0.01 * s for s in range(seeds)]
+    table = table_of(drops_study(before, [0.02] * seeds))
+    assert table["verdict"].tolist() == [verdict.value]
 
 
 def test_stuck_runs_leave_the_pairs():
     # bn_after's seed 2 is stuck: its 0.0 worst drop would otherwise pair with bn_before's
     summary = drops_study(before=[0.10, 0.12, 0.11, 0.09], after=[0.02, 0.03, 0.0, 0.01], stuck=(6,))
-    (row,) = comparisons.comparison_table(summary).to_dict("records")
+    (row,) = table_of(summary).to_dict("records")
     assert row["n_pairs"] == 3 and row["mean"] == pytest.approx((0.08 + 0.09 + 0.08) / 3)
-
-
-@pytest.mark.parametrize("none, words", [
-    ([0.20, 0.21, 0.22, 0.19], "clearly below none (-18.0 pp, 95% interval"),  # bn_after - none: -18, -15, -20, -19
-    ([0.07, 0.02, 0.05, 0.00], "not clearly different from none (-1.0 pp, 95% interval"),  # -5, +4, -3, 0
-])  # fmt: skip
-def test_the_smallest_variant_is_said_to_be_clearly_below_only_when_it_is(none, words):
-    """bn_after (the smallest by mean worst drop: 2.5 pp) against bn_before (10.5 pp: -8,
-    -6, -9, -9 pp per pair, clearly below) and none."""
-    summary = drops_study(before=[0.10, 0.12, 0.11, 0.09], after=[0.02, 0.06, 0.02, 0.00], none=none)
-    text = comparisons.smallest_text(comparisons.comparison_table(summary), "bn_after", ["bn_before", "none"], "worst_drop")
-    assert text.startswith("clearly below bn_before (-8.0 pp, 95% interval")
-    assert "and " + words in text and "over 4 pairs" in text
 
 
 def test_report_writes_comparisons_csv_and_its_forest_plot(tmp_path):
@@ -117,18 +108,24 @@ def test_report_writes_comparisons_csv_and_its_forest_plot(tmp_path):
             write_hand_run(tmp_path, config, hand_rows(config, acc_of_seed))
     assert cli.main(["report", str(tmp_path)]) == 0
     written = pd.read_csv(tmp_path / "comparisons.csv")
+    claims = pd.read_csv(tmp_path / "claims.csv")
+    pd.testing.assert_frame_equal(written, comparisons.comparison_table(claims), check_dtype=False)
     summary = typed(pd.read_csv(tmp_path / "summary.csv"))
-    pd.testing.assert_frame_equal(written, comparisons.comparison_table(summary), check_dtype=False)
+    # mean |change| per seed: bn_before (20 + 20 + 25 + 0.4 s) / 3, bn_after (10 + 2 + 8) / 3 pp: 15 + 0.4 * 1.5 / 3
+    row = written[(written["a"] == "bn_before") & (written["b"] == "bn_after") & (written["metric"] == "mean_abs_change")]
+    assert row["mean"].item() == pytest.approx(0.152)
     text = (tmp_path / "report.md").read_text()
     assert "## Paired comparisons between variants" in text and "(figures/comparisons.png)" in text
-    # mean |change| per seed: bn_before (20 + 20 + 25 + 0.4 s) / 3, bn_after (10 + 2 + 8) / 3 pp: 15 + 0.4 * 1.5 / 3
-    assert "bn_before minus bn_after, paired by cell and seed: mean |change| +15.2 pp" in text
     assert (written["high"] > written["low"]).any()
-    fig = plot_comparisons(load_results(tmp_path), summary)
-    ax = fig.axes[0]
-    dots = [line for line in ax.get_lines() if len(line.get_xdata()) == 1 and line.get_marker() == "o"]
-    np.testing.assert_allclose([d.get_xdata()[0] for d in dots], 100 * written["mean"])
-    colours = {"higher": "#d62728", "lower": "#1f77b4", "no clear": "#999999"}
-    expected = [colours["no clear" if v.startswith("no clear") else v.split()[1]] for v in written["verdict"]]
-    assert [to_hex(d.get_color()) for d in dots] == expected
+    fig = plot_comparisons(load_results(tmp_path), written)
+    dots = [(ax, line) for ax in fig.axes for line in ax.get_lines()
+            if len(line.get_xdata()) == 1 and line.get_marker() == "o"]  # fmt: skip
+    by_metric = {ax.get_title(): [] for ax, _ in dots}
+    for ax, line in dots:
+        by_metric[ax.get_title()].append(line.get_xdata()[0])
+    for metric, rows in written.groupby("metric", sort=False):
+        np.testing.assert_allclose(by_metric[label(metric)], 100 * rows["mean"])
+    colours = {"higher": "#d62728", "lower": "#1f77b4"}
+    expected = [colours.get(v, "#999999") for _, rows in written.groupby("metric", sort=False) for v in rows["verdict"]]
+    assert [to_hex(line.get_color()) for _, line in dots] == expected
     plt.close(fig)

@@ -17,13 +17,14 @@ from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
 
 from bnstudy import aggregate, cli  # noqa: E402
 from bnstudy.aggregate import EVAL_MODES  # noqa: E402
+from bnstudy.analysis import analyze  # noqa: E402
 from bnstudy.figures import PALETTE, draw_figures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 
-def figures(real_tables):
-    drawn = draw_figures(*real_tables)
+def figures(real_analysis):
+    drawn = draw_figures(real_analysis)
     yield drawn
     for fig in drawn.values():
         plt.close(fig)
@@ -145,11 +146,9 @@ def test_seeds_with_equal_accuracy_draw_zero_length_bars(tmp_path):
     assert (tmp_path / "figures" / "accuracy_vs_volatility.png").is_file()
 
 
-def hand_tables(root):
-    """(study, summary, cells) of the hand-made study in `root`."""
-    study = aggregate.load_results(root)
-    summary = aggregate.summarize_runs(study)
-    return study, summary, aggregate.aggregate_cells(summary, study.expected)
+def hand_analysis(root):
+    """The Analysis of the hand-made study in `root`."""
+    return analyze(aggregate.load_results(root))
 
 
 def test_a_one_epoch_study_draws_what_one_epoch_shows(tmp_path):
@@ -158,7 +157,7 @@ def test_a_one_epoch_study_draws_what_one_epoch_shows(tmp_path):
     for variant in ("none", "bn_before"):
         config = cfg(variant, epochs=1)
         write_hand_run(tmp_path, config, hand_rows(config, [0.6]))
-    drawn = draw_figures(*hand_tables(tmp_path))
+    drawn = draw_figures(hand_analysis(tmp_path))
     assert sorted(drawn) == sorted(["accuracy_curves", "stability_worst_drop", "eval_modes", "train_vs_test"])
     for name in ("accuracy_curves", "eval_modes", "train_vs_test"):
         assert [t.get_text() for t in drawn[name].axes[0].get_xticklabels()] == ["1"], name
@@ -170,7 +169,7 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     steady, short = cfg("none"), cfg("bn_before")
     write_hand_run(tmp_path, steady, hand_rows(steady, [0.5, 0.6, 0.7, 0.8]))
     write_hand_run(tmp_path, short, hand_rows(short, [0.5, 0.1], nan_from=2), status="diverged")  # one finite epoch
-    fig = draw_figures(*hand_tables(tmp_path))["accuracy_vs_volatility"]
+    fig = draw_figures(hand_analysis(tmp_path))["accuracy_vs_volatility"]
     ax = fig.axes[0]
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])

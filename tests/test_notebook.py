@@ -69,9 +69,8 @@ def write_study(root, curves: dict, train=TRAIN, points: dict | None = None) -> 
     return aggregate.load_results(root)
 
 
-def comparison(study: aggregate.StudyResults) -> tuple[str, pd.DataFrame]:
-    sentences, table = notebook.notebook_comparison(study.epochs[aggregate.counts(study.epochs)], study.points)
-    return " ".join(sentences), table
+def section(study: aggregate.StudyResults) -> notebook.NotebookSection:
+    return notebook.notebook_section(study.epochs[aggregate.counts(study.epochs)], study.points)
 
 
 def test_windows_follow_training_progress_not_epoch_numbers(tmp_path):
@@ -83,9 +82,7 @@ def test_windows_follow_training_progress_not_epoch_numbers(tmp_path):
         windows = notebook.find_windows(epochs, log)
         assert windows[["start", "end"]].drop_duplicates().values.tolist() == [list(WINDOWS[log.name])]
         assert windows["reached"].all()
-    text, table = comparison(study)
-    assert "bn_before: 2 of 2 runs (window epochs 6–10; train accuracy off by 0.0 pp (every seed) RMS)" in text
-    assert "bn_before: 2 of 2 runs (window epochs 4–8; train accuracy off by 0.4 pp (every seed) RMS)" in text
+    table = section(study).table
     assert table.loc["log A: bn_before (2 runs)", "worst_drop"] == pytest.approx((0 + (0.84 - 0.66)) / 2)  # 0.84 at epoch 7, 0.66 at 8
     assert table.loc["log B: bn_before (2 runs)", "lowest_acc"] == pytest.approx((0.81 + 0.66) / 2)
     assert table.loc["log A: bn_before (2 runs)", "train_first"] == pytest.approx(0.909)
@@ -94,16 +91,13 @@ def test_windows_follow_training_progress_not_epoch_numbers(tmp_path):
 def test_a_study_too_short_for_a_log_says_so(tmp_path):
     """Train accuracy up to 0.900 after 5 epochs: short of log A's 0.919 and of log B's 0.908
     by more than the 0.5 pp tolerance; 8 epochs reach log B (0.913) but not log A."""
-    study = write_study(tmp_path / "short", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84]})
-    text, table = comparison(study)
-    for name in "AB":
-        assert f"this study is too short to reach log {name}'s window: no comparison." in text
-    assert "bn_before: 0 of 1 run (highest train accuracy 90.0%)" in text
-    assert list(table.index) == ["log A: notebook", "log B: notebook"]
-    study = write_study(tmp_path / "longer", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84, 0.83, 0.82, 0.85]})
-    text, _ = comparison(study)
-    assert "too short to reach log A's window" in text and "too short to reach log B's" not in text
-    assert "Verdict for log B: partly" in text  # its window 4-8 holds 0.84 -> 0.82
+    short = section(write_study(tmp_path / "short", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84]}))
+    assert short.verdicts == {"A": "too short", "B": "too short"} and short.table.empty
+    assert "highest 90.0%" in short.absent  # one line for a section that would compare nothing
+    longer = section(write_study(tmp_path / "longer", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84, 0.83, 0.82, 0.85]}))
+    assert longer.absent is None and longer.verdicts == {"A": "too short", "B": "partly"}  # window 4-8: 0.84 -> 0.82
+    assert list(longer.table.index) == ["log A: notebook", "log B: notebook", "log B: bn_before (1 run)"]
+    assert len(longer.sentences) <= 3
 
 
 @pytest.mark.parametrize("window_a, expected", [
@@ -116,18 +110,15 @@ def test_verdict_per_log(tmp_path, window_a, expected):
     rising = [0.70, 0.72, 0.74, 0.76, 0.78]
     study = write_study(tmp_path, {("bn_before", 0): rising + [0.80, 0.81, 0.82, 0.83, 0.84],
                                    ("bn_before", 1): rising + window_a})  # fmt: skip
-    text, _ = comparison(study)
-    verdicts = {word for word in ("reproduces", "partly", "not") if f"Verdict for log A: {word} (" in text}
-    assert verdicts == {expected}
+    assert section(study).verdicts["A"] == expected
 
 
 def test_verdict_words_and_ranges():
     assert notebook.verdict(pd.Series([0.0, 0.2]), 0.156) == (
-        "reproduces", "the log's worst drop of 15.6 pp lies within the range of our 2 seeds (0.0 to 20.0 pp)")
+        "reproduces", "its 15.6 pp lies within our 2 seeds' range, 0.0 to 20.0 pp")
     assert notebook.verdict(pd.Series([0.17, 0.2]), 0.156)[0] == "reproduces"
     assert notebook.verdict(pd.Series([0.0, 0.156]), 0.156)[0] == "reproduces"
-    assert notebook.verdict(pd.Series([0.0, 0.15]), 0.156) == (
-        "partly", "our 2 seeds drop, but at most 15.0 pp, less than the log's 15.6 pp")
+    assert notebook.verdict(pd.Series([0.0, 0.15]), 0.156) == ("partly", "our 2 seeds drop at most 15.0 pp against its 15.6 pp")
     assert notebook.verdict(pd.Series([0.0, 0.0]), 0.156)[0] == "not"
 
 
@@ -153,11 +144,10 @@ def test_the_windows_fine_curve_against_numpy(fine_study):
     assert got["fine_mean_abs_change"] == pytest.approx(np.abs(np.diff(window)).mean())
     assert got["fine_lowest_acc"] == 0.60 and got["fine_worst_drop_precise_bn"] == pytest.approx(brute_force)
     assert got["worst_drop"] == 0 and got["lowest_acc"] == pytest.approx(FINE[5 * 4 + 3])  # the epoch ends: no drop
-    text, table = comparison(fine_study)
-    assert "Verdict for log A: not (" in text  # the verdict compares epoch ends with the log's epoch ends
-    assert ("on the fine curve (every point): reproduces (the log's worst drop of 15.6 pp is below the range of our "
-            "1 seed (22.0 pp))") in text  # fmt: skip
-    assert f"at every point of the fine curve (1 run), worst drop {100 * got['fine_worst_drop']:.1f} pp" in text
+    found = section(fine_study)
+    assert found.verdicts["A"] == "not"  # the verdict compares epoch ends with the log's epoch ends
+    table = found.table
+    assert table.loc["log A: bn_before (1 run)", "fine_worst_drop"] == pytest.approx(0.22)
     assert np.isnan(table.loc["log A: bn_after (1 run)", "fine_worst_drop"])  # no points: no fine curve
 
 
@@ -188,5 +178,5 @@ def test_no_section_or_figure_without_the_notebooks_cell(tmp_path):
     study = write_study(tmp_path, {("bn_after", 0): [0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.84, 0.66, 0.86, 0.87]})
     epochs = study.epochs[aggregate.counts(study.epochs)]
     assert len(notebook.window_curves(epochs, study.points))  # the windows are there
-    assert notebook.notebook_comparison(epochs, study.points) is None
+    assert section(study).absent.startswith("the study has no bn_before run at the notebook's setting")
     assert plot_notebook_window(study, epochs) is None

@@ -27,18 +27,18 @@ def test_partial_study_report_and_cli(partial_study, capsys):
     assert "incomplete: none at learning rate 0.001, batch size 256: missing seed 1 (failed)" in out
     assert "incomplete: bn_before at learning rate 0.001, batch size 256: missing seed 1 (not run)" in out
     text = (partial_study / "report.md").read_text()
-    assert "## Incomplete cells" in text and "3 of 3 cells lack runs" in text
+    assert "3 of 3 cells lack runs" in text
     assert ("2 of 6 done (1 complete, 1 diverged); skipped: 1 failed, 1 damaged, 1 without its JSON (in flight or "
             "killed)") in text  # fmt: skip
     damaged = cfg("bn_after", seed=1).run_id
     assert "**Damaged runs**, left out" in text and f"{damaged}: no CSV." in text
     assert "seed 1 (damaged: no CSV)" in text  # in the incomplete cells' table
     assert f"damaged runs, left out (`bnstudy sweep` sets them aside and redoes them):\n  {damaged}: no CSV\n" in out
-    assert "1 of 2 runs diverged: bn_before at learning rate 0.001, batch size 256, seed 0 (after 2 finite epochs)" in text
+    assert "1 of 2 runs diverged: bn_before at learning rate 0.001, batch size 256: seed 0." in text
     summary = pd.read_csv(partial_study / "summary.csv")
     assert len(summary) == 2 and summary["diverged"].dtype == bool
     for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.M):  # every Markdown table is rectangular
-        assert len({line.count("|") for line in table.splitlines()}) == 1
+        assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()}) == 1  # "\|" is text
 
 
 def test_study_where_every_run_diverged_at_once(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_study_where_every_run_diverged_at_once(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "2 of 2 runs diverged" in text and "None: no run has an epoch with finite loss and accuracy." in text
-    assert "reference notebook" not in text and not (tmp_path / "figures").exists()
+    assert "## The reference notebook" not in text and not (tmp_path / "figures").exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty", "only_failed"])
@@ -160,44 +160,56 @@ def test_report_files_open_in_pandas_and_viewers(written):
     assert image.shape[0] > 300 and image.shape[1] > 300
 
 
-def test_report_findings_are_the_studys_numbers(written, real_tables):
-    _, summary, cells = real_tables
+def test_every_claim_in_report_md_is_a_row_of_claims_csv(written, real_analysis):
     text = (written / "report.md").read_text()
-    learning = summary[~summary["stuck"]]  # runs stuck at chance make no volatility claim
-    worst = learning.loc[learning["worst_drop"].idxmax()]
-    drop = (f"The largest worst drop of any run is {100 * worst['worst_drop']:.1f} pp: " if worst["worst_drop"] > 0
-            else "No run's test accuracy ever fell below an earlier best.")  # fmt: skip
-    assert drop in text  # the exact run and epochs: test_largest_drop_names_its_run_and_epochs
-    best = cells.loc[cells["final_acc_mean"].idxmax()]
-    assert f"The best final test accuracy is {100 * best['final_acc_mean']:.1f}%" in text
+    claims = pd.read_csv(written / "claims.csv")
+    pd.testing.assert_frame_equal(claims, real_analysis.claims.reset_index(drop=True), check_dtype=False)
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and " − " in line]
+    assert len(rows) == len(claims)  # every claim is shown in a table, once
+    for cells in rows:
+        verdict = cells[7]
+        if verdict in ("higher", "lower"):
+            a, b = cells[0].removeprefix("| ").split(" (")[0].split(" − ")
+            match = claims[(claims["a"] == a) & (claims["b"] == b) & (claims["verdict"] == verdict)]
+            assert len(match), cells
+    assert "Grid**: variant (none, bn_before, bn_after) × learning rate (0.001, 0.01) × seed (0, 1)" in text
     assert "No run diverged (12 runs)." in text
-    assert "Grid**: variant (none, bn_before, bn_after) × lr (0.001, 0.01) × seed (0, 1)" in text
 
 
-def test_largest_drop_names_its_run_and_epochs(tmp_path):
-    """Worst drops 10 pp (none), 20 pp (bn_before seed 1: from 85% at epoch 2 to 65% at
-    epoch 3, its best epoch being the last), 5 pp (bn_after), 15 pp (bn_before seed 0)."""
-    accuracies = {("none", 0): [0.5, 0.7, 0.6, 0.8], ("bn_before", 1): [0.6, 0.85, 0.65, 0.9],
-                  ("bn_after", 0): [0.4, 0.5, 0.45, 0.6], ("bn_before", 0): [0.75, 0.6, 0.7, 0.72]}  # fmt: skip
-    for (variant, seed), acc in accuracies.items():
-        write_hand_run(tmp_path, cfg(variant, seed=seed), hand_rows(cfg(variant, seed=seed), acc))
-    assert cli.main(["report", str(tmp_path)]) == 0
-    text = (tmp_path / "report.md").read_text()
-    assert ("The largest worst drop of any run is 20.0 pp: bn_before at learning rate 0.001, batch size 256, seed 1, "
-            "fell from 85.0% at epoch 2 to 65.0% at epoch 3.") in text  # fmt: skip
-
-
-def test_notebook_comparison_only_with_the_notebooks_cell(written, real_tables, partial_study):
-    study, _, _ = real_tables
+def test_the_report_opens_with_its_answers_in_short_paragraphs(written):
     text = (written / "report.md").read_text()
-    assert "## The reference notebook's test-accuracy swings" in text
-    assert "worst drop 15.6 pp, mean |change| 10.7 pp, lowest 68.6%; the notebook's numbers" in text  # log A's own
-    assert "this study is too short to reach log A's window" in text and "this study is too short to reach log B's window" in text
-    assert "Our runs train on 1,024 images instead of 60,000." in text
-    assert "| log A: notebook | 90.9 | 91.9 | 15.6 | 10.7 | 68.6 |" in text
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert headings[:2] == ["Summary", "What was run"]
+    summary = text.split("## Summary")[1].split("## ")[0]
+    assert 1 <= summary.count("\n- ") <= 6
+    for paragraph in re.split(r"\n(?=- )|\n\n", text):
+        if not paragraph.startswith("|"):  # tables are not prose
+            assert len(paragraph.split()) <= 120, paragraph[:80]
+
+
+def test_the_analysis_is_computed_once_per_report(tmp_path, monkeypatch):
+    from bnstudy import analysis
+
+    for seed in range(2):
+        for variant in ("none", "bn_before"):
+            config = cfg(variant, seed=seed)
+            write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6 + 0.05 * seed, 0.55, 0.7]))
+    calls = []
+    real = analysis.comparison_claims
+    monkeypatch.setattr(analysis, "comparison_claims", lambda summary: calls.append(1) or real(summary))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert calls == [1]
+
+
+def test_notebook_comparison_only_with_the_notebooks_cell(written, real_study, partial_study):
+    study = aggregate.load_results(real_study)
+    text = (written / "report.md").read_text()
+    assert "## The reference notebook's test-accuracy swings" not in text  # 3 epochs reach neither log
+    assert "*No comparison with the reference notebook's logs: no bn_before run reaches the train accuracy" in text
     partial = aggregate.load_results(partial_study)
     none_only = partial.epochs[partial.epochs["variant"] == "none"]
-    assert notebook.notebook_comparison(none_only, partial.points) is None
+    assert notebook.notebook_section(none_only, partial.points).absent.startswith("the study has no bn_before run")
     # another activation or BN momentum is not the notebook's setting either
     for other in ({"activation": "relu"}, {"bn_momentum": 0.01}):
-        assert notebook.notebook_comparison(study.epochs.assign(**other), study.points) is None, other
+        section = notebook.notebook_section(study.epochs.assign(**other), study.points)
+        assert section.absent.startswith("the study has no bn_before run"), other

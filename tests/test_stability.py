@@ -65,13 +65,10 @@ def test_stability_averages_leave_stuck_runs_out(stuck_study):
     pd.testing.assert_series_equal(ours["final_acc_mean"].sort_index(), everyone.sort_index(), check_names=False)
 
 
-def test_findings_name_the_stuck_runs_in_one_sentence(stuck_study):
+def test_stuck_runs_are_named_grouped_by_cell(stuck_study):
     summary = stuck_study[0]
-    sentences = findings.findings(*stuck_study)
-    stuck = [s for s in sentences if "stuck" in s]
-    assert stuck == ["3 of 6 runs are stuck at chance (best test accuracy below 20.0%) and are left out of the volatility "
-                     "averages and comparisons: none at learning rate 0.001, batch size 256, seed 0; none at learning rate "
-                     "0.001, batch size 256, seed 1; bn_before at learning rate 0.001, batch size 256, seed 1."]  # fmt: skip
-    learning = summary[~summary["stuck"]]
-    assert findings.stuck_finding(learning, []) == []  # none stuck: no sentence
-
+    text = findings.stuck_text(summary, [])
+    assert text.startswith("3 of 6 runs stuck at chance")
+    assert text.endswith(": none at learning rate 0.001, batch size 256: seeds 0 and 1 of 3; bn_before at learning "
+                         "rate 0.001, batch size 256: seed 1 of 3.")  # fmt: skip
+    assert findings.stuck_text(summary[~summary["stuck"]], []) is None  # none stuck: no sentence
