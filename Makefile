@@ -50,15 +50,17 @@ report: $(STAMP)
 	$(BIN)/bnstudy report $(STUDY)
 
 # The published answer: each study's report, tables and PNG figures (no run files), made
-# from results/<study>/ by this code, into results/reference/<study>/ (committed).
+# from results/<study>/ by this code, into results/reference/<study>/ (committed); then the
+# README's answer, rendered from those reports' summaries.
 REFERENCE_STUDIES ?= notebook default momentum activation
 reference: $(STAMP)
 	@for study in $(REFERENCE_STUDIES); do \
 	  $(BIN)/bnstudy report results/$$study || exit 2; \
 	  rm -rf results/reference/$$study && mkdir -p results/reference/$$study/figures || exit 2; \
-	  for file in report.md summary.csv cells.csv comparisons.csv; do cp results/$$study/$$file results/reference/$$study/; done; \
+	  for file in report.md summary.csv cells.csv claims.csv comparisons.csv; do cp results/$$study/$$file results/reference/$$study/; done; \
 	  cp results/$$study/figures/*.png results/reference/$$study/figures/; \
 	done; du -sh results/reference
+	$(BIN)/python -m bnstudy.answer README.md results/reference $(REFERENCE_STUDIES)
 
 bench: $(STAMP) data
 	$(BIN)/python bench/bench_cpu.py
