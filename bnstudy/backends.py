@@ -2,9 +2,11 @@
 or one per GPU), or a dask cluster.
 
 One small interface for all three, as Hydra's launchers have it: `open_backend(execution,
-task_fn)` is a context manager yielding (run, workers), where run(tasks) yields each
-task's result as soon as it finishes, in any order, or a TaskFailure for a task that gave
-none (on a dask cluster). The task function is handed in: task_fn(task, device)
+task_fn)` is a context manager yielding (run, workers), where run(tasks) yields (index,
+outcome) for each task as soon as it finishes, in any order: the task's position in
+`tasks` and its result, or a TaskFailure for a task that gave none (on a dask cluster).
+The index, not the result, says which task it was: the driver checks each result against
+its own runs (bnstudy.sweep). The task function is handed in: task_fn(task, device)
 with device None meaning "the slot this worker process claimed" (`claimed_device`). A
 backend knows nothing of training, and training nothing of backends.
 """
@@ -41,7 +43,8 @@ class TaskFailure:
     error: str
 
 
-RunTasks = Callable[[list[list]], Iterable["list | TaskFailure"]]  # tasks -> each task's outcome as it finishes
+# tasks -> (index in tasks, outcome) for each task as it finishes
+RunTasks = Callable[[list[list]], Iterable["tuple[int, list | TaskFailure]"]]
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,9 @@ def claimed_device() -> str:
 @contextlib.contextmanager
 def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
     """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
-    yields task_fn's result for each task as soon as it finishes, in any order; a dask
-    cluster yields a TaskFailure for a task it gave up on. UserError when no dask scheduler
-    answers at the address."""
+    yields (index, task_fn's result) for each task as soon as it finishes, in any order; a
+    dask cluster yields a TaskFailure for a task it gave up on. UserError when no dask
+    scheduler answers at the address."""
     if execution.backend == "dask":
         with _dask_client(execution.scheduler) as client:
             # Workers may join later; the count now only sizes the estimates, which need one.
@@ -165,7 +168,7 @@ def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTas
         ):
             yield _joblib_runner(len(execution.slots), task_fn), len(execution.slots)
     else:
-        yield (lambda tasks: (task_fn(task, execution.slots[0]) for task in tasks)), 1
+        yield (lambda tasks: ((i, task_fn(task, execution.slots[0])) for i, task in enumerate(tasks))), 1
 
 
 def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
@@ -173,9 +176,15 @@ def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
         # No more workers than tasks: each one costs a torch import and a dataset load.
         parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered", batch_size=1)
         with _workers_start_deaf_to_sigint():  # the workers start in this call
-            return parallel(delayed(task_fn)(task, None) for task in tasks)
+            return parallel(delayed(_numbered)(task_fn, i, task) for i, task in enumerate(tasks))
 
     return run
+
+
+def _numbered(task_fn: TaskFn, index: int, task: list) -> tuple[int, list]:
+    """In a worker process: (index, task_fn's result), so that the driver knows which of its
+    tasks a result answers (joblib's unordered generator does not say)."""
+    return index, task_fn(task, None)
 
 
 @contextlib.contextmanager
@@ -206,10 +215,11 @@ def _dask_runner(client, task_fn: TaskFn, device: str) -> RunTasks:
     from distributed import as_completed
 
     def run(tasks):
-        futures = {client.submit(task_fn, task, device, pure=False): task for task in tasks}
+        futures = {client.submit(task_fn, task, device, pure=False): (i, task) for i, task in enumerate(tasks)}
         for future in as_completed(list(futures), loop=client.loop):
             # Popped, so that the cluster can drop a result once it is here.
-            yield _outcome(future, futures.pop(future), client.scheduler.address)
+            index, task = futures.pop(future)
+            yield index, _outcome(future, task, client.scheduler.address)
 
     return run
 

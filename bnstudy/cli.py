@@ -122,6 +122,9 @@ def add_sweep_parser(commands) -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="on a GPU, train every run on its own instead of fusing runs of one shape into one network")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train and write nothing")
+    p.add_argument("--allow-mixed-workers", action="store_true",
+                   help="write the results of workers on another bnstudy version or git commit than this "
+                        "command's (default: record such runs failed)")
     p.add_argument("--data", type=check_path, default=None, metavar="DIR",
                    help="folder with the Fashion-MNIST *-ubyte[.gz] files")
     p.set_defaults(handler=cmd_sweep)
@@ -134,7 +137,8 @@ def cmd_sweep(args) -> int:
     study = load_study(args.spec, args.overrides)
     options = SweepOptions(out=results_dir(study, args.out), jobs=args.jobs, backend=args.backend,
                            scheduler=args.scheduler, device=args.device or study.device or "auto",
-                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse)  # fmt: skip
+                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse,
+                           allow_mixed_workers=args.allow_mixed_workers)  # fmt: skip
     return sweep(study, options)
 
 

@@ -241,8 +241,11 @@ class RunStore:
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
         """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
         then its JSON, without them (the JSON marks the run done). Returns the CSV's and
-        the JSON's paths."""
+        the JSON's paths. ValueError for a run_id that is no plain file name (the sweep writes
+        only ids of its own runs: bnstudy.sweep.vet)."""
         run_id = metadata["run_id"]
+        if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or "/" in run_id or "\0" in run_id:
+            raise ValueError(f"not a run id: {run_id!r}")
         atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
         if EVALS_FIELD in metadata:
             atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))

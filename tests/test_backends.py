@@ -52,7 +52,9 @@ def sigint_in_a_worker(task, device):
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's signal masks in /proc")
 def test_local_workers_drop_sigint_and_the_programs_they_run_get_it():
     with open_backend(plan_execution("local", None, "cpu", 2), sigint_in_a_worker) as (run, _):
-        results = [result for results in run([[], []]) for result in results]
+        outcomes = list(run([[], []]))
+    assert sorted(index for index, _ in outcomes) == [0, 1]
+    results = [result for _, results in outcomes for result in results]
     for handler, blocked, program_deaf in results:
         assert callable(handler) and handler is not signal.default_int_handler  # no KeyboardInterrupt in a worker
         assert not blocked and not program_deaf

@@ -415,3 +415,12 @@ def test_status_lists_a_few_damaged_runs_at_most(tmp_path):
         store.json_path(config.run_id).write_text("{")
     lines = format_status(configs, store).splitlines()
     assert lines[4:] == [f"  {c.run_id}: JSON does not parse" for c in configs[:5]] + ["  ... and 3 more"]
+
+
+@pytest.mark.parametrize("run_id", ["../../elsewhere/EVIL", "", ".hidden", "a/b", "nul\0byte", None])
+def test_write_run_writes_only_under_a_plain_run_id(tmp_path, run_id):
+    store = RunStore(tmp_path / "study")
+    metadata = run_metadata(CONFIGS[0], "failed", "cpu", "start", "end", "boom") | {"run_id": run_id}
+    with pytest.raises(ValueError, match="not a run id"):
+        store.write_run([], metadata)
+    assert not list(tmp_path.rglob("*"))

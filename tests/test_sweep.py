@@ -6,6 +6,7 @@ PreciseBN samples, 1-2 epochs), so that every test stays within seconds.
 """
 
 import contextlib
+import dataclasses
 import csv
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 import studies
 import torch
 
+import bnstudy
 from bnstudy import runner
 from bnstudy.costs import estimate_seconds
 from bnstudy.cli import main
@@ -255,3 +257,84 @@ def test_tasks_are_one_run_each_on_cpu_and_one_shape_each_on_gpu_costliest_first
     groups = make_tasks(configs, grouped=True)
     assert sorted(len(t) for t in groups) == [4] * 4
     assert all(len({(c.variant, c.batch_size) for c in t}) == 1 for t in groups)
+
+
+# ---------------------------------------------------------------- what a worker may not decide
+def tampered_worker(monkeypatch, tamper) -> None:
+    """The sweep's task function becomes the real worker_task followed by
+    `tamper(config, metadata)` on each result it returns, as a rogue or mismatched worker
+    would send it back."""
+    real = runner.worker_task
+
+    def worker_task(configs, device, data_dir=None):
+        results = real(configs, device, data_dir)
+        for config, (rows, metadata) in zip(configs, results):
+            tamper(config, metadata)
+        return results
+
+    monkeypatch.setattr(runner, "worker_task", worker_task)
+
+
+def test_a_workers_result_never_decides_where_the_driver_writes(tmp_path, monkeypatch, capsys):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "a" / "b" / "out"
+    configs = {c.variant: c for c in load_study(spec).runs()}
+
+    def tamper(config, metadata):
+        if config.variant == "bn_before":  # a path out of the results folder
+            metadata["run_id"] = "../../../../elsewhere/EVIL"
+        elif config.variant == "bn_after":  # a worker whose bn_momentum default is 0.2: its config and id
+            other = dataclasses.replace(config, bn_momentum=0.2)
+            metadata.update(run_id=other.run_id, config=other.identity())
+
+    tampered_worker(monkeypatch, tamper)
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "elsewhere").exists()
+    store = RunStore(out)
+    assert sorted(p.name for p in store.runs_dir.iterdir()) == sorted(
+        f"{c.run_id}{suffix}" for c in configs.values() for suffix in (".csv", ".json"))
+    assert [store.state(configs[v].run_id) for v in ("none", "bn_before", "bn_after")] == ["complete", "failed", "failed"]
+    evil, other = (json.loads(store.json_path(configs[v].run_id).read_text()) for v in ("bn_before", "bn_after"))
+    assert evil["run_id"] == configs["bn_before"].run_id and evil["config"] == configs["bn_before"].identity()
+    assert evil["error"].startswith("the worker's result was refused: it is for run '../../../../elsewhere/EVIL'")
+    assert other["error"].startswith("the worker's result was refused: it is for run ")
+    assert f"{configs['bn_before'].run_id}: the worker's result was refused" in printed
+
+
+def test_a_result_with_this_runs_id_but_another_config_is_refused(tmp_path, monkeypatch):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    tampered_worker(monkeypatch, lambda config, metadata: metadata["config"].update(bn_momentum=0.2))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store = RunStore(out)
+    for config in load_study(spec).runs():
+        metadata = json.loads(store.json_path(config.run_id).read_text())
+        assert metadata["status"] == "failed" and metadata["config"] == config.identity()
+        assert metadata["error"].startswith("the worker's result was refused: its config has bn_momentum 0.2, not 0.1")
+
+
+@pytest.mark.parametrize("field, value", [("bnstudy_version", "0.0.9"), ("git_commit", "0" * 40)])
+def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp_path, monkeypatch, capsys, field, value):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    tampered_worker(monkeypatch, lambda config, metadata: metadata.update({field: value}))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store, configs = RunStore(out), load_study(spec).runs()
+    errors = [json.loads(store.json_path(c.run_id).read_text())["error"] for c in configs]
+    driver = f"{bnstudy.__version__} ({runner.git_commit() or 'no git commit'})"
+    shown = {"bnstudy_version": f"bnstudy {value} ({runner.git_commit() or 'no git commit'})",
+             "git_commit": f"bnstudy {bnstudy.__version__} ({value})"}[field]  # fmt: skip
+    expected = f"the worker's result was refused: worker runs {shown}, driver {driver}"
+    assert all(e.startswith(expected) for e in errors), (errors, expected)
+    assert "--allow-mixed-workers" in errors[0]
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--allow-mixed-workers"]) == 0
+    assert [store.state(c.run_id) for c in configs] == ["complete"] * 3
+    assert {json.loads(store.json_path(c.run_id).read_text())[field] for c in configs} == {value}
+
+
+def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypatch):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    monkeypatch.setattr(runner, "worker_task", lambda configs, device, data_dir=None: [])
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store = RunStore(out)
+    errors = {json.loads(store.json_path(c.run_id).read_text())["error"] for c in load_study(spec).runs()}
+    assert errors == {"the worker returned 0 results for a task of 1 run"}
