@@ -170,7 +170,7 @@ class RunStore:
         try:
             rows = read_rows(self.csv_path(run_id), metadata, config)
             if config.evals_per_epoch > 1:
-                check_points(self.evals_path(run_id), metadata, config)
+                check_points(self.evals_path(run_id), metadata, config, rows)
         except Damage as exc:
             return RunCheck("damaged", str(exc), metadata, config)
         return RunCheck(metadata["status"], "", metadata, config, rows)
