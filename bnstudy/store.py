@@ -89,6 +89,21 @@ def _check_name_lengths(path: Path, existing: Path) -> None:
             raise UserError(f"{path}: cannot use this path (a name of {size} bytes; the file system allows {limit})")
 
 
+STUDY_FOLDERS = ("runs", "damaged", "figures")  # the folders of a study folder that bnstudy writes in
+
+
+def check_no_links(root: str | os.PathLike) -> None:
+    """UserError when one of the study folder `root`'s own folders (STUDY_FOLDERS: runs/,
+    damaged/, figures/) is a symbolic link: commands write, move and delete files in them,
+    never through a link into someone else's folder. Reads nothing else; `sweep` (dry runs
+    too), `status` and the store's writes call it, and `report` should before it writes."""
+    for name in STUDY_FOLDERS:
+        path = Path(root) / name
+        if path.is_symlink():
+            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/ and figures/ must be its own folders "
+                            "(bnstudy writes, moves and deletes in them, never through a link)")  # fmt: skip
+
+
 @contextlib.contextmanager
 def writing(root: Path):
     """Turn an OSError raised while writing results in `root` (a full disk, a folder where a
@@ -203,6 +218,7 @@ class RunStore:
     def remove_stale_temps(self) -> int:
         """Delete temporary files left by a writer killed mid-write; returns how many.
         Call it holding the lock, so that no live writer's file goes."""
+        check_no_links(self.root)
         stale = [*self.root.glob(".*.tmp"), *self.runs_dir.glob(".*.tmp")]
         for path in stale:
             with contextlib.suppress(FileNotFoundError):
@@ -218,6 +234,7 @@ class RunStore:
         <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
         so that the run counts as pending. Returns (run_id, reason) of each run moved.
         UserError when a file cannot be moved. Call it holding the lock."""
+        check_no_links(self.root)
         moved = []
         for run_id in run_ids:
             check = self.check(run_id)
@@ -243,6 +260,7 @@ class RunStore:
         then its JSON, without them (the JSON marks the run done). Returns the CSV's and
         the JSON's paths. ValueError for a run_id that is no plain file name (the sweep writes
         only ids of its own runs: bnstudy.sweep.vet)."""
+        check_no_links(self.root)
         run_id = metadata["run_id"]
         if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or "/" in run_id or "\0" in run_id:
             raise ValueError(f"not a run id: {run_id!r}")
@@ -256,11 +274,13 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self):
         """Hold the folder's lock for a sweep (creating the folder and its `.lock`); UserError
-        if another process holds it, or `.lock` is not a plain file of its own.
+        if another process holds it, `.lock` is not a plain file of its own, or one of the
+        folder's own folders is a link (check_no_links).
 
         flock is released by the kernel when its holder dies, even by SIGKILL, so a killed
         sweep never leaves a stale lock behind.
         """
+        check_no_links(self.root)
         with writing(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
         with open(_open_lock(self.root / ".lock"), "r+") as handle:
@@ -304,7 +324,9 @@ def _lock_error(path: Path, problem: str) -> UserError:
 def format_status(configs: list[RunConfig], store: RunStore) -> str:
     """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
     then the damaged runs with their reasons (a few) and how many runs belong to other specs.
-    "done" counts complete runs; diverged runs are results too and are not rerun."""
+    "done" counts complete runs; diverged runs are results too and are not rerun. UserError
+    when a folder of the study is a link (check_no_links)."""
+    check_no_links(store.root)
     checks = {config.run_id: store.check(config.run_id) for config in configs}
     counts: dict[str, dict[str, int]] = {}
     for config in configs:

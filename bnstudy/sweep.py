@@ -29,7 +29,8 @@ from bnstudy.backends import Execution, TaskFailure, open_backend, plan_executio
 from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 from bnstudy.spec import Study
-from bnstudy.store import DONE_STATUSES, EVALS_FIELD, RunStore, check_writable, format_set_aside, writing
+from bnstudy.store import (DONE_STATUSES, EVALS_FIELD, RunStore, check_no_links, check_writable, format_set_aside,
+                           writing)  # fmt: skip
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
@@ -81,6 +82,7 @@ def sweep(study: Study, options: SweepOptions) -> int:
 
     configs = study.runs()
     store = RunStore(options.out)
+    check_no_links(store.root)
     execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse)
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))

@@ -25,7 +25,8 @@ from bnstudy import runner
 from bnstudy.costs import estimate_seconds
 from bnstudy.cli import main
 from bnstudy.spec import RunConfig, load_study
-from bnstudy.store import RunStore
+from bnstudy.errors import UserError
+from bnstudy.store import RunStore, check_no_links
 from bnstudy.sweep import make_tasks
 
 TIMING_COLUMNS = {"train_seconds", "eval_seconds", "samples_per_second"}
@@ -71,7 +72,8 @@ FREEZE_AFTER_TWO_RUNS = """
 import os, sys, time
 from pathlib import Path
 from bnstudy.cli import main
-from bnstudy.store import RunStore
+from bnstudy.errors import UserError
+from bnstudy.store import RunStore, check_no_links
 
 marker, argv = Path(sys.argv[1]), sys.argv[2:]
 write_run, written = RunStore.write_run, []
@@ -338,3 +340,38 @@ def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypa
     store = RunStore(out)
     errors = {json.loads(store.json_path(c.run_id).read_text())["error"] for c in load_study(spec).runs()}
     assert errors == {"the worker returned 0 results for a task of 1 run"}
+
+
+# ---------------------------------------------------------------- links inside a study folder
+@pytest.mark.parametrize("name", ["runs", "damaged", "figures"])
+@pytest.mark.parametrize("command", ["sweep", "dry run", "status"])
+def test_a_study_folder_whose_runs_damaged_or_figures_is_a_link_is_refused(tmp_path, capsys, monkeypatch, name,
+                                                                            command):  # fmt: skip
+    spec, out, elsewhere = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.csv.abc.tmp").write_text("what a sweep would delete as a stale temporary\n")
+    out.mkdir()
+    (out / name).symlink_to(elsewhere)
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a run trained"))
+    argv = {"sweep": ["sweep", str(spec), "--out", str(out), "--jobs", "1"],
+            "dry run": ["sweep", str(spec), "--out", str(out), "--dry-run"],
+            "status": ["status", str(spec), "--out", str(out)]}[command]  # fmt: skip
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/ and figures/ must be "
+                   "its own folders (bnstudy writes, moves and deletes in them, never through a link)\n")  # fmt: skip
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+
+
+def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
+    store, elsewhere = RunStore(tmp_path / "out"), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.csv.abc.tmp").write_text("not a stale temporary of this study\n")
+    store.root.mkdir()
+    store.runs_dir.symlink_to(elsewhere)
+    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(["x"]), lambda: store.lock().__enter__(),
+                lambda: check_no_links(store.root)):  # fmt: skip
+        with pytest.raises(UserError, match="a symbolic link"):
+            act()
+    assert [p.name for p in elsewhere.iterdir()] == [".x.csv.abc.tmp"]
