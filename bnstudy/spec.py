@@ -96,12 +96,27 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         _apply_override(raw, grid, item, problem)
     study = _build(raw, grid, path, tuple(overrides), problem)
     try:
-        study.runs()
+        runs = study.runs()
     except SettingError as exc:
         axis_keys = {key for key, _ in study.axes}
         key = "name" if exc.key == "study" else f"grid.{exc.key}" if exc.key in axis_keys else exc.key
         raise problem(key, exc.problem) from None
+    _check_distinct_ids(runs, problem)
     return study
+
+
+def _check_distinct_ids(runs: list[RunConfig], problem: _Problems) -> None:
+    """UserError when two of a study's runs (distinct configs: the axes' values are) share a
+    run_id, the rare collision of its short hash: one would count as the other's."""
+    seen: dict[str, RunConfig] = {}
+    for config in runs:
+        other = seen.setdefault(config.run_id, config)
+        if other is not config:
+            a, b = other.identity(), config.identity()
+            differ = [key for key in a if a[key] != b[key]]
+            words = [", ".join(f"{key} {values[key]}" for key in differ) for values in (a, b)]
+            raise problem("grid", f"two runs share the run id {config.run_id} ({words[0]} and {words[1]}), a collision "
+                                  "of its 6-digit hash; change one of their values slightly")  # fmt: skip
 
 
 def _read_toml(path: str) -> dict:

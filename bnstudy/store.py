@@ -165,9 +165,19 @@ class RunStore:
     def evals_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.evals.csv"
 
-    def check(self, run_id: str) -> RunCheck:
-        """What the run's files amount to: its state, why it is not done, and what was read.
-        Reads the JSON and, for a done status, the CSV, once each; writes nothing."""
+    def check(self, run: str | RunConfig) -> RunCheck:
+        """What the files of `run` (a run_id, or a RunConfig: the run a plan expects)
+        amount to: its state, why it is not done, and what was read. Given a RunConfig, files
+        of another config with the same run_id (a collision of its hash) are damaged. Reads
+        the JSON and, for a done status, the CSV, once each; writes nothing."""
+        check = self._check(run.run_id if isinstance(run, RunConfig) else run)
+        if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
+            theirs, ours = check.config.identity(), run.identity()
+            differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
+            return RunCheck("damaged", f"JSON is another run's with this id ({differ}): a collision of its hash")
+        return check
+
+    def _check(self, run_id: str) -> RunCheck:
         try:
             text = self.json_path(run_id).read_text()
         except FileNotFoundError:
@@ -190,12 +200,12 @@ class RunStore:
             return RunCheck("damaged", str(exc), metadata, config)
         return RunCheck(metadata["status"], "", metadata, config, rows)
 
-    def state(self, run_id: str) -> str:
+    def state(self, run: str | RunConfig) -> str:
         """One of RUN_STATES (see RunCheck); "failed", "damaged" and "pending" runs are what a sweep runs."""
-        return self.check(run_id).state
+        return self.check(run).state
 
-    def is_done(self, run_id: str) -> bool:
-        return self.state(run_id) in DONE_STATUSES
+    def is_done(self, run: str | RunConfig) -> bool:
+        return self.state(run) in DONE_STATUSES
 
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
@@ -229,15 +239,16 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, run_ids: Iterable[str]) -> list[tuple[str, str]]:
-        """Move the files of each damaged run among `run_ids` into damaged_dir as
+    def set_aside_damaged(self, runs: Iterable[str | RunConfig]) -> list[tuple[str, str]]:
+        """Move the files of each damaged run among `runs` (ids or configs, as `check` takes
+        them) into damaged_dir as
         <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
         so that the run counts as pending. Returns (run_id, reason) of each run moved.
         UserError when a file cannot be moved. Call it holding the lock."""
         check_no_links(self.root)
         moved = []
-        for run_id in run_ids:
-            check = self.check(run_id)
+        for run in runs:
+            run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
             if check.state == "damaged":
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))
@@ -327,7 +338,7 @@ def format_status(configs: list[RunConfig], store: RunStore) -> str:
     "done" counts complete runs; diverged runs are results too and are not rerun. UserError
     when a folder of the study is a link (check_no_links)."""
     check_no_links(store.root)
-    checks = {config.run_id: store.check(config.run_id) for config in configs}
+    checks = {config.run_id: store.check(config) for config in configs}
     counts: dict[str, dict[str, int]] = {}
     for config in configs:
         row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))

@@ -95,9 +95,9 @@ def sweep(study: Study, options: SweepOptions) -> int:
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
-        if moved := store.set_aside_damaged(config.run_id for config in configs):  # redone as pending runs
+        if moved := store.set_aside_damaged(configs):  # redone as pending runs
             print(format_set_aside(moved, store), flush=True)
-        pending = [config for config in configs if not store.is_done(config.run_id)]
+        pending = [config for config in configs if not store.is_done(config)]
         print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
         tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers)
                  if pending else Tally())  # fmt: skip
@@ -217,11 +217,11 @@ def record(store: RunStore, config: RunConfig, rows: list[dict], metadata: dict,
     when the store cannot be written."""
     with writing(store.root):
         store.write_run(rows, metadata)  # vetted: metadata["run_id"] is config.run_id
-        check = store.check(config.run_id)
+        check = store.check(config)
         if check.state != metadata["status"]:
             ((rows, metadata),) = failed_results([config], device, f"the worker's result does not check out: {check.reason}")
             store.write_run(rows, metadata)
-            check = store.check(config.run_id)
+            check = store.check(config)
     rows, metadata = check.rows or [], check.metadata
     tally.ran[metadata["status"]] += 1
     tally.run_seconds += own_seconds(rows, metadata["group_size"])
@@ -281,7 +281,7 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
-    states = {config.run_id: store.state(config.run_id) for config in configs}
+    states = {config.run_id: store.state(config) for config in configs}
     pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
     lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "

@@ -193,3 +193,32 @@ def test_cli_reports_a_bad_spec_in_one_line_and_writes_nothing(tmp_path, small, 
     err = capsys.readouterr().err
     assert err == f"bnstudy: error: {small}: grid.seed: empty axis; give at least one value (from --set grid.seed=[])\n"
     assert not out.exists()
+
+
+# Two learning rates whose runs' 24-bit hashes collide (found by search): the same run id twice.
+COLLIDING = """
+name = "collide"
+variant = "none"
+batch_size = 128
+limit_train = 512
+limit_test = 256
+precise_bn_samples = 256
+seed = 29
+epochs = 1
+[grid]
+lr = [0.001009, 0.001442]
+"""
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_spec_whose_runs_share_a_run_id_is_refused(tmp_path, capsys, command):
+    spec, out = tmp_path / "collide.toml", tmp_path / "out"
+    spec.write_text(COLLIDING)
+    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    assert first.run_id == second.run_id  # the collision this test is about
+    assert main([command[0], str(spec), "--out", str(out), *command[1:]]) == 2
+    assert capsys.readouterr().err == (
+        f"bnstudy: error: {spec}: grid: two runs share the run id {first.run_id} (lr 0.001009 and lr 0.001442), "
+        "a collision of its 6-digit hash; change one of their values slightly\n")
+    assert not out.exists()

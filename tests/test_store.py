@@ -633,3 +633,17 @@ def test_tampering_with_one_cell_or_field_is_harmless_or_damage(tmp_path):
         outcomes["harmless" if harmless else "damaged"] += 1
         path.write_text(originals[path])
     assert min(outcomes.values()) > 50, outcomes  # both kinds were tried
+
+
+def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expects_the_other(tmp_path):
+    store = RunStore(tmp_path)
+    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    assert first.run_id == second.run_id  # a collision of the 6-digit hash (tests/test_spec.py)
+    write(store, first, "complete", epochs=1)
+    assert store.state(first.run_id) == store.state(first) == "complete"
+    reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"
+    assert (store.check(second).state, store.check(second).reason) == ("damaged", reason)
+    assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
+    assert store.set_aside_damaged([first]) == [] and store.set_aside_damaged([second]) == [(second.run_id, reason)]
+    assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
