@@ -77,7 +77,7 @@ class Tally:
 def sweep(study: Study, options: SweepOptions) -> int:
     """Run the study's pending runs (`bnstudy sweep`); returns the exit status: 1 when a run
     failed, else 0. With dry_run, lists the runs and their state, and writes nothing."""
-    from bnstudy.data import find_data_dir
+    from bnstudy.data import check_dataset
     from bnstudy.runner import worker_task  # torch: loaded only by the commands that train
 
     configs = study.runs()
@@ -88,8 +88,8 @@ def sweep(study: Study, options: SweepOptions) -> int:
         print(format_dry_run(study, configs, store, execution))
         return 0
     check_writable(store.root, store.runs_dir)
-    if execution.backend == "local":
-        find_data_dir(options.data_dir)  # a missing dataset is one error now, not one per run
+    if execution.backend == "local":  # a missing or corrupt dataset is one error now, not one per run
+        check_dataset(options.data_dir)  # (dask workers find theirs on their own machines)
     task_fn = functools.partial(worker_task, data_dir=options.data_dir)
     with open_backend(execution, task_fn) as (run_tasks, workers), store.lock():
         with writing(store.root):
