@@ -7,7 +7,8 @@ config on every row, epochs 1..n, numbers in their ranges where numbers belong (
 in [0, 1], losses and times non-negative), every epoch finite but a diverged run's last,
 whose training loss is not, and as many rows as the JSON says; a run with points has each
 of them, its own, at its epoch, point and step, the epoch's last equal to its row.
-Torch-free; reads only what it is given.
+Torch-free; reads only what it is given. Also how those states are shown (format_status,
+format_damaged), which store.py passes on.
 """
 
 from __future__ import annotations
@@ -260,3 +261,48 @@ def _accuracy(text: str, where: str) -> float:
     if not 0 <= value <= 1:
         raise Damage(f"{where}: accuracy {text!r} is out of range")
     return value
+
+
+# ---------------------------------------------------------------- states shown (a store: store.RunStore)
+def format_status(configs: list[RunConfig], store) -> str:
+    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
+    then the damaged runs with their reasons (a few) and how many runs belong to other specs.
+    "done" counts complete runs; diverged runs are results too and are not rerun. UserError
+    when a folder of the study is a link (check_no_links)."""
+    from bnstudy.store import check_no_links  # (store imports this module)
+
+    check_no_links(store.root)
+    checks = {config.run_id: store.check(config) for config in configs}
+    counts: dict[str, dict[str, int]] = {}
+    for config in configs:
+        row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
+        row[checks[config.run_id].state] += 1
+    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
+    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
+    table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
+    width = max(len(line[0]) for line in table)
+    lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
+    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state == "damaged"]
+    if damaged:
+        lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
+        lines += format_damaged(damaged)
+    others = len(store.recorded_run_ids() - set(checks))
+    if others:
+        lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
+    return "\n".join(lines)
+
+
+def format_set_aside(moved: list[tuple[str, str]], store) -> str:
+    """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
+    runs = "run" if len(moved) == 1 else "runs"
+    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
+                      *format_damaged(moved)])  # fmt: skip
+
+
+def format_damaged(damaged: list[tuple[str, str]], shown: int = 5) -> list[str]:
+    """Indented lines "  <run_id>: <reason>" for the first `shown` (run_id, reason) pairs,
+    then how many more there are."""
+    lines = [f"  {run_id}: {reason}" for run_id, reason in damaged[:shown]]
+    if len(damaged) > shown:
+        lines.append(f"  ... and {len(damaged) - shown} more")
+    return lines

@@ -8,13 +8,12 @@
 
     <root>/damaged/<run_id>.<time>.csv|.json   a damaged run's files, set aside by the sweep
 
-A run is *done* when its files are whole and agree with each other (RunStore.check says
-how it is checked). Each file is written to a temporary name and moved into place with
-os.replace, JSON last, so a process killed at any moment leaves either a finished run or
-nothing that counts as one (at worst a CSV without its JSON, or a temporary
-`.<name>.*.tmp`, which the next sweep removes under the lock). Anything else that does not
-check out (a CSV cut short, edited or copied from another run, a JSON without its CSV) is
-*damaged*: no command trusts its numbers, and the sweep sets its files aside and redoes it.
+A run is *done* when its files are whole and agree with each other (RunStore.check). Each
+file is written to a temporary name and moved into place with os.replace, JSON last, so a
+process killed at any moment leaves a finished run or nothing that counts as one (at worst a
+CSV without its JSON, or a `.<name>.*.tmp`, which the next sweep removes under the lock).
+Anything else (a CSV cut short, edited or copied from another run, a JSON without its CSV)
+is *damaged*: no command trusts its numbers; the sweep sets its files aside and redoes it.
 """
 
 from __future__ import annotations
@@ -34,7 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.runfiles import DONE_STATUSES, RUN_STATES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import DONE_STATUSES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401  (for cli, sweep, report)
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 
 EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
@@ -93,10 +93,9 @@ STUDY_FOLDERS = ("runs", "damaged", "figures")  # the folders of a study folder 
 
 
 def check_no_links(root: str | os.PathLike) -> None:
-    """UserError when one of the study folder `root`'s own folders (STUDY_FOLDERS: runs/,
-    damaged/, figures/) is a symbolic link: commands write, move and delete files in them,
-    never through a link into someone else's folder. Reads nothing else; `sweep` (dry runs
-    too), `status` and the store's writes call it, and `report` should before it writes."""
+    """UserError when one of the study folder `root`'s STUDY_FOLDERS is a symbolic link:
+    commands write, move and delete in them, never through a link into another folder.
+    `sweep` (dry runs too), `status` and the store's writes call it; `report` should too."""
     for name in STUDY_FOLDERS:
         path = Path(root) / name
         if path.is_symlink():
@@ -166,10 +165,9 @@ class RunStore:
         return self.runs_dir / f"{run_id}.evals.csv"
 
     def check(self, run: str | RunConfig) -> RunCheck:
-        """What the files of `run` (a run_id, or a RunConfig: the run a plan expects)
-        amount to: its state, why it is not done, and what was read. Given a RunConfig, files
-        of another config with the same run_id (a collision of its hash) are damaged. Reads
-        the JSON and, for a done status, the CSV, once each; writes nothing."""
+        """What the files of `run` (a run_id, or the RunConfig a plan expects, whose id another
+        config's files do not match: damaged) amount to: its state, why it is not done, and
+        what was read. Reads the JSON and, for a done status, the CSV, once each."""
         check = self._check(run.run_id if isinstance(run, RunConfig) else run)
         if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
             theirs, ours = check.config.identity(), run.identity()
@@ -292,32 +290,70 @@ class RunStore:
         sweep never leaves a stale lock behind.
         """
         check_no_links(self.root)
-        with writing(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-        with open(_open_lock(self.root / ".lock"), "r+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = handle.read().strip() or "another process"
-                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
-            handle.truncate(0)
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+        with self._take_lock() as handle:
             try:
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _take_lock(self):
+        """The open `.lock`, flocked, with this process's pid in it; on a UserError, nothing it
+        created is left: no `.lock` (never an empty one, as a full disk left), no folder."""
+        existing = _nearest_existing(self.root)
+        try:
+            with writing(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+            fd, created = _open_lock(self.root / ".lock")
+            handle = open(fd, "r+")  # noqa: SIM115  (the caller closes it)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            except OSError as exc:
+                if created:  # still held: no other sweep can have taken this file meanwhile
+                    os.unlink(self.root / ".lock")
+                handle.close()
+                raise UserError(f"{self.root}: cannot write results ({exc.strerror})") from None
+            return handle
+        except UserError:
+            _remove_folders_made(self.root, existing)
+            raise
 
-def _open_lock(path: Path) -> int:
-    """A descriptor of the lock file `path`, created when missing, for reading and writing.
-    The sweep truncates and writes it, so it must be this folder's own file: never followed
-    through a symbolic link (O_NOFOLLOW), and refused when it is not a regular file or has
-    other names (a hard link). UserError naming it otherwise."""
+
+def _remove_folders_made(folder: Path, existing: Path) -> None:
+    """Remove `folder` and its parents below `existing` (what mkdir created) while empty."""
+    path = folder.absolute()
+    while path != existing and existing in path.parents:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or not ours to remove
+            return
+        path = path.parent
+
+
+# open() failing with these on a new lock file means the disk, not the file, is the problem
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
+    """(a read-write descriptor of the lock file `path`, whether this call created it). The
+    sweep writes it, so it must be this folder's own file: never followed through a link
+    (O_NOFOLLOW, O_EXCL), and refused when it is not a regular file or has other names (a
+    hard link). UserError naming it, or the folder when the disk cannot take it."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        # 0o666 as for every result file; the kernel takes the umask off.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:  # 0o666 as for every result file; the kernel takes the umask off
+            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            fd, created = os.open(path, flags), False
     except OSError as exc:
+        if exc.errno in _DISK_ERRORS:
+            raise UserError(f"{path.parent}: cannot write results ({exc.strerror})") from None
         problem = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise _lock_error(path, problem) from None
     info = os.fstat(fd)
@@ -325,50 +361,8 @@ def _open_lock(path: Path) -> int:
         os.close(fd)
         kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
         raise _lock_error(path, f"it is {kind}")
-    return fd
+    return fd, created
 
 
 def _lock_error(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: cannot use it as the study's lock ({problem}); remove it, the sweep makes its own")
-
-
-def format_status(configs: list[RunConfig], store: RunStore) -> str:
-    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
-    then the damaged runs with their reasons (a few) and how many runs belong to other specs.
-    "done" counts complete runs; diverged runs are results too and are not rerun. UserError
-    when a folder of the study is a link (check_no_links)."""
-    check_no_links(store.root)
-    checks = {config.run_id: store.check(config) for config in configs}
-    counts: dict[str, dict[str, int]] = {}
-    for config in configs:
-        row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
-        row[checks[config.run_id].state] += 1
-    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
-    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
-    table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
-    width = max(len(line[0]) for line in table)
-    lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
-    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state == "damaged"]
-    if damaged:
-        lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
-        lines += format_damaged(damaged)
-    others = len(store.recorded_run_ids() - set(checks))
-    if others:
-        lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
-    return "\n".join(lines)
-
-
-def format_set_aside(moved: list[tuple[str, str]], store: RunStore) -> str:
-    """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
-    runs = "run" if len(moved) == 1 else "runs"
-    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
-                      *format_damaged(moved)])  # fmt: skip
-
-
-def format_damaged(damaged: list[tuple[str, str]], shown: int = 5) -> list[str]:
-    """Indented lines "  <run_id>: <reason>" for the first `shown` (run_id, reason) pairs,
-    then how many more there are."""
-    lines = [f"  {run_id}: {reason}" for run_id, reason in damaged[:shown]]
-    if len(damaged) > shown:
-        lines.append(f"  ... and {len(damaged) - shown} more")
-    return lines

@@ -647,3 +647,26 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
     assert store.set_aside_damaged([first]) == [] and store.set_aside_damaged([second]) == [(second.run_id, reason)]
     assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock(tmp_path, capsys, monkeypatch, existed):
+    """ENOSPC writing the sweep's pid into a new .lock: no empty .lock (nor folder) stays."""
+    from bnstudy.cli import main
+    from studies import tiny_spec
+
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(tiny_spec("tiny", 'variant = ["none"]\n'))
+    if existed:
+        out.mkdir()
+    real_pwrite = os.pwrite
+
+    def disk_full(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.lock"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", disk_full)
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    assert capsys.readouterr().err == f"bnstudy: error: {out}: cannot write results (No space left on device)\n"
+    assert (sorted(out.iterdir()) == []) if existed else not out.exists()
