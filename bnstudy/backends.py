@@ -98,11 +98,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAX_JOBS = 1024  # worker processes or GPUs on one machine; more is a typo
+
+
 def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True) -> Execution:
     """Check the execution flags and pick the workers. Connects to nothing; UserError for a bad
     combination or a device that is not here."""
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs: must be >= 1 (got {jobs})")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--jobs: must be between 1 and {MAX_JOBS} (got {jobs})")
     if backend == "dask":
         if not scheduler:
             raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (a running dask scheduler)")

@@ -10,10 +10,12 @@ before it trains (store.check_writable).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from bnstudy import __version__
-from bnstudy.errors import UserError
+from bnstudy.errors import UserError, printable
 from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
 from bnstudy.store import check_path
 
@@ -205,10 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, so that a reader gone away is seen below, not at exit
+        return status
     except UserError as exc:
-        print(f"bnstudy: error: {exc}", file=sys.stderr)
+        print(f"bnstudy: error: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a path holds
         return 2
+    except BrokenPipeError:  # `bnstudy sweep --dry-run ... | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE  # what a program that SIGPIPE ended returns to the shell
     except KeyboardInterrupt:
         print("bnstudy: interrupted; finished runs are kept, the rest will be redone", file=sys.stderr)
         return 130

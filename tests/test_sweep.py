@@ -231,7 +231,8 @@ def test_dry_run_lists_the_runs_and_trains_nothing(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--jobs", "0"], "--jobs: must be >= 1"),
+    (["--jobs", "0"], "--jobs: must be between 1 and 1024 (got 0)"),
+    (["--jobs", str(2**64)], f"--jobs: must be between 1 and 1024 (got {2**64})"),
     (["--backend", "dask"], "--backend dask needs --scheduler"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler is for --backend dask"),
     (["--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot connect"),
