@@ -21,6 +21,8 @@ import multiprocessing.resource_tracker
 import os
 import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -125,12 +127,15 @@ def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int |
 _slot: tuple | None = None  # (the open lock file, the device) of this worker process, set by claim_slot
 
 
-def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
+def claim_slot(lock_dir: str, slots: tuple[str, ...], driver: int | None = None) -> None:
     """Worker-process initializer: leave SIGINT to the driver for good (the process started
-    with it blocked: _workers_start_deaf_to_sigint), and take the first slot whose lock
-    file no live worker holds, for the rest of this process's life. The kernel drops a
-    dead worker's lock, so a replacement worker takes over its slot (its GPU)."""
+    with it blocked: _workers_start_deaf_to_sigint), exit when the `driver` process is gone
+    (exit_with_parent), and take the first slot whose lock file no live worker holds, for
+    the rest of this process's life. The kernel drops a dead worker's lock, so a
+    replacement worker takes over its slot (its GPU)."""
     global _slot
+    if driver is not None:
+        exit_with_parent(driver)
     # Caught and dropped rather than blocked or ignored, which the programs this worker runs
     # would inherit: git (runner.git_commit) must still get a Ctrl-C and remove its lock file.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
@@ -145,6 +150,20 @@ def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
         _slot = (handle, device)
         return
     raise RuntimeError(f"all {len(slots)} worker slots are taken")
+
+
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this process within `every` seconds of its parent's end (its parent pid changes:
+    it was adopted), even mid-run: a driver killed with SIGKILL (or by the OOM killer) can
+    stop no worker, and nobody would take a result. A daemon thread; os._exit, so nothing
+    of the run's is left to clean up in a process whose results only the driver writes."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bnstudy-exit-with-parent", daemon=True).start()
 
 
 def claimed_device() -> str:
@@ -167,7 +186,7 @@ def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTas
             yield _dask_runner(client, task_fn, execution.device), max(1, len(client.nthreads()))
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
-            backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)
+            backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots, os.getpid())
         ):
             yield _joblib_runner(len(execution.slots), task_fn), len(execution.slots)
     else:

@@ -10,12 +10,14 @@ before it trains (store.check_writable).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+import threading
 
 from bnstudy import __version__
-from bnstudy.errors import UserError, printable
+from bnstudy.errors import Terminated, UserError, printable
 from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
 from bnstudy.store import check_path
 
@@ -205,6 +207,31 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    with sigterm_as_interrupt():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While in the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread,
+    so that `kill PID` stops a sweep as Ctrl-C does; a second SIGTERM kills at once. Only the
+    main thread can set handlers: elsewhere (a sweep in a thread) SIGTERM stays as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         status = args.handler(args)
@@ -216,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `bnstudy sweep --dry-run ... | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 128 + signal.SIGPIPE  # what a program that SIGPIPE ended returns to the shell
-    except KeyboardInterrupt:
-        print("bnstudy: interrupted; finished runs are kept, the rest will be redone", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"bnstudy: {how}; finished runs are kept, the rest will be redone", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ class UserError(Exception):
     """A bad flag, spec, dataset or output location, described in one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as SIGINT raises KeyboardInterrupt: a sweep
+    stops its workers and keeps its finished runs either way (cli.main)."""
+
+
 def printable(text: str) -> str:
     """`text` with each character that is not printable (a newline, an escape, a NUL, ...)
     written as Python writes it in a string literal (\\n, \\x1b, \\x00, \\u2028), the rest as
