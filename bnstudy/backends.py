@@ -182,8 +182,8 @@ def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTas
     scheduler answers at the address."""
     if execution.backend == "dask":
         with _dask_client(execution.scheduler) as client:
-            # Workers may join later; the count now only sizes the estimates, which need one.
-            yield _dask_runner(client, task_fn, execution.device), max(1, len(client.nthreads()))
+            # Workers may join later (0 now: the sweep says it waits); the count sizes the estimates.
+            yield _dask_runner(client, task_fn, execution.device), len(client.nthreads())
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
             backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots, os.getpid())

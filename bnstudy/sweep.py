@@ -111,7 +111,7 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
     stderr (runs done/total, failures, ETA). Each result is vetted against the driver's own
     run (`vet`); a task the backend never answered fails its runs."""
     tasks = make_tasks(pending, execution.grouped)
-    busy = min(workers, len(tasks))
+    busy = max(1, min(workers, len(tasks)))  # a dask cluster may have none yet: the estimates need one
     tally, eta = Tally(workers=busy), Eta(pending, busy)
     unanswered = dict(enumerate(tasks))
     start = time.perf_counter()
@@ -128,7 +128,8 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
         bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
 
     with bar:
-        bar.set_postfix_str(f"failed 0, eta ~{format_duration(eta.seconds())}")
+        waiting = "eta: waiting for a worker" if not workers else f"eta ~{format_duration(eta.seconds())}"
+        bar.set_postfix_str(f"failed 0, {waiting}")
         for index, outcome in run_tasks(tasks):
             task = unanswered.pop(index, None) if type(index) is int else None
             if task is not None:  # else no task of this sweep's, or one answered already
@@ -240,8 +241,13 @@ def format_header(study: Study, total: int, pending: list[RunConfig], store: Run
     lines = [f"study {study.name}: {total} runs from {study.source}, {total - len(pending)} already done, "
              f"{len(pending)} to run -> {store.root}",
              f"running on {execution.describe()}",
+             "no dask worker has joined yet: the runs wait for one" if not workers else "",
              format_cpu_estimate(pending, execution, workers)]  # fmt: skip
     return "\n".join(line for line in lines if line)
+
+
+def runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def format_cpu_estimate(pending: list[RunConfig], execution: Execution, workers: int) -> str:
@@ -261,11 +267,11 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
     """The closing screen: what ran, how long, where the files are, what failed."""
     ran = sum(tally.ran.values())
     if not ran:
-        lines = [f"{study.name}: nothing to run, all {skipped} runs are done"]
+        lines = [f"{study.name}: nothing to run, " + ("the 1 run is done" if skipped == 1 else f"all {skipped} runs are done")]
     else:
         counts = ", ".join(f"{n} {status}" for status, n in tally.ran.items())
-        already = f"; {skipped} were already done" if skipped else ""
-        lines = [f"{study.name}: {ran} runs in {format_duration(tally.wall_seconds)}: {counts}{already}"]
+        already = f"; {skipped} {'was' if skipped == 1 else 'were'} already done" if skipped else ""
+        lines = [f"{study.name}: {runs(ran)} in {format_duration(tally.wall_seconds)}: {counts}{already}"]
         share = tally.run_seconds / tally.workers / tally.wall_seconds
         lines.append(f"  runs' own train+eval time {format_duration(tally.run_seconds)} over {tally.workers} "
                      f"worker(s): {share:.1%} of the wall time, {1 - share:.1%} sweep overhead")  # fmt: skip

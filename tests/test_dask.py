@@ -175,3 +175,5 @@ def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys)
     printed = capsys.readouterr()
     assert status == [0], printed.err
     assert "3 runs in" in printed.out
+    assert "no dask worker has joined yet" in printed.out
+    assert "eta: waiting for a worker" in printed.err and "eta ~0s" not in printed.err.split("waiting")[0]

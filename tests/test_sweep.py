@@ -215,7 +215,7 @@ def test_a_run_that_raises_is_failed_and_the_others_complete(tmp_path, monkeypat
     monkeypatch.setattr(runner, "fit", real_fit)
     done = {c.run_id: file_identity(store.json_path(c.run_id)) for c in configs if c is not failed}
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
-    assert "1 runs in" in capsys.readouterr().out and store.state(failed.run_id) == "complete"
+    assert "1 run in" in capsys.readouterr().out and store.state(failed.run_id) == "complete"
     assert {run_id: file_identity(store.json_path(run_id)) for run_id in done} == done
 
 
@@ -376,3 +376,18 @@ def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
         with pytest.raises(UserError, match="a symbolic link"):
             act()
     assert [p.name for p in elsewhere.iterdir()] == [".x.csv.abc.tmp"]
+
+
+def test_a_sweep_removes_stale_temporaries_and_counts_what_was_done_in_words(tmp_path, capsys):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--set", "grid.variant=['none']"]) == 0
+    capsys.readouterr()
+    stale = [out / "runs" / ".none-x.csv.abc123.tmp", out / ".spec.toml.def456.tmp"]  # left by a killed writer
+    for path in stale:
+        path.write_text("half a file")
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert not any(path.exists() for path in stale)
+    assert "tiny: 2 runs in " in printed and "; 1 was already done" in printed
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--set", "grid.variant=['none']"]) == 0
+    assert "tiny: nothing to run, the 1 run is done" in capsys.readouterr().out
