@@ -2,9 +2,11 @@
 or one per GPU), or a dask cluster.
 
 One small interface for all three, as Hydra's launchers have it: `open_backend(execution,
-task_fn)` is a context manager yielding (run, workers), where run(tasks) yields each
-task's result as soon as it finishes, in any order, or a TaskFailure for a task that gave
-none (on a dask cluster). The task function is handed in: task_fn(task, device)
+task_fn)` is a context manager yielding (run, workers), where run(tasks) yields (index,
+outcome) for each task as soon as it finishes, in any order: the task's position in
+`tasks` and its result, or a TaskFailure for a task that gave none (on a dask cluster).
+The index, not the result, says which task it was: the driver checks each result against
+its own runs (bnstudy.sweep). The task function is handed in: task_fn(task, device)
 with device None meaning "the slot this worker process claimed" (`claimed_device`). A
 backend knows nothing of training, and training nothing of backends.
 """
@@ -19,6 +21,8 @@ import multiprocessing.resource_tracker
 import os
 import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -41,7 +45,8 @@ class TaskFailure:
     error: str
 
 
-RunTasks = Callable[[list[list]], Iterable["list | TaskFailure"]]  # tasks -> each task's outcome as it finishes
+# tasks -> (index in tasks, outcome) for each task as it finishes
+RunTasks = Callable[[list[list]], Iterable["tuple[int, list | TaskFailure]"]]
 
 
 @dataclass(frozen=True)
@@ -95,11 +100,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAX_JOBS = 1024  # worker processes or GPUs on one machine; more is a typo
+
+
 def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True) -> Execution:
     """Check the execution flags and pick the workers. Connects to nothing; UserError for a bad
     combination or a device that is not here."""
-    if jobs is not None and jobs < 1:
-        raise UserError(f"--jobs: must be >= 1 (got {jobs})")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--jobs: must be between 1 and {MAX_JOBS} (got {jobs})")
     if backend == "dask":
         if not scheduler:
             raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (a running dask scheduler)")
@@ -119,12 +127,15 @@ def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int |
 _slot: tuple | None = None  # (the open lock file, the device) of this worker process, set by claim_slot
 
 
-def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
+def claim_slot(lock_dir: str, slots: tuple[str, ...], driver: int | None = None) -> None:
     """Worker-process initializer: leave SIGINT to the driver for good (the process started
-    with it blocked: _workers_start_deaf_to_sigint), and take the first slot whose lock
-    file no live worker holds, for the rest of this process's life. The kernel drops a
-    dead worker's lock, so a replacement worker takes over its slot (its GPU)."""
+    with it blocked: _workers_start_deaf_to_sigint), exit when the `driver` process is gone
+    (exit_with_parent), and take the first slot whose lock file no live worker holds, for
+    the rest of this process's life. The kernel drops a dead worker's lock, so a
+    replacement worker takes over its slot (its GPU)."""
     global _slot
+    if driver is not None:
+        exit_with_parent(driver)
     # Caught and dropped rather than blocked or ignored, which the programs this worker runs
     # would inherit: git (runner.git_commit) must still get a Ctrl-C and remove its lock file.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
@@ -141,6 +152,20 @@ def claim_slot(lock_dir: str, slots: tuple[str, ...]) -> None:
     raise RuntimeError(f"all {len(slots)} worker slots are taken")
 
 
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this process within `every` seconds of its parent's end (its parent pid changes:
+    it was adopted), even mid-run: a driver killed with SIGKILL (or by the OOM killer) can
+    stop no worker, and nobody would take a result. A daemon thread; os._exit, so nothing
+    of the run's is left to clean up in a process whose results only the driver writes."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bnstudy-exit-with-parent", daemon=True).start()
+
+
 def claimed_device() -> str:
     """The device of the slot this worker process claimed (RuntimeError outside a worker)."""
     if _slot is None:
@@ -152,20 +177,20 @@ def claimed_device() -> str:
 @contextlib.contextmanager
 def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTasks, int]]:
     """Set up the execution for the sweep's duration. Yields (run, workers): run(tasks)
-    yields task_fn's result for each task as soon as it finishes, in any order; a dask
-    cluster yields a TaskFailure for a task it gave up on. UserError when no dask scheduler
-    answers at the address."""
+    yields (index, task_fn's result) for each task as soon as it finishes, in any order; a
+    dask cluster yields a TaskFailure for a task it gave up on. UserError when no dask
+    scheduler answers at the address."""
     if execution.backend == "dask":
         with _dask_client(execution.scheduler) as client:
-            # Workers may join later; the count now only sizes the estimates, which need one.
-            yield _dask_runner(client, task_fn, execution.device), max(1, len(client.nthreads()))
+            # Workers may join later (0 now: the sweep says it waits); the count sizes the estimates.
+            yield _dask_runner(client, task_fn, execution.device), len(client.nthreads())
     elif len(execution.slots) > 1:
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
-            backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots)
+            backend="loky", initializer=claim_slot, initargs=(lock_dir, execution.slots, os.getpid())
         ):
             yield _joblib_runner(len(execution.slots), task_fn), len(execution.slots)
     else:
-        yield (lambda tasks: (task_fn(task, execution.slots[0]) for task in tasks)), 1
+        yield (lambda tasks: ((i, task_fn(task, execution.slots[0])) for i, task in enumerate(tasks))), 1
 
 
 def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
@@ -173,9 +198,15 @@ def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
         # No more workers than tasks: each one costs a torch import and a dataset load.
         parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered", batch_size=1)
         with _workers_start_deaf_to_sigint():  # the workers start in this call
-            return parallel(delayed(task_fn)(task, None) for task in tasks)
+            return parallel(delayed(_numbered)(task_fn, i, task) for i, task in enumerate(tasks))
 
     return run
+
+
+def _numbered(task_fn: TaskFn, index: int, task: list) -> tuple[int, list]:
+    """In a worker process: (index, task_fn's result), so that the driver knows which of its
+    tasks a result answers (joblib's unordered generator does not say)."""
+    return index, task_fn(task, None)
 
 
 @contextlib.contextmanager
@@ -206,10 +237,11 @@ def _dask_runner(client, task_fn: TaskFn, device: str) -> RunTasks:
     from distributed import as_completed
 
     def run(tasks):
-        futures = {client.submit(task_fn, task, device, pure=False): task for task in tasks}
+        futures = {client.submit(task_fn, task, device, pure=False): (i, task) for i, task in enumerate(tasks)}
         for future in as_completed(list(futures), loop=client.loop):
             # Popped, so that the cluster can drop a result once it is here.
-            yield _outcome(future, futures.pop(future), client.scheduler.address)
+            index, task = futures.pop(future)
+            yield index, _outcome(future, task, client.scheduler.address)
 
     return run
 

@@ -10,10 +10,14 @@ before it trains (store.check_writable).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 
 from bnstudy import __version__
-from bnstudy.errors import UserError
+from bnstudy.errors import Terminated, UserError, printable
 from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
 from bnstudy.store import check_path
 
@@ -122,6 +126,9 @@ def add_sweep_parser(commands) -> None:
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="on a GPU, train every run on its own instead of fusing runs of one shape into one network")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; train and write nothing")
+    p.add_argument("--allow-mixed-workers", action="store_true",
+                   help="write the results of workers on another bnstudy version or git commit than this "
+                        "command's (default: record such runs failed)")
     p.add_argument("--data", type=check_path, default=None, metavar="DIR",
                    help="folder with the Fashion-MNIST *-ubyte[.gz] files")
     p.set_defaults(handler=cmd_sweep)
@@ -134,7 +141,8 @@ def cmd_sweep(args) -> int:
     study = load_study(args.spec, args.overrides)
     options = SweepOptions(out=results_dir(study, args.out), jobs=args.jobs, backend=args.backend,
                            scheduler=args.scheduler, device=args.device or study.device or "auto",
-                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse)  # fmt: skip
+                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse,
+                           allow_mixed_workers=args.allow_mixed_workers)  # fmt: skip
     return sweep(study, options)
 
 
@@ -222,15 +230,46 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    with sigterm_as_interrupt():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While in the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread,
+    so that `kill PID` stops a sweep as Ctrl-C does; a second SIGTERM kills at once. Only the
+    main thread can set handlers: elsewhere (a sweep in a thread) SIGTERM stays as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, so that a reader gone away is seen below, not at exit
+        return status
     except UserError as exc:
-        print(f"bnstudy: error: {exc}", file=sys.stderr)
+        print(f"bnstudy: error: {printable(str(exc))}", file=sys.stderr)  # one line, whatever a path holds
         return 2
-    except KeyboardInterrupt:
-        print("bnstudy: interrupted; finished runs are kept, the rest will be redone", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `bnstudy sweep --dry-run ... | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 128 + signal.SIGPIPE  # what a program that SIGPIPE ended returns to the shell
+    except KeyboardInterrupt as exc:
+        how, status = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"bnstudy: {how}; finished runs are kept, the rest will be redone", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

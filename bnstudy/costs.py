@@ -74,8 +74,11 @@ class Eta:
 
 
 def format_duration(seconds: float) -> str:
-    """3h05m, 12m40s or 7s."""
+    """400d01h (from two days on), 3h05m, 12m40s or 7s. Every setting is bounded, so the
+    largest sweep allowed still reads in days."""
     seconds = round(seconds)
+    if seconds >= 2 * 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def read_idx(path: Path, magic: int, count: int) -> torch.Tensor:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a bad deflate stream is not
         raise UserError(f"{path}: cannot read ({exc}); {INSTALL_HINT}") from None
     ndim = 3 if magic == IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
@@ -164,16 +165,40 @@ def load_fashion_mnist(
 
     Raises UserError for a missing, truncated or wrong file.
     """
-    directory = find_data_dir(data_dir)
-    paths = {key: _file_in(directory, base) for key, base in FILES.items()}
-    train_x = read_idx(paths["train_images"], IMAGES_MAGIC, TRAIN_SIZE)
-    test_x = read_idx(paths["test_images"], IMAGES_MAGIC, TEST_SIZE)
-    train_y = _labels(paths["train_labels"], TRAIN_SIZE)
-    test_y = _labels(paths["test_labels"], TEST_SIZE)
-    train_x, train_y = train_x[:limit_train], train_y[:limit_train]
-    test_x, test_y = test_x[:limit_test], test_y[:limit_test]
+    train_x, test_x, train_y, test_y = _decoded(find_data_dir(data_dir))
+    train_x, train_y = train_x[:limit_train], train_y[:limit_train].clone()  # the decoded copy stays as it is
+    test_x, test_y = test_x[:limit_test], test_y[:limit_test].clone()
     to_float = lambda x: (x.float() / 255.0).unsqueeze(1)  # noqa: E731  (N,28,28) u8 -> (N,1,28,28)
     return FashionMNIST(to_float(train_x), train_y, to_float(test_x), test_y).to(device)
+
+
+def check_dataset(data_dir: str | os.PathLike | None = None) -> Path:
+    """Find the dataset and decode and check its four files, as load_fashion_mnist does;
+    returns its folder. UserError for a missing, truncated or wrong file. The sweep's driver
+    calls it before the first run, so that a corrupt file is one error, not a failure of
+    every run; the decoded files stay for a load in this process (_decoded)."""
+    directory = find_data_dir(data_dir)
+    _decoded(directory)
+    return directory
+
+
+_DECODED: dict[tuple, tuple[torch.Tensor, ...]] = {}  # the last folder's decoded files, by their names, sizes and times
+
+
+def _decoded(directory: Path) -> tuple[torch.Tensor, ...]:
+    """(train images, test images, train labels, test labels) of the files in `directory`,
+    uint8 and int64 on the CPU, decoded and checked once for as long as the files stay the same."""
+    paths = {key: _file_in(directory, base) for key, base in FILES.items()}
+    try:
+        key = tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths.values())
+    except (OSError, AttributeError) as exc:  # AttributeError: a file gone since find_data_dir (None)
+        raise UserError(f"{directory}: cannot read the dataset ({exc}); {INSTALL_HINT}") from None
+    if key not in _DECODED:
+        _DECODED.clear()
+        _DECODED[key] = (read_idx(paths["train_images"], IMAGES_MAGIC, TRAIN_SIZE),
+                         read_idx(paths["test_images"], IMAGES_MAGIC, TEST_SIZE),
+                         _labels(paths["train_labels"], TRAIN_SIZE), _labels(paths["test_labels"], TEST_SIZE))  # fmt: skip
+    return _DECODED[key]
 
 
 def split_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:

@@ -36,6 +36,12 @@ MAX_NAME_LENGTH = 100  # a study name becomes a folder name; file systems allow 
 # A point costs a test pass plus PreciseBN (bn_before: 0.8 s on one CPU thread, an epoch trains
 # in ~5.5 s): 100 points an epoch already cost ~15x its training
 MAX_EVALS_PER_EPOCH = 100
+# Every integer setting is bounded, so that no absurd value reaches training or the estimates
+# (10,000 epochs of all data: some 9 hours of one CPU core a run).
+MAX_EPOCHS = 10_000
+# The smallest learning rate or BN momentum: far below any useful one, and far above the
+# subnormal numbers, which lose digits (1e-320 reads back as 9.99989e-321 in a run id).
+MIN_POSITIVE = 1e-12
 REQUIRED = object()  # the default of a setting every run must give
 
 
@@ -59,11 +65,13 @@ def integer(low: int, high: int | None = None) -> Callable:
 
 
 def positive(high: float | None = None) -> Callable:
-    """A number in (0, high] (no upper bound when high is None)."""
+    """A number in (0, high] (no upper bound when high is None), at least MIN_POSITIVE."""
 
     def check(value) -> str | None:
         if not value > 0 or (high is not None and value > high):
             return f"must be > 0{f' and <= {high:g}' if high is not None else ''} (got {value})"
+        if value < MIN_POSITIVE:
+            return f"must be >= {MIN_POSITIVE:g} (got {value})"
         return None
 
     return check
@@ -145,13 +153,13 @@ SETTINGS = (
             tag=lambda v: f"bs{v}", label="batch size"),
     Setting("seed", int, 0, "fixes initialisation, data order and the PreciseBN sample", check=integer(0, MAX_SEED),
             column=True, per_member=True, tag=lambda v: f"s{v}"),
-    Setting("epochs", int, REQUIRED, "training epochs", check=integer(1), run_default=5),
+    Setting("epochs", int, REQUIRED, "training epochs", check=integer(1, MAX_EPOCHS), run_default=5),
     Setting("limit_train", int, None, "use the first N training images", check=integer(2, TRAIN_SIZE),
             optional=True, metavar="N"),
     Setting("limit_test", int, None, "use the first M test images", check=integer(1, TEST_SIZE),
             optional=True, metavar="M"),
     Setting("precise_bn_samples", int, 8192, "training images that re-estimate BN statistics for the PreciseBN "
-            "diagnostic", check=integer(2), metavar="K"),
+            "diagnostic", check=integer(2, TRAIN_SIZE), metavar="K"),
     Setting("evals_per_epoch", int, 1, "test accuracy (eval mode, and PreciseBN for BN variants) measured this "
             "many times per epoch at evenly spaced steps, the last at the epoch's end, into runs/<run_id>.evals.csv "
             "(1: only the per-epoch CSV)", check=integer(1, MAX_EVALS_PER_EPOCH), metavar="K",

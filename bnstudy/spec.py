@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnstudy.errors import UserError
+from bnstudy.errors import UserError, printable
 from bnstudy.settings import BY_NAME, MAX_NAME_LENGTH, REQUIRED, RUN_SETTINGS, TYPE_WORDS, RunConfig, SettingError
 
 # ---------------------------------------------------------------- study specs
@@ -54,7 +56,7 @@ class Study:
 
     def to_toml(self) -> str:
         """The spec as run: TOML that `load_study` reads back into the same runs."""
-        origin = " ".join([self.source, *(f"--set {item}" for item in self.overrides)]).replace("\n", " ")
+        origin = printable(" ".join([self.source, *(f"--set {item}" for item in self.overrides)]))
         lines = [f"# the study spec as run: {origin}", f"name = {_toml_value(self.name)}"]
         if self.device is not None:
             lines.append(f"device = {_toml_value(self.device)}")
@@ -96,25 +98,58 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         _apply_override(raw, grid, item, problem)
     study = _build(raw, grid, path, tuple(overrides), problem)
     try:
-        study.runs()
+        runs = study.runs()
     except SettingError as exc:
         axis_keys = {key for key, _ in study.axes}
         key = "name" if exc.key == "study" else f"grid.{exc.key}" if exc.key in axis_keys else exc.key
         raise problem(key, exc.problem) from None
+    _check_distinct_ids(runs, problem)
     return study
 
 
+def _check_distinct_ids(runs: list[RunConfig], problem: _Problems) -> None:
+    """UserError when two of a study's runs (distinct configs: the axes' values are) share a
+    run_id, the rare collision of its short hash: one would count as the other's."""
+    seen: dict[str, RunConfig] = {}
+    for config in runs:
+        other = seen.setdefault(config.run_id, config)
+        if other is not config:
+            a, b = other.identity(), config.identity()
+            differ = [key for key in a if a[key] != b[key]]
+            words = [", ".join(f"{key} {values[key]}" for key in differ) for values in (a, b)]
+            raise problem("grid", f"two runs share the run id {config.run_id} ({words[0]} and {words[1]}), a collision "
+                                  "of its 6-digit hash; change one of their values slightly")  # fmt: skip
+
+
+MAX_SPEC_BYTES = 1 << 20  # the largest spec read; the shipped ones are under 2 kB
+
+
 def _read_toml(path: str) -> dict:
+    """The spec file's TOML; UserError unless it is a regular file of at most MAX_SPEC_BYTES
+    of valid TOML (checked before reading: a FIFO would wait for a writer, /dev/zero never end)."""
     try:
-        text = Path(path).read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once, without a writer
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{path}: not a regular file; a spec is a TOML file")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_SPEC_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UserError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UserError(f"{path}: {max(info.st_size, len(data)):,} bytes; a spec is a small TOML file (at most 1 MB)")
+    try:
+        text = data.decode()
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError; an integer past 4,300 digits; deep nesting
+        problem = "RecursionError: nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise UserError(f"{path}: not valid TOML ({problem})") from None
 
 
 def parse_override_value(text: str):
@@ -122,9 +157,9 @@ def parse_override_value(text: str):
     that string. ValueError for a malformed list, table or quoted string."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError; past 4,300 digits; nested too deeply
         word = text.strip()
-        if not word or word[0] in "[{\"'":
+        if not word or word[0] in "[{\"'" or not isinstance(exc, tomllib.TOMLDecodeError):
             hint = "quote the strings in a list: ['none', 'bn_after']"
             raise ValueError(f"{text!r} is not a TOML value ({hint})") from None
         return word
@@ -133,6 +168,8 @@ def parse_override_value(text: str):
 def _apply_override(top: dict, grid: dict, item: str, problem: _Problems) -> None:
     """Apply one `KEY=VALUE` (or `grid.KEY=[...]`) to the raw spec in place: a run setting moves
     to where --set puts it (top level or [grid]). Records the key's origin in `problem`."""
+    if not item.isprintable():  # a newline or escape would garble the spec as run and every message
+        raise UserError(f"{problem.path}: --set {printable(item)}: a control character; --set takes printable text")
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:

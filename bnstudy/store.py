@@ -8,13 +8,12 @@
 
     <root>/damaged/<run_id>.<time>.csv|.json   a damaged run's files, set aside by the sweep
 
-A run is *done* when its files are whole and agree with each other (RunStore.check says
-how it is checked). Each file is written to a temporary name and moved into place with
-os.replace, JSON last, so a process killed at any moment leaves either a finished run or
-nothing that counts as one (at worst a CSV without its JSON, or a temporary
-`.<name>.*.tmp`, which the next sweep removes under the lock). Anything else that does not
-check out (a CSV cut short, edited or copied from another run, a JSON without its CSV) is
-*damaged*: no command trusts its numbers, and the sweep sets its files aside and redoes it.
+A run is *done* when its files are whole and agree with each other (RunStore.check). Each
+file is written to a temporary name and moved into place with os.replace, JSON last, so a
+process killed at any moment leaves a finished run or nothing that counts as one (at worst a
+CSV without its JSON, or a `.<name>.*.tmp`, which the next sweep removes under the lock).
+Anything else (a CSV cut short, edited or copied from another run, a JSON without its CSV)
+is *damaged*: no command trusts its numbers; the sweep sets its files aside and redoes it.
 """
 
 from __future__ import annotations
@@ -34,7 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.runfiles import DONE_STATUSES, RUN_STATES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import DONE_STATUSES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401  (for cli, sweep, report)
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 
 EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
@@ -87,6 +87,20 @@ def _check_name_lengths(path: Path, existing: Path) -> None:
         size = len(os.fsencode(name))
         if size > limit:
             raise UserError(f"{path}: cannot use this path (a name of {size} bytes; the file system allows {limit})")
+
+
+STUDY_FOLDERS = ("runs", "damaged", "figures")  # the folders of a study folder that bnstudy writes in
+
+
+def check_no_links(root: str | os.PathLike) -> None:
+    """UserError when one of the study folder `root`'s STUDY_FOLDERS is a symbolic link:
+    commands write, move and delete in them, never through a link into another folder.
+    `sweep` (dry runs too), `status` and the store's writes call it; `report` should too."""
+    for name in STUDY_FOLDERS:
+        path = Path(root) / name
+        if path.is_symlink():
+            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/ and figures/ must be its own folders "
+                            "(bnstudy writes, moves and deletes in them, never through a link)")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -150,9 +164,18 @@ class RunStore:
     def evals_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.evals.csv"
 
-    def check(self, run_id: str) -> RunCheck:
-        """What the run's files amount to: its state, why it is not done, and what was read.
-        Reads the JSON and, for a done status, the CSV, once each; writes nothing."""
+    def check(self, run: str | RunConfig) -> RunCheck:
+        """What the files of `run` (a run_id, or the RunConfig a plan expects, whose id another
+        config's files do not match: damaged) amount to: its state, why it is not done, and
+        what was read. Reads the JSON and, for a done status, the CSV, once each."""
+        check = self._check(run.run_id if isinstance(run, RunConfig) else run)
+        if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
+            theirs, ours = check.config.identity(), run.identity()
+            differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
+            return RunCheck("damaged", f"JSON is another run's with this id ({differ}): a collision of its hash")
+        return check
+
+    def _check(self, run_id: str) -> RunCheck:
         try:
             text = self.json_path(run_id).read_text()
         except FileNotFoundError:
@@ -170,17 +193,17 @@ class RunStore:
         try:
             rows = read_rows(self.csv_path(run_id), metadata, config)
             if config.evals_per_epoch > 1:
-                check_points(self.evals_path(run_id), metadata, config)
+                check_points(self.evals_path(run_id), metadata, config, rows)
         except Damage as exc:
             return RunCheck("damaged", str(exc), metadata, config)
         return RunCheck(metadata["status"], "", metadata, config, rows)
 
-    def state(self, run_id: str) -> str:
+    def state(self, run: str | RunConfig) -> str:
         """One of RUN_STATES (see RunCheck); "failed", "damaged" and "pending" runs are what a sweep runs."""
-        return self.check(run_id).state
+        return self.check(run).state
 
-    def is_done(self, run_id: str) -> bool:
-        return self.state(run_id) in DONE_STATUSES
+    def is_done(self, run: str | RunConfig) -> bool:
+        return self.state(run) in DONE_STATUSES
 
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
@@ -203,6 +226,7 @@ class RunStore:
     def remove_stale_temps(self) -> int:
         """Delete temporary files left by a writer killed mid-write; returns how many.
         Call it holding the lock, so that no live writer's file goes."""
+        check_no_links(self.root)
         stale = [*self.root.glob(".*.tmp"), *self.runs_dir.glob(".*.tmp")]
         for path in stale:
             with contextlib.suppress(FileNotFoundError):
@@ -213,14 +237,16 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, run_ids: Iterable[str]) -> list[tuple[str, str]]:
-        """Move the files of each damaged run among `run_ids` into damaged_dir as
+    def set_aside_damaged(self, runs: Iterable[str | RunConfig]) -> list[tuple[str, str]]:
+        """Move the files of each damaged run among `runs` (ids or configs, as `check` takes
+        them) into damaged_dir as
         <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
         so that the run counts as pending. Returns (run_id, reason) of each run moved.
         UserError when a file cannot be moved. Call it holding the lock."""
+        check_no_links(self.root)
         moved = []
-        for run_id in run_ids:
-            check = self.check(run_id)
+        for run in runs:
+            run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
             if check.state == "damaged":
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))
@@ -241,8 +267,12 @@ class RunStore:
     def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
         """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
         then its JSON, without them (the JSON marks the run done). Returns the CSV's and
-        the JSON's paths."""
+        the JSON's paths. ValueError for a run_id that is no plain file name (the sweep writes
+        only ids of its own runs: bnstudy.sweep.vet)."""
+        check_no_links(self.root)
         run_id = metadata["run_id"]
+        if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or "/" in run_id or "\0" in run_id:
+            raise ValueError(f"not a run id: {run_id!r}")
         atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
         if EVALS_FIELD in metadata:
             atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))
@@ -253,37 +283,77 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self):
         """Hold the folder's lock for a sweep (creating the folder and its `.lock`); UserError
-        if another process holds it, or `.lock` is not a plain file of its own.
+        if another process holds it, `.lock` is not a plain file of its own, or one of the
+        folder's own folders is a link (check_no_links).
 
         flock is released by the kernel when its holder dies, even by SIGKILL, so a killed
         sweep never leaves a stale lock behind.
         """
-        with writing(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-        with open(_open_lock(self.root / ".lock"), "r+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = handle.read().strip() or "another process"
-                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
-            handle.truncate(0)
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+        check_no_links(self.root)
+        with self._take_lock() as handle:
             try:
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _take_lock(self):
+        """The open `.lock`, flocked, with this process's pid in it; on a UserError, nothing it
+        created is left: no `.lock` (never an empty one, as a full disk left), no folder."""
+        existing = _nearest_existing(self.root)
+        try:
+            with writing(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+            fd, created = _open_lock(self.root / ".lock")
+            handle = open(fd, "r+")  # noqa: SIM115  (the caller closes it)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            except OSError as exc:
+                if created:  # still held: no other sweep can have taken this file meanwhile
+                    os.unlink(self.root / ".lock")
+                handle.close()
+                raise UserError(f"{self.root}: cannot write results ({exc.strerror})") from None
+            return handle
+        except UserError:
+            _remove_folders_made(self.root, existing)
+            raise
 
-def _open_lock(path: Path) -> int:
-    """A descriptor of the lock file `path`, created when missing, for reading and writing.
-    The sweep truncates and writes it, so it must be this folder's own file: never followed
-    through a symbolic link (O_NOFOLLOW), and refused when it is not a regular file or has
-    other names (a hard link). UserError naming it otherwise."""
+
+def _remove_folders_made(folder: Path, existing: Path) -> None:
+    """Remove `folder` and its parents below `existing` (what mkdir created) while empty."""
+    path = folder.absolute()
+    while path != existing and existing in path.parents:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or not ours to remove
+            return
+        path = path.parent
+
+
+# open() failing with these on a new lock file means the disk, not the file, is the problem
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
+    """(a read-write descriptor of the lock file `path`, whether this call created it). The
+    sweep writes it, so it must be this folder's own file: never followed through a link
+    (O_NOFOLLOW, O_EXCL), and refused when it is not a regular file or has other names (a
+    hard link). UserError naming it, or the folder when the disk cannot take it."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        # 0o666 as for every result file; the kernel takes the umask off.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:  # 0o666 as for every result file; the kernel takes the umask off
+            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            fd, created = os.open(path, flags), False
     except OSError as exc:
+        if exc.errno in _DISK_ERRORS:
+            raise UserError(f"{path.parent}: cannot write results ({exc.strerror})") from None
         problem = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise _lock_error(path, problem) from None
     info = os.fstat(fd)
@@ -291,48 +361,8 @@ def _open_lock(path: Path) -> int:
         os.close(fd)
         kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
         raise _lock_error(path, f"it is {kind}")
-    return fd
+    return fd, created
 
 
 def _lock_error(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: cannot use it as the study's lock ({problem}); remove it, the sweep makes its own")
-
-
-def format_status(configs: list[RunConfig], store: RunStore) -> str:
-    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
-    then the damaged runs with their reasons (a few) and how many runs belong to other specs.
-    "done" counts complete runs; diverged runs are results too and are not rerun."""
-    checks = {config.run_id: store.check(config.run_id) for config in configs}
-    counts: dict[str, dict[str, int]] = {}
-    for config in configs:
-        row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
-        row[checks[config.run_id].state] += 1
-    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
-    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
-    table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
-    width = max(len(line[0]) for line in table)
-    lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
-    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state == "damaged"]
-    if damaged:
-        lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
-        lines += format_damaged(damaged)
-    others = len(store.recorded_run_ids() - set(checks))
-    if others:
-        lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
-    return "\n".join(lines)
-
-
-def format_set_aside(moved: list[tuple[str, str]], store: RunStore) -> str:
-    """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
-    runs = "run" if len(moved) == 1 else "runs"
-    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
-                      *format_damaged(moved)])  # fmt: skip
-
-
-def format_damaged(damaged: list[tuple[str, str]], shown: int = 5) -> list[str]:
-    """Indented lines "  <run_id>: <reason>" for the first `shown` (run_id, reason) pairs,
-    then how many more there are."""
-    lines = [f"  {run_id}: {reason}" for run_id, reason in damaged[:shown]]
-    if len(damaged) > shown:
-        lines.append(f"  ... and {len(damaged) - shown} more")
-    return lines

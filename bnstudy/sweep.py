@@ -6,6 +6,11 @@ runs of one shape, for the fused engine), costliest first; run the tasks on the 
 (bnstudy.backends) with bnstudy.runner.worker_task as the task function; and, in the driver
 alone, write each run to the store as its result arrives, so that a killed sweep keeps
 every finished run.
+
+A worker's result is data, never a say in where it goes: the driver writes it as one of its
+own runs (the backend tells which task it answers), only when it names that run, with that
+run's config, from a worker on the driver's bnstudy version and commit, and only as a run
+whose files then check out; anything else is that run "failed" with the reason (`vet`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from tqdm import tqdm
 
 from bnstudy.backends import Execution, TaskFailure, open_backend, plan_execution
 from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
-from bnstudy.settings import RunConfig
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 from bnstudy.spec import Study
-from bnstudy.store import DONE_STATUSES, RunStore, check_writable, format_set_aside, writing
+from bnstudy.store import (DONE_STATUSES, EVALS_FIELD, RunStore, check_no_links, check_writable, format_set_aside,
+                           writing)  # fmt: skip
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
@@ -53,6 +59,7 @@ class SweepOptions:
     data_dir: str | None = None
     dry_run: bool = False
     fuse: bool = True
+    allow_mixed_workers: bool = False  # accept results from workers on another bnstudy version or commit
 
 
 @dataclass
@@ -70,75 +77,158 @@ class Tally:
 def sweep(study: Study, options: SweepOptions) -> int:
     """Run the study's pending runs (`bnstudy sweep`); returns the exit status: 1 when a run
     failed, else 0. With dry_run, lists the runs and their state, and writes nothing."""
-    from bnstudy.data import find_data_dir
+    from bnstudy.data import check_dataset
     from bnstudy.runner import worker_task  # torch: loaded only by the commands that train
 
     configs = study.runs()
     store = RunStore(options.out)
+    check_no_links(store.root)
     execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse)
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
     check_writable(store.root, store.runs_dir)
-    if execution.backend == "local":
-        find_data_dir(options.data_dir)  # a missing dataset is one error now, not one per run
+    if execution.backend == "local":  # a missing or corrupt dataset is one error now, not one per run
+        check_dataset(options.data_dir)  # (dask workers find theirs on their own machines)
     task_fn = functools.partial(worker_task, data_dir=options.data_dir)
     with open_backend(execution, task_fn) as (run_tasks, workers), store.lock():
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
-        if moved := store.set_aside_damaged(config.run_id for config in configs):  # redone as pending runs
+        if moved := store.set_aside_damaged(configs):  # redone as pending runs
             print(format_set_aside(moved, store), flush=True)
-        pending = [config for config in configs if not store.is_done(config.run_id)]
+        pending = [config for config in configs if not store.is_done(config)]
         print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
-        tally = run_pending(pending, execution, run_tasks, workers, store, study.name) if pending else Tally()
+        tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers)
+                 if pending else Tally())  # fmt: skip
     print(format_summary(study, len(configs) - len(pending), tally, store))
     return 1 if tally.ran["failed"] else 0
 
 
 def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Callable, workers: int,
-                store: RunStore, name: str) -> Tally:  # fmt: skip
+                store: RunStore, name: str, mixed_ok: bool = False) -> Tally:  # fmt: skip
     """Run `pending` and write each run to `store` as it arrives, with a progress bar on
-    stderr (runs done/total, failures, ETA)."""
+    stderr (runs done/total, failures, ETA). Each result is vetted against the driver's own
+    run (`vet`); a task the backend never answered fails its runs."""
     tasks = make_tasks(pending, execution.grouped)
-    busy = min(workers, len(tasks))
+    busy = max(1, min(workers, len(tasks)))  # a dask cluster may have none yet: the estimates need one
     tally, eta = Tally(workers=busy), Eta(pending, busy)
-    configs = {config.run_id: config for config in pending}
+    unanswered = dict(enumerate(tasks))
     start = time.perf_counter()
     bar = tqdm(total=len(pending), desc=name, unit="run", file=sys.stderr, dynamic_ncols=True,
                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed}{postfix}")  # fmt: skip
+
+    def write(task: list[RunConfig], results: list[tuple[list[dict], dict]]) -> None:
+        for config, (rows, metadata) in zip(task, results):
+            rows, metadata = record(store, config, rows, metadata, tally, execution.device)
+            if metadata["status"] == "failed":
+                bar.write(f"failed: {config.run_id}: {metadata['error'].splitlines()[0]}", file=sys.stderr)
+            eta.finished(config, rows, metadata["group_size"])
+            bar.update(1)
+        bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
+
     with bar:
-        bar.set_postfix_str(f"failed 0, eta ~{format_duration(eta.seconds())}")
-        for outcome in run_tasks(tasks):
-            results = failed_results(outcome, execution.device) if isinstance(outcome, TaskFailure) else outcome
-            for rows, metadata in results:
-                record(store, rows, metadata, tally)
-                if metadata["status"] == "failed":
-                    bar.write(f"failed: {metadata['run_id']}: {metadata['error'].splitlines()[0]}", file=sys.stderr)
-                eta.finished(configs[metadata["run_id"]], rows, metadata["group_size"])
-                bar.update(1)
-            bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
+        waiting = "eta: waiting for a worker" if not workers else f"eta ~{format_duration(eta.seconds())}"
+        bar.set_postfix_str(f"failed 0, {waiting}")
+        for index, outcome in run_tasks(tasks):
+            task = unanswered.pop(index, None) if type(index) is int else None
+            if task is not None:  # else no task of this sweep's, or one answered already
+                write(task, vet(task, outcome, execution.device, mixed_ok))
+        for task in unanswered.values():
+            write(task, failed_results(task, execution.device, "the backend returned no result for this run"))
     tally.wall_seconds = time.perf_counter() - start
     return tally
 
 
-def failed_results(failure: TaskFailure, device: str) -> list[tuple[list[dict], dict]]:
-    """The runs of a task the backend gave no result for, each "failed" with its error, as
-    worker_task reports a run that failed on its worker."""
+Result = tuple[list[dict], dict]  # (rows, metadata), as runner.execute returns a run
+
+
+def vet(task: list[RunConfig], outcome, device: str, mixed_ok: bool = False) -> list[Result]:
+    """One (rows, metadata) per run of `task`, the driver's own runs, from what the backend
+    gave for it: the worker's result where it is that run's (`result_problem`), else the
+    run "failed" with the reason. So no worker decides which run a result is written as."""
+    if isinstance(outcome, TaskFailure):
+        return failed_results(task, device, outcome.error)
+    if not isinstance(outcome, (list, tuple)) or len(outcome) != len(task):
+        count = len(outcome) if isinstance(outcome, (list, tuple)) else "no list of"
+        runs = "run" if len(task) == 1 else "runs"
+        return failed_results(task, device, f"the worker returned {count} results for a task of {len(task)} {runs}")
+    vetted = []
+    for config, result in zip(task, outcome):
+        problem = result_problem(config, result, mixed_ok)
+        vetted += failed_results([config], device, f"the worker's result was refused: {problem}") if problem else [result]
+    return vetted
+
+
+def driver_versions() -> tuple[str, str | None]:
+    """(bnstudy version, git commit) of this process, which its workers must share."""
+    import bnstudy
+    from bnstudy.runner import git_commit
+
+    return bnstudy.__version__, git_commit()
+
+
+def result_problem(config: RunConfig, result, mixed_ok: bool = False) -> str | None:
+    """What makes a worker's `result` unfit to be written as run `config`, in words, or None:
+    anything but (rows, metadata) whose metadata names this run (run_id, study, config), a
+    run status, the driver's bnstudy version and commit (unless `mixed_ok`), and rows and
+    points with their columns. The numbers are checked once written (`record`)."""
+    if not (isinstance(result, (list, tuple)) and len(result) == 2 and isinstance(result[0], list)
+            and isinstance(result[1], dict)):  # fmt: skip
+        return "not a run's (rows, metadata)"
+    rows, metadata = result
+    if metadata.get("run_id") != config.run_id:
+        return f"it is for run {ascii(metadata.get('run_id'))}"
+    theirs, ours = metadata.get("config"), config.identity()
+    if metadata.get("study") != config.study or not isinstance(theirs, dict) or theirs != ours:
+        if not isinstance(theirs, dict):
+            return "it has no config"
+        changed = [f"{k} {ascii(theirs.get(k))}, not {ascii(ours.get(k))}" for k in {**ours, **theirs}
+                   if theirs.get(k) != ours.get(k)] or [f"study {ascii(metadata.get('study'))}"]  # fmt: skip
+        return f"its config has {'; '.join(changed)}"
+    worker = (metadata.get("bnstudy_version"), metadata.get("git_commit"))
+    if not mixed_ok and worker != driver_versions():
+        (their_version, their_commit), (version, commit) = worker, driver_versions()
+        return (f"worker runs bnstudy {their_version} ({their_commit or 'no git commit'}), driver {version} "
+                f"({commit or 'no git commit'}); --allow-mixed-workers accepts such results")  # fmt: skip
+    if metadata.get("status") not in ("complete", "diverged", "failed"):
+        return f"its status is {ascii(metadata.get('status'))}"
+    points = metadata.get(EVALS_FIELD, [])
+    if not all(isinstance(row, dict) and set(CSV_COLUMNS) <= row.keys() for row in rows) or not (
+            isinstance(points, list) and all(isinstance(p, dict) and set(EVALS_COLUMNS) <= p.keys() for p in points)):
+        return "its rows or points lack a run's columns"  # fmt: skip
+    return None
+
+
+def failed_results(task: list[RunConfig], device: str, error: str) -> list[Result]:
+    """Each run of `task` "failed" with `error` (a one-line reason, then any details), as
+    worker_task reports a run that failed on its worker: for the runs the driver has no
+    usable result for."""
     from bnstudy.runner import now, run_metadata
 
     ended = now()  # when it started is the worker's business, and the worker is gone
-    return [([], run_metadata(config, "failed", device, ended, ended, failure.error)) for config in failure.task]
+    return [([], run_metadata(config, "failed", device, ended, ended, error)) for config in task]
 
 
-def record(store: RunStore, rows: list[dict], metadata: dict, tally: Tally) -> None:
-    """Write one run's files and count it. UserError when the store cannot be written."""
+def record(store: RunStore, config: RunConfig, rows: list[dict], metadata: dict, tally: Tally,
+           device: str) -> Result:  # fmt: skip
+    """Write run `config` from a vetted result and count it; returns what was written, as
+    read back: the rows of a done run (numbers), [] for a failed one. A result whose files do
+    not check out (RunStore.check) is replaced by the run failed with the reason. UserError
+    when the store cannot be written."""
     with writing(store.root):
-        _, json_path = store.write_run(rows, metadata)
+        store.write_run(rows, metadata)  # vetted: metadata["run_id"] is config.run_id
+        check = store.check(config)
+        if check.state != metadata["status"]:
+            ((rows, metadata),) = failed_results([config], device, f"the worker's result does not check out: {check.reason}")
+            store.write_run(rows, metadata)
+            check = store.check(config)
+    rows, metadata = check.rows or [], check.metadata
     tally.ran[metadata["status"]] += 1
     tally.run_seconds += own_seconds(rows, metadata["group_size"])
     if metadata["status"] == "failed":
-        tally.failures.append((metadata["run_id"], json_path, metadata["error"].splitlines()[0]))
+        tally.failures.append((config.run_id, store.json_path(config.run_id), metadata["error"].splitlines()[0]))
+    return rows, metadata
 
 
 # ---------------------------------------------------------------- what the sweep prints
@@ -151,8 +241,13 @@ def format_header(study: Study, total: int, pending: list[RunConfig], store: Run
     lines = [f"study {study.name}: {total} runs from {study.source}, {total - len(pending)} already done, "
              f"{len(pending)} to run -> {store.root}",
              f"running on {execution.describe()}",
+             "no dask worker has joined yet: the runs wait for one" if not workers else "",
              format_cpu_estimate(pending, execution, workers)]  # fmt: skip
     return "\n".join(line for line in lines if line)
+
+
+def runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def format_cpu_estimate(pending: list[RunConfig], execution: Execution, workers: int) -> str:
@@ -172,11 +267,11 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
     """The closing screen: what ran, how long, where the files are, what failed."""
     ran = sum(tally.ran.values())
     if not ran:
-        lines = [f"{study.name}: nothing to run, all {skipped} runs are done"]
+        lines = [f"{study.name}: nothing to run, " + ("the 1 run is done" if skipped == 1 else f"all {skipped} runs are done")]
     else:
         counts = ", ".join(f"{n} {status}" for status, n in tally.ran.items())
-        already = f"; {skipped} were already done" if skipped else ""
-        lines = [f"{study.name}: {ran} runs in {format_duration(tally.wall_seconds)}: {counts}{already}"]
+        already = f"; {skipped} {'was' if skipped == 1 else 'were'} already done" if skipped else ""
+        lines = [f"{study.name}: {runs(ran)} in {format_duration(tally.wall_seconds)}: {counts}{already}"]
         share = tally.run_seconds / tally.workers / tally.wall_seconds
         lines.append(f"  runs' own train+eval time {format_duration(tally.run_seconds)} over {tally.workers} "
                      f"worker(s): {share:.1%} of the wall time, {1 - share:.1%} sweep overhead")  # fmt: skip
@@ -192,7 +287,7 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
-    states = {config.run_id: store.state(config.run_id) for config in configs}
+    states = {config.run_id: store.state(config) for config in configs}
     pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
     lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "

@@ -24,6 +24,7 @@ from bnstudy.settings import CSV_COLUMNS
 from bnstudy.store import RunStore
 
 INTERRUPTED = "bnstudy: interrupted; finished runs are kept, the rest will be redone"
+TERMINATED = "bnstudy: terminated (SIGTERM); finished runs are kept, the rest will be redone"
 SPEC = tiny_spec("tiny", 'variant = ["none", "bn_before", "bn_after"]\nseed = [0, 1, 2]\n', limit_train=512,
                  batch_size=32)
 
@@ -52,7 +53,9 @@ def sigint_in_a_worker(task, device):
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads a process's signal masks in /proc")
 def test_local_workers_drop_sigint_and_the_programs_they_run_get_it():
     with open_backend(plan_execution("local", None, "cpu", 2), sigint_in_a_worker) as (run, _):
-        results = [result for results in run([[], []]) for result in results]
+        outcomes = list(run([[], []]))
+    assert sorted(index for index, _ in outcomes) == [0, 1]
+    results = [result for _, results in outcomes for result in results]
     for handler, blocked, program_deaf in results:
         assert callable(handler) and handler is not signal.default_int_handler  # no KeyboardInterrupt in a worker
         assert not blocked and not program_deaf
@@ -129,6 +132,78 @@ def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tm
         assert store.state(json_path.stem) == "complete"
     for csv_path in store.runs_dir.glob("*.csv"):
         assert csv_path.read_text().startswith(",".join(CSV_COLUMNS) + "\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="watches the worker processes in /proc")
+def test_sigterm_to_a_two_job_sweep_is_one_line_stops_its_workers_and_the_sweep_resumes(tmp_path):
+    """`kill PID` (SIGTERM, to the driver alone, as a service manager or a batch system's
+    time limit sends it) is handled as a Ctrl-C is: one line, exit status 143."""
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    store = RunStore(out)
+    command = [sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--jobs", "2"]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # fmt: skip
+    try:
+        wait_for(lambda: list(store.runs_dir.glob("*.json")) or sweep.poll() is not None, "a finished run")
+        assert sweep.poll() is None, "the sweep ended before it could be terminated"
+        workers = loky_workers(sweep.pid)
+        os.kill(sweep.pid, signal.SIGTERM)
+        _, err = sweep.communicate(timeout=120)  # EOF on stderr: the workers, which hold it too, are gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    assert sweep.returncode == 143, err
+    assert "Traceback" not in err and err.splitlines()[-1] == TERMINATED, err
+    assert workers and not [pid for pid in workers if alive(pid)]
+    for json_path in store.runs_dir.glob("*.json"):
+        assert store.state(json_path.stem) == "complete"
+    resumed = subprocess.run([*command[:-2], "--jobs", "1"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(store.runs_dir.glob("*.json"))) == 9
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, whose parent has not reaped it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# A driver that hands two workers a task each that sleeps for two minutes, once each worker
+# has said (a file named after its pid in the folder argv[1]) that it is in its task.
+SLEEPY_DRIVER = """
+import os, sys, time
+from pathlib import Path
+from bnstudy.backends import open_backend, plan_execution
+
+def sleepy(task, device):
+    (Path(sys.argv[1]) / str(os.getpid())).touch()
+    time.sleep(120)
+    return []
+
+with open_backend(plan_execution("local", None, "cpu", 2), sleepy) as (run, _):
+    for _ in run([[1], [2]]):
+        pass
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="watches the worker processes in /proc")
+def test_local_workers_exit_soon_after_their_driver_dies_mid_task(tmp_path):
+    driver = subprocess.Popen([sys.executable, "-c", SLEEPY_DRIVER, str(tmp_path)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: len(list(tmp_path.iterdir())) == 2 or driver.poll() is not None, "two workers in their tasks")
+        workers = [int(path.name) for path in tmp_path.iterdir()]
+        assert driver.poll() is None and all(map(alive, workers))
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
+        wait_for(lambda: not any(map(alive, workers)), "the workers to exit", timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
 
 
 # ---------------------------------------------------------------- an address that is no scheduler

@@ -89,7 +89,7 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "none", "--batch-size", "60001"], "--batch-size: must be between 1 and 60000"),
     (["--variant", "none", "--limit-train", "100", "--batch-size", "101"], "between 1 and 100"),
     (["--variant", "bn_before", "--batch-size", "1"], "--batch-size: must be between 2"),
-    (["--variant", "none", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["--variant", "none", "--epochs", "0"], "--epochs: must be between 1 and 10000 (got 0)"),
     (["--variant", "none", "--optimizer", "rmsprop"], "--optimizer"),
     (["--variant", "none", "--device", "tpu"], "--device"),
     (["--variant", "none", "--epochs", "1", "--data", "/nonexistent/fmnist"], "train-images-idx3-ubyte"),
@@ -101,6 +101,9 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "bn_before", "--bn-momentum", "nan"], "--bn-momentum: must be a finite number"),
     (["--variant", "bn_before", "--limit-test", "1"], "--limit-test: must be >= 2 for a variant with BatchNorm"),
     (["--variant", "none", "--seed", str(2**64)], "--seed: must be between 0 and 4294967295"),
+    (["--variant", "bn_before", "--precise-bn-samples", str(2**64)], "--precise-bn-samples: must be between 2 and 60000"),
+    (["--variant", "none", "--epochs", str(10**400)], "--epochs: must be between 1 and 10000"),
+    (["--variant", "none", "--lr", "1e-320"], "--lr: must be >= 1e-12 (got 1e-320)"),
     (["--variant", "none", "--evals-per-epoch", "0"], "--evals-per-epoch: must be between 1 and 100 (got 0)"),
     (["--variant", "none", "--evals-per-epoch", "101"], "--evals-per-epoch: must be between 1 and 100 (got 101)"),
     (["--variant", "none", "--limit-train", "512", "--batch-size", "64", "--evals-per-epoch", "9"],
@@ -202,3 +205,24 @@ def test_an_unwritable_results_folder_is_found_before_any_training(capsys, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("bnstudy: error: ") and err.count("\n") == 1 and expected in err, err
     assert files_under(tmp_path) == before
+
+
+def test_a_path_with_a_newline_stays_on_the_error_line(capsys, tmp_path):
+    spec = tmp_path / "a\nb\x1b.toml"
+    assert main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnstudy: error: {tmp_path}/a\\nb\\x1b.toml: cannot read the spec (No such file or directory)\n"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`bnstudy sweep --dry-run ... | head -1`: stdout's reader is gone before the output."""
+    spec = tmp_path / "one.toml"
+    spec.write_text(ONE_RUN_SPEC)
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(tmp_path / "out"),
+                               "--dry-run"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")

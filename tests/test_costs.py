@@ -35,3 +35,13 @@ def test_each_point_beyond_the_epochs_end_costs_its_forward_passes(name, point_f
     base = RunConfig(variant=name, lr=1e-3, batch_size=256, epochs=2)
     extra = estimate_seconds(dataclasses.replace(base, evals_per_epoch=5)) - estimate_seconds(base)
     assert extra == pytest.approx(2 * 4 * point_forwards * variant(name).forward_us * 1e-6)  # 2 epochs, 4 more points
+
+
+def test_the_largest_study_allowed_has_an_estimate_in_days_not_thousands_of_hours():
+    from bnstudy.costs import format_duration
+    from bnstudy.settings import MAX_EPOCHS
+
+    longest = RunConfig(variant="bn_before", lr=1e-3, batch_size=32, epochs=MAX_EPOCHS, evals_per_epoch=100)
+    assert [format_duration(s) for s in (7, 760, 11_100, 172_799, 172_800, 3_600 * 24 * 400 + 5_400)] == [
+        "7s", "12m40s", "3h05m", "47h59m", "2d00h", "400d01h"]
+    assert format_duration(estimate_seconds(longest) * 3240).endswith("h") and "d" in format_duration(1e9)

@@ -155,7 +155,8 @@ def test_a_task_that_raises_on_a_dask_worker_comes_back_as_a_failure_of_its_runs
 
     with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         with open_backend(Execution("dask", "cpu", scheduler=cluster.scheduler_address), cannot_run) as (run, _):
-            (outcome,) = run([["run a", "run b"]])
+            ((index, outcome),) = run([["run a", "run b"]])
+    assert index == 0
     assert outcome.task == ["run a", "run b"]
     assert outcome.error.splitlines()[0] == "ModuleNotFoundError on a dask worker: No module named 'bnstudy'"
 
@@ -174,3 +175,5 @@ def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys)
     printed = capsys.readouterr()
     assert status == [0], printed.err
     assert "3 runs in" in printed.out
+    assert "no dask worker has joined yet" in printed.out
+    assert "eta: waiting for a worker" in printed.err and "eta ~0s" not in printed.err.split("waiting")[0]

@@ -153,3 +153,28 @@ def test_fixed_batches_merge_a_lone_last_sample_and_keep_every_index_in_order(nu
     batches = fixed_batches(num_samples, batch_size, "cpu")
     assert [len(b) for b in batches] == sizes
     assert torch.equal(torch.cat(batches), torch.arange(num_samples))
+
+
+def test_a_corrupt_deflate_stream_is_a_user_error(data_copy):
+    path = data_copy / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[20:28] = b"\xff" * 8  # zlib.error: invalid bit length repeat, not an OSError
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match=f"{path}: cannot read"):
+        load_fashion_mnist(data_copy)
+
+
+def test_a_sweep_refuses_a_corrupt_dataset_before_any_run(data_copy, tmp_path, capsys, monkeypatch):
+    from bnstudy import runner
+    from bnstudy.cli import main
+    from studies import tiny_spec
+
+    _rewrite(data_copy / "train-labels-idx1-ubyte.gz", lambda raw: raw[:8] + bytes([11]) + raw[9:])
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(tiny_spec("tiny", 'variant = ["none", "bn_before"]\n'))
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a run trained"))
+    assert main(["sweep", str(spec), "--out", str(out), "--data", str(data_copy), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: {data_copy / 'train-labels-idx1-ubyte.gz'}: labels are not the 10 "
+                   "Fashion-MNIST classes\n")  # fmt: skip
+    assert not out.exists()

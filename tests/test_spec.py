@@ -1,6 +1,7 @@
 """Study specs: parsing, --set overrides, grid expansion, stable ids, the spec as run, and
 one clear error line for each kind of bad spec."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,13 @@ BAD = [  # (spec text or None for SMALL, --set items, the key the error names, w
     (None, ["limit_test=1"], "limit_test", "BatchNorm"),
     (None, [f"seed={2**32}"], "seed", "between 0 and 4294967295"),
     (None, ["name=" + "x" * 101], "name", "at most 100"),
+    # every integer setting is bounded (issue 18): no setting reaches training with an absurd value
+    (None, ["epochs=1" + "0" * 400], "epochs", "must be between 1 and 10000"),
+    (None, ["epochs=1" + "0" * 5000], "epochs", "not a TOML value"),  # past Python's 4,300 digits
+    (None, [f"precise_bn_samples={2**64}"], "precise_bn_samples", "must be between 2 and 60000"),
+    ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1' + "0" * 5000 + "\n", [], "", "not valid TOML"),
+    (None, ["lr=1e-320"], "lr", "must be >= 1e-12"),  # a subnormal lr prints as 9.99989e-321
+    (None, ["bn_momentum=1e-300"], "bn_momentum", "must be >= 1e-12"),
 ]
 
 
@@ -168,7 +176,7 @@ def test_bad_specs_name_the_file_and_key(tmp_path, small, text, overrides, key, 
         path.write_text(text)
     with pytest.raises(UserError) as error:
         load_study(path, overrides)
-    assert str(error.value).startswith(f"{path}: {key}: ")
+    assert str(error.value).startswith(f"{path}: {key}: " if key else f"{path}: ")
     assert problem in str(error.value)
     if overrides:
         assert f"(from --set {overrides[0]})" in str(error.value)
@@ -193,3 +201,68 @@ def test_cli_reports_a_bad_spec_in_one_line_and_writes_nothing(tmp_path, small, 
     err = capsys.readouterr().err
     assert err == f"bnstudy: error: {small}: grid.seed: empty axis; give at least one value (from --set grid.seed=[])\n"
     assert not out.exists()
+
+
+# Two learning rates whose runs' 24-bit hashes collide (found by search): the same run id twice.
+COLLIDING = """
+name = "collide"
+variant = "none"
+batch_size = 128
+limit_train = 512
+limit_test = 256
+precise_bn_samples = 256
+seed = 29
+epochs = 1
+[grid]
+lr = [0.001009, 0.001442]
+"""
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_spec_whose_runs_share_a_run_id_is_refused(tmp_path, capsys, command):
+    spec, out = tmp_path / "collide.toml", tmp_path / "out"
+    spec.write_text(COLLIDING)
+    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    assert first.run_id == second.run_id  # the collision this test is about
+    assert main([command[0], str(spec), "--out", str(out), *command[1:]]) == 2
+    assert capsys.readouterr().err == (
+        f"bnstudy: error: {spec}: grid: two runs share the run id {first.run_id} (lr 0.001009 and lr 0.001442), "
+        "a collision of its 6-digit hash; change one of their values slightly\n")
+    assert not out.exists()
+
+
+def test_a_spec_that_is_no_small_regular_file_is_refused_before_it_is_read(tmp_path, capsys):
+    fifo, huge, deep = tmp_path / "fifo.toml", tmp_path / "huge.toml", tmp_path / "deep.toml"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    huge.write_text("# " + "x" * (1 << 20) + "\n")
+    deep.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    expected = {fifo: f"{fifo}: not a regular file; a spec is a TOML file",
+                tmp_path: f"{tmp_path}: not a regular file; a spec is a TOML file",
+                huge: f"{huge}: {huge.stat().st_size:,} bytes; a spec is a small TOML file (at most 1 MB)",
+                deep: f"{deep}: not valid TOML (RecursionError: nested too deeply)"}  # fmt: skip
+    for path, message in expected.items():
+        assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+        assert capsys.readouterr().err == f"bnstudy: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("item", ["name=a\x1bb", "epochs=2\n", "grid.seed=[0,\r1]", "na\x00me=x", "lr=1e-3\u2028"])
+def test_a_control_character_in_a_set_item_is_refused(small, capsys, item):
+    assert main(["sweep", str(small), "--dry-run", "--set", item]) == 2
+    err = capsys.readouterr().err
+    shown = item.encode("ascii", "backslashreplace").decode().replace("\n", "\\n").replace("\r", "\\r")
+    shown = shown.replace("\x00", "\\x00").replace("\x1b", "\\x1b")
+    assert err == (f"bnstudy: error: {small}: --set {shown}: a control character; --set takes printable text\n")
+
+
+def test_the_spec_as_run_escapes_control_characters_in_where_it_came_from(tmp_path):
+    folder = tmp_path / "a\x1bb\nc"
+    folder.mkdir()
+    spec = folder / "small.toml"
+    spec.write_text(SMALL)
+    study = load_study(spec, ["epochs=1"])
+    copy = tmp_path / "copy.toml"
+    copy.write_text(study.to_toml())
+    assert load_study(copy).runs() == study.runs()
+    assert "a\\x1bb\\nc" in copy.read_text().splitlines()[0]

@@ -3,11 +3,13 @@ is damaged, setting damaged runs aside, atomic files, the spec as run, stale tem
 files, the study lock and the status table."""
 
 import contextlib
+import csv
 import dataclasses
 import errno
 import json
 import math
 import os
+import random
 import resource
 import signal
 import stat
@@ -20,16 +22,18 @@ from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
 from bnstudy.runner import run_metadata
 from bnstudy import store as store_module
-from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS
+from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, steps_per_epoch
 from bnstudy.store import EVALS_FIELD, RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_study"
+TIMES = ("2026-11-27T05:21:35+00:00", "2026-11-27T05:21:36+00:00")  # a run's started and ended
 
 
 def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
     rows = hand_rows(config, [0.5] * epochs, nan_from=epochs if status == "diverged" else None)
-    store.write_run(rows, run_metadata(config, status, "cpu", "start", "end", epochs_done=epochs))
+    error = "RuntimeError: boom" if status == "failed" else None
+    store.write_run(rows, run_metadata(config, status, "cpu", *TIMES, error, epochs_done=epochs))
 
 
 def test_done_means_whole_files_that_agree(tmp_path):
@@ -100,6 +104,17 @@ def other_columns(lines):
     return [lines[0].replace("test_acc_precise_bn", "test_acc_ema"), *lines[1:]]
 
 
+def cell(row: int, column: str, value: str):
+    """A damage: `value` in `column` of CSV row `row` (1-based; 0 is the header)."""
+
+    def damage(lines):
+        table = list(csv.reader(lines))
+        table[row][table[0].index(column)] = value
+        return [",".join(line) for line in table]
+
+    return damage
+
+
 @pytest.mark.parametrize("damage, reason", [
     (cut_short, "CSV has 1 epochs, JSON says 2 of 2"),
     (cut_mid_row, f"CSV row 2 has 2 fields, not {len(CSV_COLUMNS)}"),
@@ -111,12 +126,26 @@ def other_columns(lines):
     (lost_diagnostic, "CSV test_acc_precise_bn '' is not a number"),
     (diagnostic_without_bn, "CSV test_acc_batch_stats '0.5' in a run without BN"),
     (other_columns, "CSV columns are not a run's"),
+    (cell(1, "train_loss", "nan"), "CSV train_loss nan in epoch 1 of a complete run"),
+    (cell(1, "test_loss", "nan"), "CSV test_loss nan in epoch 1 of a complete run"),  # train_loss finite
+    (cell(2, "test_loss", "inf"), "CSV test_loss inf in epoch 2 of a complete run"),
+    (cell(1, "train_loss", "-0.5"), "CSV train_loss '-0.5' is out of range"),
+    (cell(1, "test_loss", "-inf"), "CSV test_loss '-inf' is out of range"),
+    (cell(2, "eval_seconds", "-1"), "CSV eval_seconds '-1' is out of range"),
+    (cell(2, "samples_per_second", "inf"), "CSV samples_per_second 'inf' is out of range"),
+    (cell(1, "train_acc", "1.5"), "CSV train_acc '1.5' is out of range"),
+    (cell(1, "test_acc_batch_stats", "-0.1"), "CSV test_acc_batch_stats '-0.1' is out of range"),
+    (cell(1, "lr", "999"), "CSV row 1 has lr '999', its JSON 0.001"),
+    (cell(2, "study", "other"), "CSV row 2 has study 'other', its JSON 'single'"),
+    (cell(1, "bn_momentum", "0.2"), "CSV row 1 has bn_momentum '0.2', its JSON 0.1"),
+    (cell(2, "seed", "1"), "CSV row 2 has seed '1', its JSON 0"),
+    (cell(1, "variant", "bn_before"), "CSV row 1 has variant 'bn_before', its JSON 'bn_after'"),
 ])  # fmt: skip
 def test_a_csv_that_is_not_whole_is_damaged(tmp_path, damage, reason):
     store = RunStore(tmp_path)
     config = CONFIGS[0] if damage is diagnostic_without_bn else CONFIGS[2]
     rows = hand_rows(config, [0.45, 0.5], train_acc=[0.5, 0.5])
-    store.write_run(rows, run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2))
+    store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2))
     path = store.csv_path(config.run_id)
     assert store.state(config.run_id) == "complete"
     lines = damage(path.read_text().splitlines())
@@ -143,6 +172,17 @@ def edit_json(store: RunStore, run_id: str, edit) -> None:
     (lambda m: m["config"].update(lr=-1), "JSON config is not a valid run (lr: must be > 0 (got -1))"),
     (lambda m: m["config"].update(momentum=0.9), "JSON config is not a valid run"),
     (lambda m: m.pop("study"), "JSON config is not a valid run (study: must be a string (got None))"),
+    (lambda m: m.update(epochs_done=True), "JSON has no epochs_done"),
+    (lambda m: m.update(epochs_done=2.0), "JSON has no epochs_done"),
+    (lambda m: m.update(started="yesterday"), "JSON started 'yesterday' is not a run's"),
+    (lambda m: m.pop("ended"), "JSON ended None is not a run's"),
+    (lambda m: m.update(group_size=0), "JSON group_size 0 is not a run's"),
+    (lambda m: m.update(group_size=True), "JSON group_size True is not a run's"),
+    (lambda m: m.update(device=5), "JSON device 5 is not a run's"),
+    (lambda m: m.update(torch_version=None), "JSON torch_version None is not a run's"),
+    (lambda m: m.update(git_commit=["HEAD"]), "JSON git_commit ['HEAD'] is not a run's"),
+    (lambda m: m.update(run_id=CONFIGS[1].run_id), f"JSON run_id '{CONFIGS[1].run_id}' is not the file's"),
+    (lambda m: m.update(error="RuntimeError: boom"), "JSON error 'RuntimeError: boom' for a complete run"),
 ])  # fmt: skip
 def test_a_json_that_disagrees_is_damaged(tmp_path, edit, reason):
     store = RunStore(tmp_path)
@@ -158,7 +198,7 @@ def test_a_diverged_run_needs_one_to_its_configs_epochs(tmp_path, epochs, reason
     store = RunStore(tmp_path)
     config = CONFIGS[0]  # 2 epochs; a diverged run keeps the epoch whose loss turned non-finite
     rows = hand_rows(config, [0.5] * epochs, nan_from=epochs)
-    store.write_run(rows, run_metadata(config, "diverged", "cpu", "start", "end", epochs_done=epochs))
+    store.write_run(rows, run_metadata(config, "diverged", "cpu", *TIMES, epochs_done=epochs))
     assert store.check(config.run_id).reason == reason
 
 
@@ -323,7 +363,7 @@ def test_a_run_write_that_fails_half_way_leaves_no_half_file_and_no_done_run(tmp
     write(store, config, "failed", epochs=1)
     before = {p: p.read_bytes() for p in (store.csv_path(config.run_id), store.json_path(config.run_id))}
     rows = [dict.fromkeys(CSV_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e} for e in (1, 2)]
-    metadata = run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2)
+    metadata = run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2)
     csv_size, json_size = len(rows_to_csv(rows)), len(json.dumps(metadata, indent=2))
     assert csv_size < json_size  # so that a limit between them fails the JSON alone
     with disk_full_after(csv_size // 2 if failing == "csv" else (csv_size + json_size) // 2), pytest.raises(OSError):
@@ -340,9 +380,8 @@ def test_a_run_write_that_fails_half_way_leaves_no_half_file_and_no_done_run(tmp
 def test_a_runs_points_go_to_their_own_file_before_the_json_and_stay_out_of_it(tmp_path, monkeypatch):
     store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[1], evals_per_epoch=2)
     rows = hand_rows(config, [0.5, 0.5])
-    points = [dict.fromkeys(EVALS_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e, "point": p,
-                                                   "test_acc_precise_bn": None} for e in (1, 2) for p in (1, 2)]  # fmt: skip
-    metadata = run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2, points=points)
+    points = points_of(config, rows)
+    metadata = run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2, points=points)
     written = []
     monkeypatch.setattr(store_module, "atomic_write_text",
                         lambda path, text: (written.append(path.name), atomic_write_text(path, text)))  # fmt: skip
@@ -350,10 +389,27 @@ def test_a_runs_points_go_to_their_own_file_before_the_json_and_stay_out_of_it(t
     run_id = config.run_id
     assert written == [f"{run_id}.csv", f"{run_id}.evals.csv", f"{run_id}.json"]  # the JSON, which marks it done, last
     assert store.evals_path(run_id).read_text() == rows_to_csv(points, EVALS_COLUMNS)
-    assert store.evals_path(run_id).read_text().splitlines()[1].endswith(",0.5,")  # None: an empty field
+    assert store.evals_path(run_id).read_text().splitlines()[1].endswith(",0.25,")  # None: an empty field
     recorded = json.loads(store.json_path(run_id).read_text())
     assert EVALS_FIELD not in recorded and recorded == {k: v for k, v in metadata.items() if k != EVALS_FIELD}
     assert metadata[EVALS_FIELD] == points and store.state(run_id) == "complete"  # the caller's dict is untouched
+
+
+def points_of(config: RunConfig, rows: list[dict], inner: float = 0.25) -> list[dict]:
+    """The points file's rows of a run with k = config.evals_per_epoch points an epoch, as
+    train writes them: accuracy `inner` (and PreciseBN's `inner` + 0.01 for a BN variant) at
+    the first k - 1 points of each epoch, the epoch's CSV row at its k-th."""
+    k, steps = config.evals_per_epoch, steps_per_epoch(config.train_size, config.batch_size)
+    has_bn = config.variant != "none"
+    points = []
+    for row in rows:
+        for point in range(1, k + 1):
+            step = round(point * steps / k)
+            acc, precise = (row["test_acc"], row["test_acc_precise_bn"]) if point == k else (inner, inner + 0.01)
+            points.append({"run_id": config.run_id, "epoch": row["epoch"], "point": point,
+                           "step": (row["epoch"] - 1) * steps + step, "epoch_fraction": row["epoch"] - 1 + step / steps,
+                           "test_acc": acc, "test_acc_precise_bn": precise if has_bn else None})  # fmt: skip
+    return points
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -362,10 +418,9 @@ def test_a_runs_points_go_to_their_own_file_before_the_json_and_stay_out_of_it(t
 ])  # fmt: skip
 def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, damage, reason):
     store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[0], evals_per_epoch=2)
-    points = [dict.fromkeys(EVALS_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e, "point": p}
-              for e in (1, 2) for p in (1, 2)]  # fmt: skip
     rows = hand_rows(config, [0.5, 0.5])
-    store.write_run(rows, run_metadata(config, "complete", "cpu", "start", "end", epochs_done=2, points=points))
+    points = points_of(config, rows)
+    store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2, points=points))
     assert store.state(config.run_id) == "complete" and store.run_ids_on_disk() == [config.run_id]
     damage(store.evals_path(config.run_id))
     check = store.check(config.run_id)
@@ -378,7 +433,7 @@ def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, dam
 
 def test_a_run_without_points_has_no_evals_file(tmp_path):
     store, config = RunStore(tmp_path), CONFIGS[1]
-    assert EVALS_FIELD not in run_metadata(config, "complete", "cpu", "start", "end", points=[{"never": "used"}])
+    assert EVALS_FIELD not in run_metadata(config, "complete", "cpu", *TIMES, points=[{"never": "used"}])
     write(store, config, "complete")
     assert sorted(p.name for p in store.runs_dir.iterdir()) == [f"{config.run_id}.csv", f"{config.run_id}.json"]
 
@@ -415,3 +470,203 @@ def test_status_lists_a_few_damaged_runs_at_most(tmp_path):
         store.json_path(config.run_id).write_text("{")
     lines = format_status(configs, store).splitlines()
     assert lines[4:] == [f"  {c.run_id}: JSON does not parse" for c in configs[:5]] + ["  ... and 3 more"]
+
+
+@pytest.mark.parametrize("run_id", ["../../elsewhere/EVIL", "", ".hidden", "a/b", "nul\0byte", None])
+def test_write_run_writes_only_under_a_plain_run_id(tmp_path, run_id):
+    store = RunStore(tmp_path / "study")
+    metadata = run_metadata(CONFIGS[0], "failed", "cpu", *TIMES, "boom") | {"run_id": run_id}
+    with pytest.raises(ValueError, match="not a run id"):
+        store.write_run([], metadata)
+    assert not list(tmp_path.rglob("*"))
+
+
+def test_a_failed_runs_json_needs_no_csv_but_its_fields(tmp_path):
+    store = RunStore(tmp_path)
+    write(store, CONFIGS[0], "failed", epochs=1)
+    store.csv_path(CONFIGS[0].run_id).unlink()
+    assert store.state(CONFIGS[0].run_id) == "failed"
+    edit_json(store, CONFIGS[0].run_id, lambda m: m.update(error=5))
+    assert store.check(CONFIGS[0].run_id).reason == "JSON error 5 for a failed run"
+
+
+@pytest.mark.parametrize("row, train_loss, test_loss, state", [
+    (2, "nan", "0.6", "diverged"),  # the training loss decides, as train.fit does: it stops the run
+    (2, "inf", "nan", "diverged"),
+    (2, "0.5", "nan", "damaged"),  # a NaN test loss alone does not stop a run
+    (2, "0.5", "0.6", "damaged"),
+    (1, "0.5", "nan", "damaged"),  # an epoch before the last one
+])  # fmt: skip
+def test_a_diverged_run_ends_with_the_epoch_whose_training_loss_is_not_finite(tmp_path, row, train_loss, test_loss,
+                                                                              state):  # fmt: skip
+    store, config = RunStore(tmp_path), CONFIGS[2]
+    rows = hand_rows(config, [0.45, 0.5], nan_from=2)
+    store.write_run(rows, run_metadata(config, "diverged", "cpu", *TIMES, epochs_done=2))
+    path = store.csv_path(config.run_id)
+    lines = path.read_text().splitlines()
+    lines = cell(row, "test_loss", test_loss)(cell(row, "train_loss", train_loss)(lines))
+    path.write_text("".join(line + "\n" for line in lines))
+    assert store.check(config.run_id).state == state
+
+
+def points_file_edit(column: str, value: str | None = None, row: int = 1):
+    """A damage: `value` in `column` of the points file's row `row`; None: the other run's id."""
+
+    def damage(path: Path, other_run_id: str) -> None:
+        path.write_text("".join(line + "\n" for line in cell(row, column, other_run_id if value is None else value)(path.read_text().splitlines())))
+
+    return damage
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda path, other: path.write_bytes(path.with_name(f"{other}.evals.csv").read_bytes()),
+     "points file row 1 is not this run's point 1 of epoch 1"),
+    (points_file_edit("run_id"), "points file row 1 is not this run's point 1 of epoch 1"),  # nothing else differs
+    (points_file_edit("run_id", row=4), "points file row 4 is not this run's point 2 of epoch 2"),
+    (points_file_edit("step", "2", row=3), "points file row 3 is not this run's point 1 of epoch 2"),
+    (points_file_edit("epoch", "1", row=3), "points file row 3 is not this run's point 1 of epoch 2"),
+    (points_file_edit("epoch_fraction", "0.75", row=1), "points file row 1 is not this run's point 1 of epoch 1"),
+    (points_file_edit("test_acc", "1.5"), "points file row 1: accuracy '1.5' is out of range"),
+    (points_file_edit("test_acc_precise_bn", ""), "points file row 1: accuracy '' is not a number"),
+    (points_file_edit("test_acc", "0.3", row=2), "points file's last point of epoch 1 is not its CSV row"),
+    (points_file_edit("test_acc_precise_bn", "0.3", row=4), "points file's last point of epoch 2 is not its CSV row"),
+])  # fmt: skip
+def test_a_points_file_holds_exactly_this_runs_points(tmp_path, damage, reason):
+    store = RunStore(tmp_path)
+    mine, other = (dataclasses.replace(c, evals_per_epoch=2) for c in CONFIGS[2:])
+    for config, acc in ((mine, [0.45, 0.5]), (other, [0.55, 0.6])):
+        rows = hand_rows(config, acc)
+        store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2,
+                                           points=points_of(config, rows)))  # fmt: skip
+    assert store.state(mine.run_id) == "complete"
+    damage(store.evals_path(mine.run_id), other.run_id)
+    check = store.check(mine.run_id)
+    assert (check.state, check.reason) == ("damaged", reason)
+
+
+# ---------------------------------------------------------------- tampering, at random
+# What one tampered cell or field may hold: values no cell of its kind may hold there, and the
+# same number written another way. Within their ranges, numbers cannot be told from the truth
+# (a time of 3 s instead of 2 s); out of them, or where files must agree, they must be damage.
+NEVER = {
+    "accuracy": ["", "x", "nan", "inf", "-inf", "-0.25", "1.5", "1e400", "1_0", "0x1"],
+    "loss": ["", "x", "-1", "-0.25", "-inf", "nan", "inf", "1e400"],
+    "last loss": ["", "x", "-1", "-0.25", "-inf"],  # a diverged run's last epoch: non-finite is allowed
+    "time": ["", "x", "nan", "inf", "-inf", "-1", "-0.25", "1e400"],
+    "empty": ["0.5", "0", "x", "nan"],  # the BN diagnostics of `none`
+    "count": ["", "x", "0", "-1", "99", "1.5"],
+    "identity": ["", "x", "999", "bn_before", "none", "sgd", "scratch", "relu"],
+}
+JSON_NEVER = {
+    "run_id": [None, 5, "x"], "study": [None, 5, "other"], "status": [None, 5, "running", "done"],
+    "config": [None, [], "x"], "epochs_done": [None, True, 1.0, "2", -1, 3], "error": [5, "boom", []],
+    "started": [None, 5, "", "yesterday"], "ended": [None, 5, "", "yesterday"], "device": [None, 5, ""],
+    "group_size": [None, 0, True, 1.5, "1"], "torch_version": [None, 5], "bnstudy_version": [None, []],
+    "git_commit": [5, []],
+}  # fmt: skip
+
+
+def cell_kind(column: str, text: str) -> str:
+    if column in ("train_loss", "test_loss"):
+        return "loss" if math.isfinite(float(text)) else "last loss"
+    if column.startswith(("train_acc", "test_acc")):
+        return "accuracy" if text else "empty"
+    if column in ("train_seconds", "eval_seconds", "samples_per_second", "epoch_fraction"):
+        return "time"
+    return "count" if column in ("epoch", "point", "step") else "identity"
+
+
+def same_number_written_otherwise(text: str) -> list[str]:
+    try:
+        value = float(text)
+    except ValueError:
+        return [text]
+    return [f"{value:.17e}", f" {text}", f"{text}0" if "." in text else f"{text}.0"]
+
+
+def numerically_equal(a, b) -> bool:
+    """Whether two cells, JSON values or tables are the same numbers (NaN equal to NaN) and texts."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(numerically_equal, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(numerically_equal(a[k], b[k]) for k in a)
+    with contextlib.suppress(TypeError, ValueError):
+        x, y = float(a), float(b)
+        return x == y or (math.isnan(x) and math.isnan(y))
+    return a == b and type(a) is type(b)
+
+
+def test_tampering_with_one_cell_or_field_is_harmless_or_damage(tmp_path):
+    store, rng = RunStore(tmp_path), random.Random(18)
+    bn, none, diverged = (dataclasses.replace(CONFIGS[2], evals_per_epoch=2), dataclasses.replace(CONFIGS[0], evals_per_epoch=2),
+                          CONFIGS[3])  # fmt: skip
+    for config, status in ((bn, "complete"), (none, "complete"), (diverged, "diverged")):
+        rows = hand_rows(config, [0.45, 0.5], nan_from=2 if status == "diverged" else None)
+        points = points_of(config, rows) if config.evals_per_epoch > 1 else ()
+        store.write_run(rows, run_metadata(config, status, "cpu", *TIMES, epochs_done=2, points=points))
+    originals = {path: path.read_text() for path in store.runs_dir.iterdir()}
+    states = {config.run_id: store.state(config.run_id) for config in (bn, none, diverged)}
+    outcomes = {"damaged": 0, "harmless": 0}
+    for trial in range(600):
+        path = rng.choice(sorted(originals))
+        run_id = path.name.split(".")[0]
+        if path.suffix == ".json":
+            record = json.loads(originals[path])
+            if rng.random() < 0.3:
+                key = rng.choice(sorted(record["config"]))
+                record["config"][key] = rng.choice([None, "x", 999, -1, 2.5, True])
+            else:
+                key = rng.choice(sorted(JSON_NEVER))
+                record[key] = rng.choice(JSON_NEVER[key])
+            path.write_text(json.dumps(record))
+            harmless = numerically_equal(record, json.loads(originals[path]))
+        else:
+            table = list(csv.reader(originals[path].splitlines()))
+            row, column = rng.randrange(1, len(table)), rng.randrange(len(table[0]))
+            text, name = table[row][column], table[0][column]
+            pool = [CONFIGS[1].run_id, "", "x"] if name == "run_id" else NEVER[cell_kind(name, text)]
+            table[row][column] = rng.choice(pool + same_number_written_otherwise(text))
+            path.write_text("".join(",".join(line) + "\n" for line in table))
+            harmless = numerically_equal(table, list(csv.reader(originals[path].splitlines())))
+        check = store.check(run_id)
+        assert check.state == "damaged" or (harmless and check.state == states[run_id]), (path.name, trial, check)
+        outcomes["harmless" if harmless else "damaged"] += 1
+        path.write_text(originals[path])
+    assert min(outcomes.values()) > 50, outcomes  # both kinds were tried
+
+
+def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expects_the_other(tmp_path):
+    store = RunStore(tmp_path)
+    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    assert first.run_id == second.run_id  # a collision of the 6-digit hash (tests/test_spec.py)
+    write(store, first, "complete", epochs=1)
+    assert store.state(first.run_id) == store.state(first) == "complete"
+    reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"
+    assert (store.check(second).state, store.check(second).reason) == ("damaged", reason)
+    assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
+    assert store.set_aside_damaged([first]) == [] and store.set_aside_damaged([second]) == [(second.run_id, reason)]
+    assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock(tmp_path, capsys, monkeypatch, existed):
+    """ENOSPC writing the sweep's pid into a new .lock: no empty .lock (nor folder) stays."""
+    from bnstudy.cli import main
+    from studies import tiny_spec
+
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(tiny_spec("tiny", 'variant = ["none"]\n'))
+    if existed:
+        out.mkdir()
+    real_pwrite = os.pwrite
+
+    def disk_full(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/.lock"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", disk_full)
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 2
+    assert capsys.readouterr().err == f"bnstudy: error: {out}: cannot write results (No space left on device)\n"
+    assert (sorted(out.iterdir()) == []) if existed else not out.exists()

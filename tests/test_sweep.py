@@ -6,6 +6,7 @@ PreciseBN samples, 1-2 epochs), so that every test stays within seconds.
 """
 
 import contextlib
+import dataclasses
 import csv
 import json
 import os
@@ -19,11 +20,13 @@ import pytest
 import studies
 import torch
 
+import bnstudy
 from bnstudy import runner
 from bnstudy.costs import estimate_seconds
 from bnstudy.cli import main
 from bnstudy.spec import RunConfig, load_study
-from bnstudy.store import RunStore
+from bnstudy.errors import UserError
+from bnstudy.store import RunStore, check_no_links
 from bnstudy.sweep import make_tasks
 
 TIMING_COLUMNS = {"train_seconds", "eval_seconds", "samples_per_second"}
@@ -69,7 +72,8 @@ FREEZE_AFTER_TWO_RUNS = """
 import os, sys, time
 from pathlib import Path
 from bnstudy.cli import main
-from bnstudy.store import RunStore
+from bnstudy.errors import UserError
+from bnstudy.store import RunStore, check_no_links
 
 marker, argv = Path(sys.argv[1]), sys.argv[2:]
 write_run, written = RunStore.write_run, []
@@ -211,7 +215,7 @@ def test_a_run_that_raises_is_failed_and_the_others_complete(tmp_path, monkeypat
     monkeypatch.setattr(runner, "fit", real_fit)
     done = {c.run_id: file_identity(store.json_path(c.run_id)) for c in configs if c is not failed}
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
-    assert "1 runs in" in capsys.readouterr().out and store.state(failed.run_id) == "complete"
+    assert "1 run in" in capsys.readouterr().out and store.state(failed.run_id) == "complete"
     assert {run_id: file_identity(store.json_path(run_id)) for run_id in done} == done
 
 
@@ -227,7 +231,8 @@ def test_dry_run_lists_the_runs_and_trains_nothing(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--jobs", "0"], "--jobs: must be >= 1"),
+    (["--jobs", "0"], "--jobs: must be between 1 and 1024 (got 0)"),
+    (["--jobs", str(2**64)], f"--jobs: must be between 1 and 1024 (got {2**64})"),
     (["--backend", "dask"], "--backend dask needs --scheduler"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler is for --backend dask"),
     (["--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot connect"),
@@ -255,3 +260,134 @@ def test_tasks_are_one_run_each_on_cpu_and_one_shape_each_on_gpu_costliest_first
     groups = make_tasks(configs, grouped=True)
     assert sorted(len(t) for t in groups) == [4] * 4
     assert all(len({(c.variant, c.batch_size) for c in t}) == 1 for t in groups)
+
+
+# ---------------------------------------------------------------- what a worker may not decide
+def tampered_worker(monkeypatch, tamper) -> None:
+    """The sweep's task function becomes the real worker_task followed by
+    `tamper(config, metadata)` on each result it returns, as a rogue or mismatched worker
+    would send it back."""
+    real = runner.worker_task
+
+    def worker_task(configs, device, data_dir=None):
+        results = real(configs, device, data_dir)
+        for config, (rows, metadata) in zip(configs, results):
+            tamper(config, metadata)
+        return results
+
+    monkeypatch.setattr(runner, "worker_task", worker_task)
+
+
+def test_a_workers_result_never_decides_where_the_driver_writes(tmp_path, monkeypatch, capsys):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "a" / "b" / "out"
+    configs = {c.variant: c for c in load_study(spec).runs()}
+
+    def tamper(config, metadata):
+        if config.variant == "bn_before":  # a path out of the results folder
+            metadata["run_id"] = "../../../../elsewhere/EVIL"
+        elif config.variant == "bn_after":  # a worker whose bn_momentum default is 0.2: its config and id
+            other = dataclasses.replace(config, bn_momentum=0.2)
+            metadata.update(run_id=other.run_id, config=other.identity())
+
+    tampered_worker(monkeypatch, tamper)
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "elsewhere").exists()
+    store = RunStore(out)
+    assert sorted(p.name for p in store.runs_dir.iterdir()) == sorted(
+        f"{c.run_id}{suffix}" for c in configs.values() for suffix in (".csv", ".json"))
+    assert [store.state(configs[v].run_id) for v in ("none", "bn_before", "bn_after")] == ["complete", "failed", "failed"]
+    evil, other = (json.loads(store.json_path(configs[v].run_id).read_text()) for v in ("bn_before", "bn_after"))
+    assert evil["run_id"] == configs["bn_before"].run_id and evil["config"] == configs["bn_before"].identity()
+    assert evil["error"].startswith("the worker's result was refused: it is for run '../../../../elsewhere/EVIL'")
+    assert other["error"].startswith("the worker's result was refused: it is for run ")
+    assert f"{configs['bn_before'].run_id}: the worker's result was refused" in printed
+
+
+def test_a_result_with_this_runs_id_but_another_config_is_refused(tmp_path, monkeypatch):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    tampered_worker(monkeypatch, lambda config, metadata: metadata["config"].update(bn_momentum=0.2))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store = RunStore(out)
+    for config in load_study(spec).runs():
+        metadata = json.loads(store.json_path(config.run_id).read_text())
+        assert metadata["status"] == "failed" and metadata["config"] == config.identity()
+        assert metadata["error"].startswith("the worker's result was refused: its config has bn_momentum 0.2, not 0.1")
+
+
+@pytest.mark.parametrize("field, value", [("bnstudy_version", "0.0.9"), ("git_commit", "0" * 40)])
+def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp_path, monkeypatch, capsys, field, value):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    tampered_worker(monkeypatch, lambda config, metadata: metadata.update({field: value}))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store, configs = RunStore(out), load_study(spec).runs()
+    errors = [json.loads(store.json_path(c.run_id).read_text())["error"] for c in configs]
+    driver = f"{bnstudy.__version__} ({runner.git_commit() or 'no git commit'})"
+    shown = {"bnstudy_version": f"bnstudy {value} ({runner.git_commit() or 'no git commit'})",
+             "git_commit": f"bnstudy {bnstudy.__version__} ({value})"}[field]  # fmt: skip
+    expected = f"the worker's result was refused: worker runs {shown}, driver {driver}"
+    assert all(e.startswith(expected) for e in errors), (errors, expected)
+    assert "--allow-mixed-workers" in errors[0]
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--allow-mixed-workers"]) == 0
+    assert [store.state(c.run_id) for c in configs] == ["complete"] * 3
+    assert {json.loads(store.json_path(c.run_id).read_text())[field] for c in configs} == {value}
+
+
+def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypatch):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    monkeypatch.setattr(runner, "worker_task", lambda configs, device, data_dir=None: [])
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store = RunStore(out)
+    errors = {json.loads(store.json_path(c.run_id).read_text())["error"] for c in load_study(spec).runs()}
+    assert errors == {"the worker returned 0 results for a task of 1 run"}
+
+
+# ---------------------------------------------------------------- links inside a study folder
+@pytest.mark.parametrize("name", ["runs", "damaged", "figures"])
+@pytest.mark.parametrize("command", ["sweep", "dry run", "status"])
+def test_a_study_folder_whose_runs_damaged_or_figures_is_a_link_is_refused(tmp_path, capsys, monkeypatch, name,
+                                                                            command):  # fmt: skip
+    spec, out, elsewhere = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.csv.abc.tmp").write_text("what a sweep would delete as a stale temporary\n")
+    out.mkdir()
+    (out / name).symlink_to(elsewhere)
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a run trained"))
+    argv = {"sweep": ["sweep", str(spec), "--out", str(out), "--jobs", "1"],
+            "dry run": ["sweep", str(spec), "--out", str(out), "--dry-run"],
+            "status": ["status", str(spec), "--out", str(out)]}[command]  # fmt: skip
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/ and figures/ must be "
+                   "its own folders (bnstudy writes, moves and deletes in them, never through a link)\n")  # fmt: skip
+    assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+
+
+def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
+    store, elsewhere = RunStore(tmp_path / "out"), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.csv.abc.tmp").write_text("not a stale temporary of this study\n")
+    store.root.mkdir()
+    store.runs_dir.symlink_to(elsewhere)
+    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(["x"]), lambda: store.lock().__enter__(),
+                lambda: check_no_links(store.root)):  # fmt: skip
+        with pytest.raises(UserError, match="a symbolic link"):
+            act()
+    assert [p.name for p in elsewhere.iterdir()] == [".x.csv.abc.tmp"]
+
+
+def test_a_sweep_removes_stale_temporaries_and_counts_what_was_done_in_words(tmp_path, capsys):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--set", "grid.variant=['none']"]) == 0
+    capsys.readouterr()
+    stale = [out / "runs" / ".none-x.csv.abc123.tmp", out / ".spec.toml.def456.tmp"]  # left by a killed writer
+    for path in stale:
+        path.write_text("half a file")
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert not any(path.exists() for path in stale)
+    assert "tiny: 2 runs in " in printed and "; 1 was already done" in printed
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--set", "grid.variant=['none']"]) == 0
+    assert "tiny: nothing to run, the 1 run is done" in capsys.readouterr().out
