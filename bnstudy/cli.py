@@ -187,7 +187,7 @@ def add_report_parser(commands) -> None:
 
 
 def cmd_report(args) -> int:
-    from bnstudy.report import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
+    from bnstudy.publish import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
     print(format_outputs(write_report(args.dir, args.include_extra)))
     return 0

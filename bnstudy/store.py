@@ -95,7 +95,7 @@ STUDY_FOLDERS = ("runs", "damaged", "figures")  # the folders of a study folder 
 def check_no_links(root: str | os.PathLike) -> None:
     """UserError when one of the study folder `root`'s STUDY_FOLDERS is a symbolic link:
     commands write, move and delete in them, never through a link into another folder.
-    `sweep` (dry runs too), `status` and the store's writes call it; `report` should too."""
+    `sweep` (dry runs too), `status`, `report` and the store's writes call it."""
     for name in STUDY_FOLDERS:
         path = Path(root) / name
         if path.is_symlink():

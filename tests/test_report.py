@@ -213,3 +213,16 @@ def test_notebook_comparison_only_with_the_notebooks_cell(written, real_study, p
     for other in ({"activation": "relu"}, {"bn_momentum": 0.01}):
         section = notebook.notebook_section(study.epochs.assign(**other), study.points)
         assert section.absent.startswith("the study has no bn_before run"), other
+
+
+def test_a_linked_figures_folder_is_refused_and_its_target_untouched(tmp_path, capsys):
+    study, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    for variant in ("none", "bn_before"):
+        write_hand_run(study, cfg(variant), hand_rows(cfg(variant), [0.5, 0.6, 0.55, 0.7]))
+    elsewhere.mkdir()
+    (elsewhere / "comparisons.png").write_text("the user's own figure")
+    (study / "figures").symlink_to(elsewhere, target_is_directory=True)
+    assert cli.main(["report", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnstudy: error: ") and "symbolic link" in err and err.count("\n") == 1
+    assert [p.name for p in elsewhere.iterdir()] == ["comparisons.png"] and not (study / "report.md").exists()
