@@ -40,6 +40,7 @@ from bnstudy.wording import (
     cell_text,
     contrast_text,
     join_words,
+    md_safe,
     p_text,
     plural,
     pp,
@@ -75,7 +76,7 @@ def mean_std(mean: float, std: float) -> str:
 
 def listing(values) -> str:
     """The distinct values with how many runs have each: "cpu (12), NVIDIA H100 (3)"; one value alone."""
-    tally = pd.Series(values).fillna("unknown").astype(str).value_counts()
+    tally = pd.Series(values).fillna("unknown").map(md_safe).value_counts()
     return str(tally.index[0]) if len(tally) == 1 else ", ".join(f"{v} ({n})" for v, n in tally.items())
 
 
@@ -347,7 +348,7 @@ def render_report(a: Analysis, figures: list[str]) -> str:
     """report.md's text, in the order of docs/DESIGN.md ("The report"). `figures`: the
     names of the figures written under figures/."""
     lead = lead_figure(a, figures)
-    parts = [f"# Study `{a.study.name}`", question(a), "## Summary", bullets(summary_bullets(a))]
+    parts = [f"# Study {md_safe(a.study.name)}", question(a), "## Summary", bullets(summary_bullets(a))]
     if lead:
         parts.append(f"![{FIGURES[lead][0]}](figures/{lead}.png)")
     parts += ["## What was run", bullets(what_was_run(a))]

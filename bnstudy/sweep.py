@@ -110,6 +110,7 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
     """Run `pending` and write each run to `store` as it arrives, with a progress bar on
     stderr (runs done/total, failures, ETA). Each result is vetted against the driver's own
     run (`vet`); a task the backend never answered fails its runs."""
+    driver_versions.cache_clear()  # this sweep's code, read as it starts
     tasks = make_tasks(pending, execution.grouped)
     busy = max(1, min(workers, len(tasks)))  # a dask cluster may have none yet: the estimates need one
     tally, eta = Tally(workers=busy), Eta(pending, busy)
@@ -160,12 +161,25 @@ def vet(task: list[RunConfig], outcome, device: str, mixed_ok: bool = False) -> 
     return vetted
 
 
+@functools.lru_cache(maxsize=1)
 def driver_versions() -> tuple[str, str | None]:
-    """(bnstudy version, git commit) of this process, which its workers must share."""
+    """(bnstudy version, git commit) of this process as it started, which its workers must
+    share. Read once: a commit made while the sweep runs does not change the driver's code."""
     import bnstudy
     from bnstudy.runner import git_commit
 
     return bnstudy.__version__, git_commit()
+
+
+def same_code(worker: tuple, driver: tuple) -> bool:
+    """Whether a worker's (version, commit) is the driver's. A "-dirty" mark is left out: it
+    says the checkout has edits, not which, and editing a file while a sweep runs (in the
+    driver's checkout, which local workers share) must not fail every later run."""
+    def base(versions: tuple) -> tuple:
+        version, commit = versions
+        return version, commit.removesuffix("-dirty") if isinstance(commit, str) else commit
+
+    return base(worker) == base(driver)
 
 
 def result_problem(config: RunConfig, result, mixed_ok: bool = False) -> str | None:
@@ -187,7 +201,7 @@ def result_problem(config: RunConfig, result, mixed_ok: bool = False) -> str | N
                    if theirs.get(k) != ours.get(k)] or [f"study {ascii(metadata.get('study'))}"]  # fmt: skip
         return f"its config has {'; '.join(changed)}"
     worker = (metadata.get("bnstudy_version"), metadata.get("git_commit"))
-    if not mixed_ok and worker != driver_versions():
+    if not mixed_ok and not same_code(worker, driver_versions()):
         (their_version, their_commit), (version, commit) = worker, driver_versions()
         return (f"worker runs bnstudy {their_version} ({their_commit or 'no git commit'}), driver {version} "
                 f"({commit or 'no git commit'}); --allow-mixed-workers accepts such results")  # fmt: skip

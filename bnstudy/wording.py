@@ -34,6 +34,14 @@ def extra_axes(frame: pd.DataFrame) -> list[str]:
     return [k for k in CELL_KEYS if k not in PLOT_AXES and frame[k].nunique(dropna=False) > 1]
 
 
+def md_safe(text) -> str:
+    """Text from a run's files (a study name, a device) made inert in Markdown: control
+    characters and newlines become spaces, so no heading or table can start; backticks,
+    pipes and a leading "#" are escaped."""
+    flat = "".join(" " if not ch.isprintable() else ch for ch in str(text))
+    return flat.replace("`", "\\`").replace("|", "\\|").lstrip().removeprefix("#").strip() or "?"
+
+
 # ---------------------------------------------------------------- numbers and lists
 def pct(x: float) -> str:
     """A fraction as percent: 0.8384 -> "83.8%"."""

@@ -334,6 +334,17 @@ def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp
     assert {json.loads(store.json_path(c.run_id).read_text())[field] for c in configs} == {value}
 
 
+@pytest.mark.parametrize("mark", ["-dirty", ""])
+def test_a_worker_whose_checkout_differs_only_in_its_dirty_mark_is_the_drivers(tmp_path, monkeypatch, mark):
+    """Editing a file while a sweep runs makes `git status` dirty for the workers started
+    later: their runs are still this code's (sweep.same_code)."""
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    commit = (runner.git_commit() or "0" * 40).removesuffix("-dirty")
+    monkeypatch.setattr(runner, "git_commit", lambda: commit + ("" if mark else "-dirty"))  # the driver's
+    tampered_worker(monkeypatch, lambda config, metadata: metadata.update({"git_commit": commit + mark}))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+
+
 def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypatch):
     spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
     monkeypatch.setattr(runner, "worker_task", lambda configs, device, data_dir=None: [])

@@ -33,3 +33,10 @@ def test_numbers_and_lists():
     values = pd.Series({"none": 0.07, "bn_before": math.nan, "bn_after": 0.12})
     assert per_variant(values, pp) == "7.0 pp for none and 12.0 pp for bn_after"
     assert per_variant(pd.Series({"none": math.nan}), pp) == "not measured"
+
+
+def test_text_from_run_files_cannot_start_markdown():
+    from bnstudy.wording import md_safe
+
+    assert md_safe("demo\n# Injected heading\n| a | b |") == "demo # Injected heading \\| a \\| b \\|"
+    assert md_safe("# cuda`x`") == "cuda\\`x\\`" and md_safe("\n") == "?"
