@@ -41,6 +41,7 @@ data:
 	fi
 
 test: $(STAMP) data
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 sweep: $(STAMP) data

@@ -20,6 +20,7 @@ from bnstudy.claims import decide
 from bnstudy.comparisons import comparison_claims, comparison_table
 from bnstudy.findings import precise_bn_claims, statistics_table
 from bnstudy.notebook import NotebookSection, notebook_section
+from bnstudy.remedies import pooling_claims, remedy_claims, time_table
 from bnstudy.wording import extra_axes
 
 
@@ -27,7 +28,7 @@ from bnstudy.wording import extra_axes
 class Analysis:
     """What a report says, as data. summary: summary.csv; cells: cells.csv; epochs: the
     counted epoch rows; claims: claims.csv (bnstudy.claims.decide over every claim);
-    statistics: findings.statistics_table; notebook: the notebook comparison (its `absent`
+    statistics: findings.statistics_table; times: remedies.time_table; notebook: the notebook comparison (its `absent`
     says why there is none); missing: aggregate.missing_runs; extra: the settings beside
     variant, lr and batch size that vary."""
 
@@ -37,6 +38,7 @@ class Analysis:
     epochs: pd.DataFrame
     claims: pd.DataFrame
     statistics: pd.DataFrame
+    times: pd.DataFrame
     notebook: NotebookSection
     missing: pd.DataFrame
     extra: list[str]
@@ -59,7 +61,8 @@ def analyze(study: StudyResults) -> Analysis:
     """Every number of the report for `study`, each computed once."""
     summary = summarize_runs(study)
     cells = aggregate_cells(summary, study.expected)
-    claims = decide([*comparison_claims(summary), *axis_claims(summary), *precise_bn_claims(summary)])
+    claims = decide([*comparison_claims(summary), *axis_claims(summary), *precise_bn_claims(summary),
+                     *remedy_claims(summary), *pooling_claims(summary)])
     epochs = study.epochs[counts(study.epochs)]
-    return Analysis(study, summary, cells, epochs, claims, statistics_table(summary),
+    return Analysis(study, summary, cells, epochs, claims, statistics_table(summary), time_table(summary),
                     notebook_section(epochs, study.points), missing_runs(study), extra_axes(cells))  # fmt: skip

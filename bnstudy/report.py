@@ -34,6 +34,7 @@ from bnstudy.findings import (
 )
 from bnstudy.metrics import header, label
 from bnstudy.notebook import TABLE_COLUMNS
+from bnstudy.remedies import POOLING, REMEDY
 from bnstudy.store import DONE_STATUSES, format_damaged
 from bnstudy.wording import (
     SETTING_NAMES,
@@ -45,6 +46,7 @@ from bnstudy.wording import (
     plural,
     pp,
     setting_text,
+    signed_pp,
     value_text,
     verdict_text,
 )
@@ -139,6 +141,7 @@ def summary_bullets(a: Analysis) -> list[str]:
     drops = claims[(claims["family"] == COMPARISON) & (claims["metric"] == "worst_drop")]
     out = [worst_drop_bullet(row) for _, row in drops.iterrows()]
     out += [precise_bn_bullet(row, a.statistics) for _, row in claims[claims["family"] == PRECISE_BN].iterrows()]
+    out += remedy_bullets(claims)
     out += [f"**BN momentum**, {s}" for s in momentum_findings(claims)]
     activation = activation_findings(claims)
     out += [f"**Activation**: {activation[-1]}"] if activation else []
@@ -148,6 +151,29 @@ def summary_bullets(a: Analysis) -> list[str]:
     if not out:
         return ["No two variants have runs that pair (same cell and seed), so there is nothing to compare."]
     return out[:MAX_SUMMARY]
+
+
+def remedy_bullets(claims: pd.DataFrame) -> list[str]:
+    """The remedies' answer in at most three bullets: which clearly lower bn_before's worst
+    drop, which are not clearly steadier or less steady than PreciseBN, and the pooling."""
+    rows = claims[claims["family"] == REMEDY]
+    out = []
+    drops = rows[(rows["metric"] == "worst_drop") & ~rows["b"].str.endswith("PreciseBN")]
+    if len(drops):
+        lower = drops[drops["verdict"] == Verdict.LOWER.value]
+        named = join_words([f"{r['a']} ({signed_pp(r['mean'])}, adjusted p {p_text(r['p_adjusted'])})"
+                            for _, r in lower.iterrows()]) if len(lower) else "none"  # fmt: skip
+        out.append(f"**Remedies that clearly lower bn_before's worst drop** (n = {drops['n_pairs'].max()}): {named}.")
+    steady = rows[rows["b"].str.endswith("PreciseBN")]
+    if len(steady):
+        worse = steady[steady["verdict"] == Verdict.HIGHER.value]
+        still = join_words(list(worse["a"])) if len(worse) else "none"
+        out.append(f"**Still less steady than PreciseBN on BatchNorm** (worst drop clearly higher): {still}.")
+    pooling = claims[(claims["family"] == POOLING) & (claims["axis"] == "pool")]
+    for _, row in pooling.iterrows():
+        out.append(f"**The pooling confound**: bn_before's gain over none in final accuracy, average minus max "
+                   f"pooling, {contrast_text(row)}: {verdict_text(row)}.")  # fmt: skip
+    return out
 
 
 def lead_figure(a: Analysis, figures: list[str]) -> str | None:
@@ -277,6 +303,20 @@ def axis_sections(a: Analysis) -> list[str]:
     return parts
 
 
+def remedies_section(a: Analysis) -> list[str]:
+    """The remedies' claims, the pooling confound and training time per epoch, as tables."""
+    rows = a.claims[a.claims["family"].isin([REMEDY, POOLING])]
+    if rows.empty:
+        return []
+    times = pd.DataFrame({"arm": a.times["arm"], "runs": a.times["runs"].astype(str),
+                          "train s/epoch": [f"{s:.2f}" for s in a.times["seconds"]]})  # fmt: skip
+    return ["## Remedies: which removes the swings, at what price?",
+            "Each remedy changes one setting of bn_before (BatchNorm, momentum 0.1, max pooling) and pairs its runs "
+            "with the baseline's by seed. 'with PreciseBN' compares the remedy's eval-mode worst drop with the "
+            "baseline's after re-estimating its statistics: the steadiness a remedy could reach.",
+            claims_md(rows, pair_name), md_table(times)]  # fmt: skip
+
+
 def statistics_section(a: Analysis) -> list[str]:
     """Which BN statistics carry the swings: the table and PreciseBN's claims."""
     if a.statistics.empty:
@@ -360,7 +400,7 @@ def render_report(a: Analysis, figures: list[str]) -> str:
         parts += ["## Paired comparisons between variants", claims_md(comparisons, pair_name), claims_note(a)]
         if text := still_learning_text(a.epochs[a.epochs["run_id"].isin(learning_runs(a.summary)["run_id"])]):
             parts.append(text)
-    parts += [*axis_sections(a), *statistics_section(a), *notebook_part(a)]
+    parts += [*remedies_section(a), *axis_sections(a), *statistics_section(a), *notebook_part(a)]
     if a.cells_per_variant > 1:
         parts.append("## Per cell (mean ± std over seeds; accuracies in %, changes in pp)")
         for variant, block in a.cells.groupby("variant", observed=True):
