@@ -113,7 +113,7 @@ def decide(claims: list[Claim]) -> pd.DataFrame:
         rows.append([claim.family, claim.axis, claim.a, claim.b, claim.scope, claim.metric, c.n, c.seeds, c.mean,
                      c.sd, c.low, c.high, c.above, c.below, c.ties, c.method, c.p, p_adj, v.value,
                      detectable_difference(c.sd, c.n, strictest),
-                     math.nan if v.clear else seeds_needed(c, strictest)])  # fmt: skip
+                     math.nan if v.clear or v is Verdict.NEGLIGIBLE else seeds_needed(c, strictest)])  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

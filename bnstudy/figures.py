@@ -48,7 +48,8 @@ FIGURES = {  # name: (heading, what it shows)
                     "per pair of variants: the mean difference (first minus second) over runs that differ in the "
                     "variant only, same cell and seed, with its paired t 95% interval; runs stuck at chance are "
                     "left out. Red: the first clearly higher, blue: clearly lower (Holm-adjusted sign-flip p below "
-                    "0.05), grey: no claim."),
+                    "0.05), grey: no claim. The colour is the test's verdict, the bar the t interval's: near the edge "
+                    "they can disagree."),
     "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
                         "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy best match "
                         "the log's first and last), at "
@@ -293,6 +294,7 @@ def plot_comparisons(study: StudyResults, comparisons: pd.DataFrame) -> plt.Figu
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(METRICS[metric].label, fontsize=10)
         ax.set_xlabel("pp")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # narrow panels: few ticks, none overlapping
     axes[0, 0].set_yticks(range(len(pairs)), [f"{a} − {b}" for a, b in pairs])
     axes[0, 0].set_ylim(len(pairs) - 0.5, -0.5)  # the table's order, top to bottom
     legend = [("first clearly higher", VERDICT_COLOURS[Verdict.HIGHER]),

@@ -286,7 +286,8 @@ def claims_note(a: Analysis) -> str:
     m = int(a.claims["p"].notna().sum())
     return (f"Each row pairs runs that differ in the variant only (same cell and seed; runs stuck at chance left "
             f"out). The p-values are exact sign-flip tests, Holm-adjusted over all {m} claims of this report; a "
-            f"claim needs adjusted p below {ALPHA:g} and a mean that does not round to 0.0 pp. 'detectable' is the "
+            f"claim needs adjusted p below {ALPHA:g} and a mean that does not round to 0.0 pp (the interval, a "
+            f"paired t one, shows the size and can disagree with the test near the edge). 'detectable' is the "
             f"smallest true difference those pairs find with 80% power at Holm's strictest threshold, and '~N "
             f"seeds' how many would find the observed one.")  # fmt: skip
 

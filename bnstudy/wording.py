@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from bnstudy.aggregate import CELL_KEYS
@@ -82,10 +84,13 @@ def signed_pp(x: float) -> str:
 
 
 def p_text(p: float) -> str:
-    """A p-value as the report prints it: "0.19", "0.003", "< 0.001", "–" for none."""
+    """A p-value as the report prints it: "0.19", "0.049", "< 0.001", "–" for none. Below
+    0.1 it is cut, not rounded, to 3 decimals, so that a p below 0.05 never prints as 0.050."""
     if pd.isna(p):
         return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    if p < 0.001:
+        return "< 0.001"
+    return f"{math.floor(p * 1000) / 1000:.3f}" if p < 0.1 else f"{p:.2f}"
 
 
 def interval_text(low: float, high: float) -> str:

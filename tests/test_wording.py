@@ -40,3 +40,9 @@ def test_text_from_run_files_cannot_start_markdown():
 
     assert md_safe("demo\n# Injected heading\n| a | b |") == "demo # Injected heading \\| a \\| b \\|"
     assert md_safe("# cuda`x`") == "cuda\\`x\\`" and md_safe("\n") == "?"
+
+
+def test_a_p_value_below_the_threshold_never_prints_as_it():
+    from bnstudy.wording import p_text
+
+    assert [p_text(p) for p in (0.0497, 0.0503, 0.0009, 0.19, 0.0071)] == ["0.049", "0.050", "< 0.001", "0.19", "0.007"]
