@@ -149,7 +149,8 @@ def summary_bullets(a: Analysis) -> list[str]:
         verdicts = join_words([f"log {log} {word}" for log, word in a.notebook.verdicts.items()])
         out.append(f"**The notebook's swings**: {verdicts} (section below).")
     if not out:
-        return ["No two variants have runs that pair (same cell and seed), so there is nothing to compare."]
+        return ["Nothing to compare: a claim needs runs of two variants (or settings) that pair by cell and seed, "
+                "each with two counted epochs or more and past chance (best test accuracy 20% or more)."]
     return out[:MAX_SUMMARY]
 
 
