@@ -9,14 +9,19 @@ The table is comparisons.csv: the claims of family COMPARISON in COLUMNS.
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 
 from bnstudy.claims import Claim
 from bnstudy.contrasts import compare
+from bnstudy.variants import VARIANTS, variant
 
 COMPARISON = "comparison"  # the claims' family
-# (a, b): each row is a minus b, so "bn_before above none" reads as the row's sign.
-VARIANT_PAIRS = [("bn_before", "none"), ("bn_after", "none"), ("bn_before", "bn_after")]
+# (a, b): each row is a minus b, so "bn_before above none" reads as the row's sign. Every
+# pair of the variant table, in its order, with a variant without BN always second:
+# (bn_before, none), (bn_after, none), (bn_before, bn_after).
+VARIANT_PAIRS = [(y, x) if not variant(x).has_bn else (x, y) for x, y in itertools.combinations(VARIANTS, 2)]
 # The compared metrics (bnstudy.metrics names them): the volatility first, the report's subject.
 COMPARED = ["worst_drop", "mean_abs_change", "late_std", "worst_drop_precise_bn", "final_acc"]
 COLUMNS = ["a", "b", "metric", "n_pairs", "mean", "low", "high", "above", "below", "verdict", "method", "p",
