@@ -151,22 +151,17 @@ class BatchRenorm(nn.Module):
         if not self.training:
             return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                             False, 0.0, self.eps)  # fmt: skip
-        dims, shape = (0, *range(2, x.dim())), (1, -1, *(1,) * (x.dim() - 2))
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, correction=0)
-        std = torch.sqrt(var + self.eps)
         with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)
             running_std = torch.sqrt(self.running_var + self.eps)
-            r = (std / running_std).clamp_(1.0 / self.r_max, self.r_max)
+            r = (torch.sqrt(var + self.eps) / running_std).clamp_(1.0 / self.r_max, self.r_max)
             d = ((mean - self.running_mean) / running_std).clamp_(-self.d_max, self.d_max)
-            count = x.numel() // x.shape[1]
-            m = self.momentum
-            self.running_mean.mul_(1.0 - m).add_(mean, alpha=m)
-            self.running_var.mul_(1.0 - m).add_(var * (count / max(count - 1, 1)), alpha=m)
             self.num_batches_tracked.add_(1)
-        scale = self.weight * r / std  # y = x * scale + shift, per channel: one pass over x
-        shift = self.bias + self.weight * d - mean * scale
-        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+        # With r and d constant, y = (weight * r) * x_hat + (bias + weight * d): BatchNorm's own
+        # kernel with those affine parameters, which also updates the running statistics as
+        # BatchNorm does (the unbiased variance) after r and d have read them.
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight * r,
+                                        self.bias + self.weight * d, True, self.momentum, self.eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------- Ghost BatchNorm
