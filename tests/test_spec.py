@@ -82,13 +82,41 @@ def test_the_spec_as_run_reads_back_into_the_same_runs(tmp_path, small):
 
 def test_shipped_specs_are_valid_and_named_after_their_files():
     specs = sorted(EXPERIMENTS.glob("*.toml"))
-    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full", "momentum", "activation"}
+    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full", "momentum", "activation", "remedies",
+                                       "remedies_quick"}  # fmt: skip
     for path in specs:
         study = load_study(path)
         assert study.name == path.stem
-        # every study compares all three variants, but the one about BatchNorm's own momentum
-        expected = {"bn_before", "bn_after"} if path.stem == "momentum" else {"none", "bn_before", "bn_after"}
+        # every study compares all three variants, but the one about BatchNorm's own momentum and
+        # the remedies studies, which compare remedies of the notebook's bn_before with none
+        expected = {"none", "bn_before", "bn_after"}
+        if path.stem == "momentum":
+            expected = {"bn_before", "bn_after"}
+        elif path.stem.startswith("remedies"):
+            expected = {"none", "bn_before"}
         assert {r.variant for r in study.runs()} == expected
+
+
+@pytest.mark.parametrize("name", ["remedies", "remedies_quick"])
+def test_the_remedies_studies_hold_every_arm_at_the_notebooks_setting(name):
+    """none; bn_before with each norm, momentum 0.3, ghost batches of 32, the last 2 epochs
+    frozen; max and avg pooling for none and bn_before: 10 runs a seed, every one paired by
+    seed with the notebook's bn_before run (a paired comparison of one setting each)."""
+    runs = load_study(EXPERIMENTS / f"{name}.toml").runs()
+    seeds = sorted({r.seed for r in runs})
+    assert {(r.optimizer, r.lr, r.batch_size, r.activation, r.evals_per_epoch) for r in runs} == {
+        ("adam", 1e-3, 256, "sigmoid", 4)}
+    arms = {(r.variant, r.norm, r.bn_momentum, r.ghost_batch_size, r.frozen_bn_epochs, r.pool) for r in runs}
+    assert arms == {
+        ("none", "batch", 0.1, 0, 0, "max"), ("none", "batch", 0.1, 0, 0, "avg"),
+        ("bn_before", "batch", 0.1, 0, 0, "max"), ("bn_before", "batch", 0.1, 0, 0, "avg"),
+        ("bn_before", "batchrenorm", 0.1, 0, 0, "max"), ("bn_before", "group", 0.1, 0, 0, "max"),
+        ("bn_before", "layer", 0.1, 0, 0, "max"), ("bn_before", "batch", 0.3, 0, 0, "max"),
+        ("bn_before", "batch", 0.1, 32, 0, "max"), ("bn_before", "batch", 0.1, 0, 2, "max"),
+    }  # fmt: skip
+    assert len(runs) == len(arms) * len(seeds) and len({r.run_id for r in runs}) == len(runs)
+    if name == "remedies":
+        assert len(seeds) >= 10  # pairs enough for an exact test to survive Holm over ~15 claims
 
 
 def test_default_spans_the_asked_ranges():
