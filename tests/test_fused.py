@@ -303,9 +303,12 @@ def test_max_group_size_on_a_gpu_follows_free_memory(monkeypatch, batch_size, dt
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("bn_impl", ["torch", "scratch"])
-def test_fused_group_reproduces_solo_runs_on_cuda_in_float64(bn_impl):
-    group = members(variant="bn_before", bn_impl=bn_impl, optimizer="adam")
+@pytest.mark.parametrize("shape", [
+    dict(bn_impl="torch"), dict(bn_impl="scratch"), dict(norm="batchrenorm", ghost_batch_size=32, epochs=4),
+    dict(norm="group", pool="avg"), dict(norm="layer"), dict(frozen_bn_epochs=1, pool="avg", evals_per_epoch=3),
+], ids=lambda shape: "-".join(f"{v}" for v in shape.values()))  # fmt: skip
+def test_fused_group_reproduces_solo_runs_on_cuda_in_float64(shape):
+    group = members(variant="bn_before", optimizer="adam", **shape)
     results = fit_group(group, tiny_data("cuda"), dtype=torch.float64)
     for cfg, result in zip(group, results):
         assert_same_run(result, solo(cfg, torch.float64, "cuda"), loss_rtol=1e-9, acc_atol=0)
