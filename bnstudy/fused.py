@@ -3,7 +3,9 @@
 A LeNet step on Fashion-MNIST is a few dozen tiny kernels: on a GPU their launch
 overhead, not arithmetic, sets the speed. G runs that share a fusion key (RunConfig.fusion_key: all settings but seed and lr) are
 trained as one network whose every kernel does all G runs' work: grouped convolutions,
-BatchNorm over G·C channels (per-member statistics for free), batched matmuls
+BatchNorm (or Batch Renormalization) over G·C channels (per-member statistics for free),
+GroupNorm and LayerNorm as a GroupNorm of G times the groups (norms.REGISTRY's fused
+builders), batched matmuls
 (torch.baddbmm) and one optimizer step over stacked parameters with per-member learning
 rates. Each member keeps its own seed, initialisation (its solo model's, copied), data
 order and PreciseBN subset, and reproduces its solo `train.fit` run within float
@@ -29,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches
-from bnstudy.models import activation_layer, bn_layers, make_batch_norm
+from bnstudy.models import activation_layer, bn_layers
+from bnstudy.norms import LayerSettings
 from bnstudy.settings import RunConfig, steps_per_epoch
 from bnstudy.train import (
     EVAL_BATCH_SIZE,
@@ -38,9 +42,11 @@ from bnstudy.train import (
     build_model,
     epoch_points,
     epoch_row,
+    frozen_epoch,
     point_steps,
     precise_bn_subset,
     record,
+    step_hook,
     train_and_evaluate,
     with_dtype,
 )
@@ -60,7 +66,7 @@ MAX_GROUP_SIZE = 64
 # On the CPU fusion does not pay (DESIGN.md, "Speed"): the runner runs solo processes.
 CPU_GROUP_SIZE = 1
 # Stateless layers that act per element or per channel: they work unchanged on G·C channels.
-PER_CHANNEL_LAYERS = (nn.MaxPool2d, *(type(activation_layer(name)) for name in ACTIVATIONS))
+PER_CHANNEL_LAYERS = (nn.MaxPool2d, nn.AvgPool2d, *(type(activation_layer(name)) for name in ACTIVATIONS))
 
 
 def member_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -95,18 +101,20 @@ class GroupLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class GroupBatchNorm1d(nn.Module):
-    """A BatchNorm over G·F features applied to (G, B, F): each (member, feature) is
-    normalised over the member's B samples, as its solo BatchNorm1d does. `bn` stays a
-    submodule, so models.bn_layers and train.preserved_state find it."""
+class GroupFeatureNorm(nn.Module):
+    """A norm layer over G·F features applied to (G, B, F), as (B, G·F): a BatchNorm
+    normalises each (member, feature) over the member's B samples, as its solo
+    BatchNorm1d does; a GroupNorm of G·groups groups each sample's groups within its
+    member's features, as its solo GroupNorm or LayerNorm does. `norm` stays a submodule,
+    so models.bn_layers and train.preserved_state find it."""
 
-    def __init__(self, bn: nn.Module):
+    def __init__(self, norm: nn.Module):
         super().__init__()
-        self.bn = bn
+        self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         G, B, F_ = x.shape
-        y = self.bn(x.transpose(0, 1).reshape(B, G * F_))  # one copy: BN wants (N, C)
+        y = self.norm(x.transpose(0, 1).reshape(B, G * F_))  # one copy: the layers want (N, C)
         return y.view(B, G, F_).transpose(0, 1)
 
 
@@ -125,9 +133,10 @@ def stacked_state(layers: list[nn.Module]) -> dict:
     return {k: torch.cat([s[k] for s in states]) if v.dim() else v for k, v in states[0].items()}
 
 
-def fuse_layer(layers: list[nn.Module], bn_impl: str, flattened: bool) -> nn.Module:
+def fuse_layer(layers: list[nn.Module], settings: LayerSettings, flattened: bool) -> nn.Module:
     """The grouped counterpart of one layer of G solo LeNets (same position in each), with
-    the members' parameters and buffers copied in. `flattened`: past the Flatten, where
+    the members' parameters and buffers copied in; a norm layer is the registry's fused
+    layer for `settings` (norms.fused_layer). `flattened`: past the Flatten, where
     activations are (G, B, F). TypeError for a layer it does not know."""
     first, G = layers[0], len(layers)
     if isinstance(first, PER_CHANNEL_LAYERS):
@@ -143,22 +152,23 @@ def fuse_layer(layers: list[nn.Module], bn_impl: str, flattened: bool) -> nn.Mod
         fused = nn.utils.skip_init(nn.Conv2d, G * first.in_channels, G * first.out_channels, first.kernel_size,
                                    first.stride, first.padding, first.dilation, groups=G, bias=first.bias is not None,
                                    device=first.weight.device, dtype=first.weight.dtype)  # fmt: skip
-    elif bn_layers(first):
-        fused = make_batch_norm(bn_impl, G * first.weight.numel(), 2 if flattened else 4, first.momentum)
-        fused = fused.to(first.weight)
+    elif norms.is_norm_layer(first):
+        fused = norms.fused_layer(G, norms.num_features(first), 2 if flattened else 4, settings)
+        fused = fused.to(next(first.parameters()))
     else:
         raise TypeError(f"cannot fuse a {type(first).__name__} layer")
     fused.load_state_dict(stacked_state(layers))
-    return GroupBatchNorm1d(fused) if flattened else fused
+    return GroupFeatureNorm(fused) if flattened else fused
 
 
-def fuse_models(models: list[nn.Sequential], bn_impl: str) -> nn.Sequential:
-    """One grouped network from G solo LeNets of one variant (built by train.build_model),
-    each member starting exactly where its solo model does. Input (B, G, 28, 28),
-    output (B, 10, G); layouts in the module docstring."""
+def fuse_models(models: list[nn.Sequential], settings: LayerSettings) -> nn.Sequential:
+    """One grouped network from G solo LeNets of one variant and `settings` (their norm
+    layers': norms.LayerSettings.of(config)), built by train.build_model, each member
+    starting exactly where its solo model does. Input (B, G, 28, 28), output (B, 10, G);
+    layouts in the module docstring."""
     fused, flattened = [], False
     for layers in zip(*models):
-        fused.append(fuse_layer(list(layers), bn_impl, flattened))
+        fused.append(fuse_layer(list(layers), settings, flattened))
         flattened = flattened or isinstance(layers[0], nn.Flatten)
     return nn.Sequential(*fused, ClassMajorLogits())
 
@@ -285,7 +295,7 @@ def fit_group(
         raise ValueError(f"fit_group needs runs of one fusion_key, got {len(keys)}: {keys}")
     first, G, device = configs[0], len(configs), data.train_x.device
     data = with_dtype(data, dtype)
-    model = fuse_models([build_model(c, device, dtype) for c in configs], first.bn_impl)
+    model = fuse_models([build_model(c, device, dtype) for c in configs], LayerSettings.of(first))
     optimizer = GroupOptimizer(first.optimizer, model.parameters(), [c.lr for c in configs])
     orders = [torch.Generator().manual_seed(c.seed) for c in configs]
     n_train, n_test = len(data.train_x), len(data.test_x)
@@ -293,11 +303,13 @@ def fit_group(
               if bn_layers(model) else None)  # fmt: skip
     grouped = group_data(data, G)
     steps = steps_per_epoch(n_train, first.batch_size)
+    schedule = norms.step_schedule(model, steps)  # the members share every setting it reads
     results, active = [RunResult() for _ in configs], list(range(G))
     for epoch in range(1, first.epochs + 1):
         sums, inner, train_seconds, eval_seconds = train_and_evaluate(
             model, optimizer, grouped, lambda: group_batches(n_train, first.batch_size, orders, device),
             first.batch_size, subset, member_cross_entropy, point_steps(steps, first.evals_per_epoch)[:-1],
+            step_hook(schedule, epoch, steps), frozen_epoch(first, epoch),
         )  # fmt: skip
         throughput = len(active) * n_train / train_seconds
         for g in list(active):

@@ -1,14 +1,16 @@
-"""LeNet-5 variants of the reference notebook, and BatchNorm written from scratch.
+"""LeNet-5 variants of the reference notebook, and the fast CPU max-pooling.
 
 LeNet (input (N, 1, 28, 28)):
     Conv(1->6, 5) [norm/act] MaxPool(2) Conv(6->16, 5) [norm/act] MaxPool(2) Flatten
     Linear(256->120) [norm/act] Linear(120->84) [norm/act] Linear(84->10)  -> logits (N, 10)
 where each [norm/act] block is its variant's recipe (bnstudy.variants), e.g.
     none: act    bn_before: BatchNorm -> act    bn_after: act -> BatchNorm
-and act is the run's activation (sigmoid, the notebook's, relu or tanh).
+and act is the run's activation (sigmoid, the notebook's, relu or tanh); "BatchNorm" is the
+run's norm layer (bnstudy.norms: batch, batchrenorm, group or layer), and the pooling is
+the run's `pool` (max, the notebook's, or avg).
 
-Where a convolutional block ends in the activation (none, bn_before), the module list
-pools *before* it: max-pooling commutes with a non-decreasing function, so the network
+Where a convolutional block ends in the activation (none, bn_before), a max-pooling
+goes *before* it: max-pooling commutes with a non-decreasing function, so the network
 computes the same function while the activation runs on a quarter of the values (about
 a tenth of a CPU training step with the sigmoid; tests/test_models.py checks outputs and
 gradients against the notebook's order).
@@ -22,70 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bnstudy.settings import BY_NAME
+from bnstudy import norms
+# BatchNorm from scratch lives in bnstudy.norms with the other normalization layers; re-exported here
+from bnstudy.norms import EPS, MOMENTUM, BatchNorm, LayerSettings, batch_norm, make_batch_norm  # noqa: F401
 from bnstudy.variants import ACTIVATIONS
 from bnstudy.variants import variant as variant_entry
-
-EPS, MOMENTUM = 1e-5, BY_NAME["bn_momentum"].default  # nn.BatchNorm's defaults; the scratch version uses the same
-
-
-def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, training):
-    """The textbook's batch normalisation, for X of shape (N, C) or (N, C, H, W).
-
-    Training: normalise with this batch's mean and biased variance per channel (over N,
-    or over N, H, W) and return moving statistics updated as
-    `moving = (1 - momentum) * moving + momentum * batch`, where, as in PyTorch, the
-    variance folded into `moving_var` is the *unbiased* one. Evaluation: normalise with
-    the moving statistics and return them unchanged.
-
-    gamma, beta, moving_mean, moving_var: shape (C,). Returns (Y like X, moving_mean,
-    moving_var). Pure: the caller decides where the new moving statistics are stored.
-    (The textbook picks the mode with `torch.is_grad_enabled()`; an explicit flag lets
-    evaluation run without gradients in either mode.)
-    """
-    if X.dim() not in (2, 4):
-        raise ValueError(f"batch_norm expects (N, C) or (N, C, H, W), got shape {tuple(X.shape)}")
-    shape = (1, -1) if X.dim() == 2 else (1, -1, 1, 1)
-    if training:
-        dims = (0,) if X.dim() == 2 else (0, 2, 3)
-        mean = X.mean(dim=dims)
-        var = ((X - mean.reshape(shape)) ** 2).mean(dim=dims)
-        count = X.numel() // X.shape[1]
-        X_hat = (X - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
-        with torch.no_grad():
-            moving_mean = (1.0 - momentum) * moving_mean + momentum * mean.detach()
-            unbiased = var.detach() * count / max(count - 1, 1)
-            moving_var = (1.0 - momentum) * moving_var + momentum * unbiased
-    else:
-        X_hat = (X - moving_mean.reshape(shape)) / torch.sqrt(moving_var.reshape(shape) + eps)
-    return gamma.reshape(shape) * X_hat + beta.reshape(shape), moving_mean, moving_var
-
-
-class BatchNorm(nn.Module):
-    """`batch_norm` as a module, with nn.BatchNorm's parameter and buffer names
-    (weight, bias, running_mean, running_var) so the two are interchangeable,
-    including their state_dicts. `num_dims` is 2 for (N, C) inputs, 4 for (N, C, H, W)."""
-
-    def __init__(self, num_features: int, num_dims: int, eps: float = EPS, momentum: float = MOMENTUM):
-        super().__init__()
-        self.num_dims, self.eps, self.momentum = num_dims, eps, momentum
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def reset_running_stats(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        Y, mean, var = batch_norm(
-            X, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self.momentum, self.training
-        )
-        if self.training:  # in place, so the buffers stay the ones the state_dict names
-            self.running_mean.copy_(mean)
-            self.running_var.copy_(var)
-        return Y
 
 
 @functools.lru_cache(maxsize=16)
@@ -161,16 +104,6 @@ class MaxPool2x2(nn.MaxPool2d):
         return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
 
 
-def make_batch_norm(bn_impl: str, num_features: int, num_dims: int, momentum: float = MOMENTUM) -> nn.Module:
-    """A BatchNorm layer of the chosen implementation ("torch" or "scratch")."""
-    if bn_impl == "scratch":
-        return BatchNorm(num_features, num_dims, momentum=momentum)
-    if bn_impl == "torch":
-        kind = nn.BatchNorm2d if num_dims == 4 else nn.BatchNorm1d
-        return kind(num_features, momentum=momentum)
-    raise ValueError(f"unknown bn_impl {bn_impl!r}; expected torch or scratch")
-
-
 def activation_layer(name: str) -> nn.Module:
     """A fresh activation module: nn.Sigmoid, nn.ReLU or nn.Tanh (variants.ACTIVATIONS)."""
     return getattr(nn, ACTIVATIONS[name])()
@@ -179,33 +112,38 @@ def activation_layer(name: str) -> nn.Module:
 @dataclass(frozen=True)
 class Blocks:
     """What every [norm/act] block of one LeNet is made of: the variant's recipe, the
-    activation, and the BatchNorm implementation and momentum."""
+    activation, the normalization layers' settings (norms.LayerSettings) and the pooling."""
 
     variant: str
     activation: str
-    bn_impl: str
-    momentum: float
+    layers: LayerSettings
+    pool: str = "max"
 
     def norm_act(self, num_features: int, num_dims: int) -> list[nn.Module]:
         """The [norm/act] block for `num_features` channels of a (N, C) (num_dims 2) or
         (N, C, H, W) (num_dims 4) activation, as a list of layers."""
-        make = {"bn": lambda: make_batch_norm(self.bn_impl, num_features, num_dims, self.momentum),
+        make = {"bn": lambda: norms.solo_layer(num_features, num_dims, self.layers),
                 "act": lambda: activation_layer(self.activation)}  # fmt: skip
         return [make[layer]() for layer in variant_entry(self.variant).block]
 
     def conv(self, in_channels: int, out_channels: int) -> list[nn.Module]:
-        """Conv(in->out, 5), the [norm/act] block and MaxPool(2), as a list of layers; the
-        pooling moves in front of a trailing activation (see the module docstring)."""
+        """Conv(in->out, 5), the [norm/act] block and the 2x2 pooling, as a list of layers;
+        a max-pooling moves in front of a trailing activation (see the module docstring),
+        an average pooling stays behind it (it does not commute with the activation)."""
         layers = [nn.Conv2d(in_channels, out_channels, kernel_size=5), *self.norm_act(out_channels, 4)]
+        if self.pool == "avg":
+            return layers + [nn.AvgPool2d(2)]
+        if self.pool != "max":
+            raise ValueError(f"unknown pool {self.pool!r}; expected max or avg")
         if variant_entry(self.variant).block[-1] == "act":
             return layers[:-1] + [MaxPool2x2(), layers[-1]]
         return layers + [MaxPool2x2()]
 
 
-def build_lenet(variant: str, bn_impl: str = "torch", activation: str = "sigmoid",
-                momentum: float = MOMENTUM) -> nn.Sequential:  # fmt: skip
+def build_lenet(variant: str, bn_impl: str = "torch", activation: str = "sigmoid", momentum: float = MOMENTUM,
+                norm: str = "batch", ghost_batch_size: int = 0, pool: str = "max") -> nn.Sequential:  # fmt: skip
     """The LeNet of a variant, initialised from torch's global RNG (seed it first)."""
-    blocks = Blocks(variant, activation, bn_impl, momentum)
+    blocks = Blocks(variant, activation, LayerSettings(norm, bn_impl, momentum, ghost_batch_size), pool)
     return nn.Sequential(
         *blocks.conv(1, 6),
         *blocks.conv(6, 16),
@@ -217,5 +155,7 @@ def build_lenet(variant: str, bn_impl: str = "torch", activation: str = "sigmoid
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """Every BatchNorm layer of `model`, either implementation, in forward order."""
-    return [m for m in model.modules() if isinstance(m, (BatchNorm, nn.modules.batchnorm._BatchNorm))]
+    """Every normalization layer of `model` that keeps running statistics (the registry's
+    flag: BatchNorm of either implementation, Batch Renormalization), in forward order:
+    the layers the BN diagnostics re-estimate and restore."""
+    return norms.running_stat_layers(model)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from bnstudy.settings import (BY_NAME, CSV_COLUMNS, EVALS_COLUMNS, IDENTITY_COLUMNS, METRIC_COLUMNS, RunConfig,
                               SettingError, csv_layout_ok, steps_per_epoch)  # fmt: skip
-from bnstudy.variants import variant
 
 DONE_STATUSES = ("complete", "diverged")
 RUN_STATES = (*DONE_STATUSES, "failed", "damaged", "pending")  # what `RunStore.state` answers
@@ -165,7 +164,7 @@ def read_row(header: list[str], line: list[str], epoch: int, config: RunConfig) 
         raise Damage(f"CSV row {epoch} says epoch {row['epoch']!r}")
     row["epoch"] = epoch
     for column in NUMBER_COLUMNS:
-        row[column] = cell_number(row[column], column, variant(config.variant).has_bn)
+        row[column] = cell_number(row[column], column, config.keeps_running_stats)
     return row
 
 
@@ -231,7 +230,7 @@ def check_points(path: Path, metadata: dict, config: RunConfig, rows: list[dict]
     expected = metadata["epochs_done"] * k
     if header != EVALS_COLUMNS or len(lines) != expected:
         raise Damage(f"points file is not this run's {expected} points")
-    has_bn = variant(config.variant).has_bn
+    has_bn = config.keeps_running_stats  # a run whose layers keep no running statistics has no BN diagnostics
     for i, line in enumerate(lines):
         epoch, point = divmod(i, k)
         step = round((point + 1) * steps / k)

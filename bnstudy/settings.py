@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bnstudy.errors import UserError
-from bnstudy.variants import ACTIVATIONS, VARIANTS, variant
+from bnstudy.variants import ACTIVATIONS, NORMS, VARIANTS, norm, variant
 
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000  # Fashion-MNIST's training and test images
 MAX_SEED = 2**32 - 1  # numpy's range; torch takes more, but a seed must survive a CSV as int64
@@ -77,10 +77,45 @@ def positive(high: float | None = None) -> Callable:
     return check
 
 
+def ghost_size(value) -> str | None:
+    if value == 1:
+        return "must be 0 (off) or at least 2: BatchNorm cannot normalise a ghost batch of one sample"
+    return integer(0, TRAIN_SIZE)(value)
+
+
 def folder_name(value) -> str | None:
     if not value or "/" in value or len(value) > MAX_NAME_LENGTH:
         return f"must be a non-empty name without '/', at most {MAX_NAME_LENGTH} characters (got {value!r})"
     return None
+
+
+# ---------------------------------------------------------------- where a setting applies
+# Each takes a run's settings (a dict by name) and says why the setting means nothing for
+# that run, or None when it applies (Setting.inapplicable; the rule: docs/DESIGN.md,
+# "Settings that do not apply").
+def _no_norm_slot(values: dict) -> str | None:
+    if not variant(values["variant"]).has_bn:
+        return f"variant {values['variant']} has no normalization layer"
+    return None
+
+
+def _no_running_stats(values: dict) -> str | None:
+    if not norm(values["norm"]).running_stats:
+        return f"norm {values['norm']} keeps no running statistics"
+    return _no_norm_slot(values)
+
+
+def _no_batch_stats(values: dict) -> str | None:
+    if not norm(values["norm"]).batch_stats:
+        return f"norm {values['norm']} does not normalise over the batch"
+    return _no_norm_slot(values)
+
+
+def _not_batch_norm(values: dict) -> str | None:
+    return None if values["norm"] == "batch" else f"bn_impl chooses BatchNorm's code, and norm is {values['norm']}"
+
+
+NORM_TAGS = {"batch": "", "batchrenorm": "brn", "group": "gn", "layer": "ln"}
 
 
 # ---------------------------------------------------------------- the declaration
@@ -96,7 +131,9 @@ class Setting:
     identity columns. per_member: the members of one fused group may differ in it.
     hashed_at_default: the hash includes it at its default (True for bnstudy 0.1's
     settings, whose old run ids must hold). tag(value): its part of the readable run_id
-    ("" for none). label: how sentences and figure labels name it.
+    ("" for none). label: how sentences and figure labels name it. inapplicable(values):
+    why the setting means nothing for a run of these settings (a dict), or None when it
+    applies: a grid sets it to its default there, and a run refuses another value.
     """
 
     name: str
@@ -114,6 +151,7 @@ class Setting:
     hashed_at_default: bool = True
     tag: Callable | None = None
     label: str | None = None
+    inapplicable: Callable | None = None
 
     @property
     def words(self) -> str:
@@ -138,13 +176,29 @@ SETTINGS = (
     Setting("study", str, "single", "the study's name: its results folder under results/", check=folder_name,
             identity=False, column=True),
     Setting("variant", str, REQUIRED, "where BatchNorm goes", choices=VARIANTS, column=True, tag=str),
+    Setting("norm", str, "batch", "the normalization layer where the variant puts BatchNorm: batch (BatchNorm), "
+            "batchrenorm (Batch Renormalization), group (GroupNorm), layer (LayerNorm)", choices=NORMS,
+            column=True, hashed_at_default=False, tag=NORM_TAGS.get, label="normalization",
+            inapplicable=_no_norm_slot),
     Setting("activation", str, "sigmoid", "the activation of every [norm/act] block", choices=tuple(ACTIVATIONS),
             column=True, hashed_at_default=False, tag=lambda v: "" if v == "sigmoid" else v),
+    Setting("pool", str, "max", "LeNet's 2x2 pooling: max (the notebook's) or avg", choices=("max", "avg"),
+            column=True, hashed_at_default=False, tag=lambda v: "" if v == "max" else "avgpool", label="pooling"),
     Setting("bn_impl", str, "torch", "nn.BatchNorm or the textbook's from-scratch batch_norm",
-            choices=("torch", "scratch"), column=True, tag=lambda v: "scratch" if v == "scratch" else ""),
+            choices=("torch", "scratch"), column=True, tag=lambda v: "scratch" if v == "scratch" else "",
+            inapplicable=_not_batch_norm),
     Setting("bn_momentum", float, 0.1, "BatchNorm's momentum, PyTorch's convention: running = (1 - m) * running "
             "+ m * batch; about 2/m recent batches dominate", check=positive(1.0), metavar="M", column=True,
-            hashed_at_default=False, tag=lambda v: "" if v == 0.1 else f"bnm{v:g}", label="BN momentum"),
+            hashed_at_default=False, tag=lambda v: "" if v == 0.1 else f"bnm{v:g}", label="BN momentum",
+            inapplicable=_no_running_stats),
+    Setting("ghost_batch_size", int, 0, "Ghost BatchNorm: training batches are normalised in sub-batches of this "
+            "many samples, each one update of the running statistics (0: off; must divide the batch size)",
+            check=ghost_size, metavar="N", column=True, hashed_at_default=False,
+            tag=lambda v: "" if v == 0 else f"gb{v}", label="ghost batch size", inapplicable=_no_batch_stats),
+    Setting("frozen_bn_epochs", int, 0, "for the last N epochs, BatchNorm normalises with its running statistics in "
+            "training too and stops updating them", check=integer(0, MAX_EPOCHS), metavar="N", column=True,
+            hashed_at_default=False, tag=lambda v: "" if v == 0 else f"fz{v}", label="frozen BN epochs",
+            inapplicable=_no_running_stats),
     Setting("optimizer", str, "adam", "Adam (PyTorch's defaults) or plain SGD", choices=("adam", "sgd"),
             column=True, tag=str),
     Setting("lr", float, REQUIRED, "learning rate", check=positive(), run_default=1e-3, column=True,
@@ -198,6 +252,23 @@ class _RunConfigMethods:
     def train_size(self) -> int:
         return self.limit_train or TRAIN_SIZE
 
+    @property
+    def has_norm(self) -> bool:
+        """The variant has a normalization layer (bn_before, bn_after; not none)."""
+        return variant(self.variant).has_bn
+
+    @property
+    def keeps_running_stats(self) -> bool:
+        """Its normalization layers keep running statistics (norm batch or batchrenorm): eval
+        mode uses them, and the PreciseBN and test-batch-statistics diagnostics apply; a run
+        without them leaves those CSV columns empty."""
+        return self.has_norm and norm(self.norm).running_stats
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Training normalises over the batch (norm batch or batchrenorm): batches need two samples."""
+        return self.has_norm and norm(self.norm).batch_stats
+
     def identity(self) -> dict:
         """The settings that define the run (all but `study`), JSON-ready: a run JSON's `config`."""
         return {name: getattr(self, name) for name in RUN_SETTINGS}
@@ -242,21 +313,57 @@ RunConfig.__doc__ = """Everything that determines one training run's numbers (an
 field per entry of SETTINGS. `study` names the results folder and is not part of the identity."""
 
 
+# bnstudy 0.1 ran `none` runs at other BN momenta, identical runs under their own ids: a
+# RunConfig still takes them, so that their files load (grids no longer make them: applicable).
+TOLERATED_FOR_NONE = frozenset({"bn_momentum"})
+
+
+def applicable(values: dict) -> dict:
+    """`values` (some of a run's settings by name, the variant among them; the rest are at
+    their defaults) with every setting that does not apply to that run (Setting.inapplicable)
+    set to its default: what a grid point becomes, so that an axis a run ignores
+    (bn_momentum for `none`) does not multiply identical runs. The same keys as `values`."""
+    full = {s.name: s.default for s in SETTINGS if s.default is not REQUIRED} | dict(values)
+    changed = True
+    while changed:  # norm first reaches its default for `none`, then what depends on norm
+        changed = False
+        for s in SETTINGS:
+            if s.inapplicable and full[s.name] != s.default and s.inapplicable(full):
+                full[s.name], changed = s.default, True
+    return {key: full[key] for key in values}
+
+
 def validate(config) -> None:
     """Raise SettingError naming the first impossible setting of `config`: each setting's
-    own check, then the checks that involve two settings."""
+    own check, a setting asked for where it does not apply, then the checks that involve
+    two settings."""
     for setting in SETTINGS:
         problem = setting.problem(getattr(config, setting.name))
         if problem:
             raise SettingError(setting.name, problem)
-    # BatchNorm needs at least two samples per batch; a batch cannot exceed the training set.
-    has_bn = variant(config.variant).has_bn
-    low = 2 if has_bn else 1
+    values = config.identity()
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if setting.inapplicable is None or value == setting.default:
+            continue
+        if setting.name in TOLERATED_FOR_NONE and config.variant == "none":
+            continue
+        why = setting.inapplicable(values)
+        if why:
+            raise SettingError(setting.name, f"does not apply: {why} (got {value!r}; leave it at {setting.default!r})")
+    # Batch statistics need at least two samples per batch; a batch cannot exceed the training set.
+    low = 2 if config.uses_batch_stats else 1
     if not low <= config.batch_size <= config.train_size:
         raise SettingError("batch_size", f"must be between {low} and {config.train_size} (got {config.batch_size})")
     # The batch-statistics diagnostic normalises test batches in train mode: two images at least.
-    if has_bn and config.limit_test is not None and config.limit_test < 2:
+    if config.keeps_running_stats and config.limit_test is not None and config.limit_test < 2:
         raise SettingError("limit_test", f"must be >= 2 for a variant with BatchNorm (got {config.limit_test})")
+    if config.ghost_batch_size and config.batch_size % config.ghost_batch_size:
+        raise SettingError("ghost_batch_size", f"must divide the batch size {config.batch_size} "
+                                               f"(got {config.ghost_batch_size})")  # fmt: skip
+    if config.frozen_bn_epochs >= config.epochs:
+        raise SettingError("frozen_bn_epochs", f"must be less than the {config.epochs} epochs, so that "
+                                               f"BatchNorm learns its statistics first (got {config.frozen_bn_epochs})")
     # Points fall after distinct steps only when there are at least as many steps as points.
     steps = steps_per_epoch(config.train_size, config.batch_size)
     if config.evals_per_epoch > steps:

@@ -1,5 +1,6 @@
 """Study specs: a TOML file (docs/DESIGN.md, "Study spec") parsed into a frozen Study that
-expands into runs.
+expands into runs: the union of its arms (one `[grid]` table, or several `[[grid]]`
+tables), each arm the product of its axes crossed with the top-level settings.
 
 The keys, types and checks come from the settings declaration (bnstudy.settings): every
 setting has one name everywhere, so the CLI flag `--limit-train` is the spec key
@@ -18,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnstudy.errors import UserError, printable
-from bnstudy.settings import BY_NAME, MAX_NAME_LENGTH, REQUIRED, RUN_SETTINGS, TYPE_WORDS, RunConfig, SettingError
+from bnstudy.settings import (
+    BY_NAME,
+    MAX_NAME_LENGTH,
+    REQUIRED,
+    RUN_SETTINGS,
+    TYPE_WORDS,
+    RunConfig,
+    SettingError,
+    applicable,
+)
 
 # ---------------------------------------------------------------- study specs
 REQUIRED_SETTINGS = tuple(key for key in RUN_SETTINGS if BY_NAME[key].default is REQUIRED)
@@ -28,31 +38,49 @@ STUDY_KEYS = ("name", "device", *RUN_SETTINGS)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a folder name under results/, never "." or ".."
 
 
+Axes = tuple[tuple[str, tuple], ...]
+
+
 @dataclass(frozen=True)
 class Study:
-    """A checked study spec: settings fixed for every run and grid axes whose product is the runs.
+    """A checked study spec: settings fixed for every run and arms, each a grid of axes whose
+    product (crossed with the fixed settings) is its runs; the study's runs are the arms' union.
 
-    `fixed` holds (key, value) and `axes` (key, values) pairs in the spec's order, each value
-    already of its setting's type (an integer lr is a float, so `lr = 1` and `lr = 1.0` are one
-    run). `device` is None when the spec leaves it to the command line. `source` and
-    `overrides` (the --set items) say where it came from.
+    `fixed` holds (key, value) pairs and each arm of `arms` (key, values) pairs in the spec's
+    order, each value already of its setting's type (an integer lr is a float, so `lr = 1` and
+    `lr = 1.0` are one run). A spec with one `[grid]` (or none) has one arm. `device` is None
+    when the spec leaves it to the command line. `source` and `overrides` (the --set items)
+    say where it came from.
     """
 
     name: str
     source: str
     fixed: tuple[tuple[str, object], ...]
-    axes: tuple[tuple[str, tuple], ...]
+    arms: tuple[Axes, ...]
     device: str | None = None
     overrides: tuple[str, ...] = ()
 
-    def runs(self) -> list[RunConfig]:
-        """One RunConfig per point of the grid, in spec order (the last axis varies fastest).
-        Raises SettingError for an impossible combination."""
-        keys = [key for key, _ in self.axes]
+    @property
+    def axes(self) -> Axes:
+        """The axes of a study of one arm (ValueError for several: see `arms`)."""
+        if len(self.arms) != 1:
+            raise ValueError(f"study {self.name} has {len(self.arms)} arms ([[grid]] tables); read Study.arms")
+        return self.arms[0]
+
+    def arm_runs(self, arm: Axes) -> list[RunConfig]:
+        """One RunConfig per point of `arm`, in spec order (the last axis varies fastest),
+        each setting that does not apply to its run at its default (settings.applicable), so
+        the list may repeat a run. Raises SettingError for an impossible combination."""
+        keys = [key for key, _ in arm]
         return [
-            RunConfig(study=self.name, **dict(self.fixed), **dict(zip(keys, point)))
-            for point in itertools.product(*(values for _, values in self.axes))
+            RunConfig(study=self.name, **applicable({**dict(self.fixed), **dict(zip(keys, point))}))
+            for point in itertools.product(*(values for _, values in arm))
         ]
+
+    def runs(self) -> list[RunConfig]:
+        """The runs of every arm in spec order, each once (where it first appears).
+        Raises SettingError for an impossible combination."""
+        return list(dict.fromkeys(config for arm in self.arms for config in self.arm_runs(arm)))
 
     def to_toml(self) -> str:
         """The spec as run: TOML that `load_study` reads back into the same runs."""
@@ -61,7 +89,9 @@ class Study:
         if self.device is not None:
             lines.append(f"device = {_toml_value(self.device)}")
         lines += [f"{key} = {_toml_value(value)}" for key, value in self.fixed]
-        lines += ["", "[grid]"] + [f"{key} = [{', '.join(map(_toml_value, values))}]" for key, values in self.axes]
+        header = "[grid]" if len(self.arms) == 1 else "[[grid]]"
+        for arm in self.arms:
+            lines += ["", header] + [f"{key} = [{', '.join(map(_toml_value, values))}]" for key, values in arm]
         return "\n".join(lines) + "\n"
 
 
@@ -92,19 +122,40 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     raw = _read_toml(path)
     grid = raw.pop("grid", {})
     problem = _Problems(path, {})
-    if not isinstance(grid, dict):
-        raise problem("grid", "must be a table of axes: [grid] then KEY = [values]")
+    arms = grid if isinstance(grid, list) else [grid]
+    if not arms or not all(isinstance(arm, dict) for arm in arms):
+        raise problem("grid", "must be a table of axes, [grid] then KEY = [values], or several [[grid]] tables")
     for item in overrides:
-        _apply_override(raw, grid, item, problem)
-    study = _build(raw, grid, path, tuple(overrides), problem)
-    try:
-        runs = study.runs()
-    except SettingError as exc:
-        axis_keys = {key for key, _ in study.axes}
-        key = "name" if exc.key == "study" else f"grid.{exc.key}" if exc.key in axis_keys else exc.key
-        raise problem(key, exc.problem) from None
+        _apply_override(raw, arms, item, problem)
+    study = _build(raw, arms, path, tuple(overrides), problem)
+    for number, arm in enumerate(study.arms, start=1):
+        where = f" (in [[grid]] table {number})" if len(study.arms) > 1 else ""
+        try:
+            runs = study.arm_runs(arm)
+        except SettingError as exc:
+            axis_keys = {key for key, _ in arm}
+            key = "name" if exc.key == "study" else f"grid.{exc.key}" if exc.key in axis_keys else exc.key
+            raise problem(key, exc.problem + where) from None
+        for key, values in arm:
+            _check_applies(f"grid.{key}", key, values, runs, problem, where)
+    runs = study.runs()
+    for key, value in study.fixed:
+        _check_applies(key, key, (value,), runs, problem, "")
     _check_distinct_ids(runs, problem)
     return study
+
+
+def _check_applies(where: str, key: str, values: tuple, runs: list[RunConfig], problem: _Problems, arm: str) -> None:
+    """UserError when a value other than the default of a setting that does not apply
+    everywhere (bn_momentum, norm, ghost_batch_size, ...) is in none of `runs`: every run
+    it was asked for ignores it (settings.applicable), so it would silently not be run."""
+    setting = BY_NAME[key]
+    if setting.inapplicable is None:
+        return
+    for value in values:
+        if value != setting.default and not any(getattr(config, key) == value for config in runs):
+            why = setting.inapplicable({**runs[0].identity(), key: value})
+            raise problem(where, f"{value!r} applies to none of the runs{arm}: {why}")
 
 
 def _check_distinct_ids(runs: list[RunConfig], problem: _Problems) -> None:
@@ -165,9 +216,10 @@ def parse_override_value(text: str):
         return word
 
 
-def _apply_override(top: dict, grid: dict, item: str, problem: _Problems) -> None:
+def _apply_override(top: dict, arms: list[dict], item: str, problem: _Problems) -> None:
     """Apply one `KEY=VALUE` (or `grid.KEY=[...]`) to the raw spec in place: a run setting moves
-    to where --set puts it (top level or [grid]). Records the key's origin in `problem`."""
+    to where --set puts it (top level, or an axis of every arm). Records the key's origin in
+    `problem`."""
     if not item.isprintable():  # a newline or escape would garble the spec as run and every message
         raise UserError(f"{problem.path}: --set {printable(item)}: a control character; --set takes printable text")
     key, sep, text = item.partition("=")
@@ -185,27 +237,32 @@ def _apply_override(top: dict, grid: dict, item: str, problem: _Problems) -> Non
     if key.startswith("grid."):
         axis = key.removeprefix("grid.")
         top.pop(axis, None)
-        grid[axis] = value
+        for arm in arms:
+            arm[axis] = value
     else:
-        grid.pop(key, None)
+        for arm in arms:
+            arm.pop(key, None)
         top[key] = value
 
 
-def _build(top: dict, grid: dict, path: str, overrides: tuple[str, ...], problem: _Problems) -> Study:
-    """Check keys and types of the raw spec (top level and [grid]) and make the Study."""
+def _build(top: dict, arms: list[dict], path: str, overrides: tuple[str, ...], problem: _Problems) -> Study:
+    """Check keys and types of the raw spec (top level and each arm's [grid]) and make the Study."""
     for key in top:
         if key not in STUDY_KEYS:
             raise problem(key, f"unknown key; the keys are {', '.join(STUDY_KEYS)} and [grid]")
-    for key in grid:
-        if key in ("name", "device"):
-            raise problem(f"grid.{key}", f"{key} cannot be an axis; set it at the top level")
-        if key not in RUN_SETTINGS:
-            raise problem(f"grid.{key}", f"unknown setting; axes can be {', '.join(RUN_SETTINGS)}")
-        if key in top:
-            raise problem(key, "set both at the top level and as a [grid] axis; keep one")
+    for grid in arms:
+        for key in grid:
+            if key in ("name", "device"):
+                raise problem(f"grid.{key}", f"{key} cannot be an axis; set it at the top level")
+            if key not in RUN_SETTINGS:
+                raise problem(f"grid.{key}", f"unknown setting; axes can be {', '.join(RUN_SETTINGS)}")
+            if key in top:
+                raise problem(key, "set both at the top level and as a [grid] axis; keep one")
     for key in REQUIRED_SETTINGS:
-        if key not in top and key not in grid:
-            raise problem(key, "missing; set it at the top level or make it a [grid] axis")
+        missing_in = [number for number, grid in enumerate(arms, start=1) if key not in top and key not in grid]
+        if missing_in:
+            where = f" (in [[grid]] table {missing_in[0]})" if len(arms) > 1 else ""
+            raise problem(key, f"missing; set it at the top level or make it a [grid] axis{where}")
     name = top.get("name", Path(path).stem)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         raise problem("name", f"must be a folder name of at most {MAX_NAME_LENGTH} letters, digits, '.', '_' or "
@@ -214,8 +271,8 @@ def _build(top: dict, grid: dict, path: str, overrides: tuple[str, ...], problem
     if device is not None and device not in DEVICES:
         raise problem("device", f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     fixed = tuple((key, _typed(key, value, problem)) for key, value in top.items() if key in RUN_SETTINGS)
-    axes = tuple((key, _axis(key, values, problem)) for key, values in grid.items())
-    return Study(name, path, fixed, axes, device, overrides)
+    arms_ = tuple(tuple((key, _axis(key, values, problem)) for key, values in grid.items()) for grid in arms)
+    return Study(name, path, fixed, arms_, device, overrides)
 
 
 def _typed(key: str, value, problem: _Problems, where: str | None = None):
@@ -225,7 +282,11 @@ def _typed(key: str, value, problem: _Problems, where: str | None = None):
     if isinstance(value, bool) or not isinstance(value, accepted):
         hint = f"; to vary it, make it a [grid] axis: grid.{key} = [...]" if isinstance(value, list) else ""
         raise problem(where or key, f"must be {TYPE_WORDS[kind]} (got {value!r}){hint}")
-    return float(value) if kind is float else value
+    typed = float(value) if kind is float else value
+    wrong = BY_NAME[key].problem(typed)  # now, before a grid point is read as a run (settings.applicable)
+    if wrong:
+        raise problem(where or key, wrong)
+    return typed
 
 
 def _axis(key: str, values, problem: _Problems) -> tuple:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
 from bnstudy.models import bn_layers, build_lenet
 from bnstudy.settings import EVALS_COLUMNS, IDENTITY_COLUMNS, RunConfig, steps_per_epoch
@@ -59,24 +60,33 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The run's LeNet, initialised from `config.seed` alone (torch's global RNG is reseeded)."""
     torch.manual_seed(config.seed)
-    return build_lenet(config.variant, config.bn_impl, config.activation, config.bn_momentum).to(device=device, dtype=dtype)
+    model = build_lenet(config.variant, config.bn_impl, config.activation, config.bn_momentum, config.norm,
+                        config.ghost_batch_size, config.pool)  # fmt: skip
+    return model.to(device=device, dtype=dtype)
 
 
 def train_epoch(model, optimizer, data: FashionMNIST, batches, criterion=F.cross_entropy,
-                after_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One pass over `batches` (index tensors into data.train_*), train mode.
+                after_step: Callable[[int], None] | None = None, before_step: Callable[[int], None] | None = None,
+                frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One pass over `batches` (index tensors into data.train_*), train mode; with `frozen`,
+    the layers with running statistics in eval mode (frozen_bn_epochs: norms.freeze).
 
     `criterion(logits, y)` is the mean loss of each model trained: F.cross_entropy's scalar
     for one model; a fused group (bnstudy.fused) passes one that returns its G members'
     means, shape (G,). Their sum is minimised, so each member gets its own gradient.
-    after_step(s), when given, is called after the s-th optimizer step (1-based) of the pass.
+    after_step(s), when given, is called after the s-th optimizer step (1-based) of the pass,
+    before_step(s) before it (Batch Renormalization's schedule).
     Returns device tensors (sum of per-sample losses, number correct) over exactly the
     samples in `batches`, shaped like the criterion's value; no host synchronisation.
     """
     model.train()
+    if frozen:
+        norms.freeze(model)
     loss_sum = torch.zeros((), device=data.train_x.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.train_x.device, dtype=torch.int64)
     for step, idx in enumerate(batches, start=1):
+        if before_step is not None:
+            before_step(step)
         x, y = data.train_x[idx], data.train_y[idx]
         logits = model(x)
         loss = criterion(logits, y)
@@ -109,18 +119,22 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
 @contextlib.contextmanager
 def preserved_state(model: nn.Module):
     """Run a diagnostic that may touch BN statistics, then put back every buffer (running
-    statistics, batch counters), every BN momentum and the train/eval mode as they were."""
+    statistics, batch counters), the norm layers' tunable attributes (BN momenta, Batch
+    Renormalization's limits, ghost batches' averaging: norms.TUNABLE) and every module's
+    train/eval mode (a frozen layer stays in eval mode in a training model) as they were."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    momenta = [m.momentum for m in bn_layers(model)]
-    was_training = model.training
+    tuned = [(m, {a: getattr(m, a) for a in norms.TUNABLE if hasattr(m, a)}) for m in norms.tunable_layers(model)]
+    modes = [(m, m.training) for m in model.modules()]
     try:
         yield model
     finally:
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-        for m, momentum in zip(bn_layers(model), momenta):
-            m.momentum = momentum
-        model.train(was_training)
+        for m, attributes in tuned:
+            for name, value in attributes.items():
+                setattr(m, name, value)
+        for m, training in modes:
+            m.training = training
 
 
 def accuracy_with_batch_stats(model, data: FashionMNIST, batch_size: int) -> torch.Tensor:
@@ -128,6 +142,7 @@ def accuracy_with_batch_stats(model, data: FashionMNIST, batch_size: int) -> tor
     the test batch it sees (train-mode BN, batches of the run's size, no gradients)."""
     with preserved_state(model):
         model.train()
+        norms.batch_statistics(model)
         return evaluate(model, data.test_x, data.test_y, batch_size)[1]
 
 
@@ -135,16 +150,20 @@ def accuracy_with_batch_stats(model, data: FashionMNIST, batch_size: int) -> tor
 def recompute_population_stats(model, x: torch.Tensor, batch_size: int) -> None:
     """PreciseBN: replace every BN layer's running statistics by the plain average of the
     batch statistics over `x` (weights frozen). Setting momentum = 1/(k+1) before batch k
-    turns the exponential average into an arithmetic one. Mutates the model's buffers and
-    momenta: call it inside `preserved_state`."""
+    turns the exponential average into an arithmetic one (a ghost batch layer counts its
+    ghost batches instead: norms.averaging); each layer normalises by its batch's
+    statistics alone (norms.batch_statistics). Mutates the model's buffers and tunable
+    attributes: call it inside `preserved_state`."""
     layers = bn_layers(model)
     for m in layers:
         m.reset_running_stats()
     model.train()
-    for k, idx in enumerate(fixed_batches(len(x), batch_size, x.device)):
-        for m in layers:
-            m.momentum = 1.0 / (k + 1)
-        model(x[idx])
+    norms.batch_statistics(model)
+    with norms.averaging(model):
+        for k, idx in enumerate(fixed_batches(len(x), batch_size, x.device)):
+            for m in layers:
+                m.momentum = 1.0 / (k + 1)
+            model(x[idx])
 
 
 def accuracy_with_precise_bn(model, data: FashionMNIST, subset: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -222,9 +241,11 @@ def with_dtype(data: FashionMNIST, dtype: torch.dtype) -> FashionMNIST:
 
 def train_and_evaluate(model, optimizer, data: FashionMNIST, draw_batches: Callable[[], list[torch.Tensor]],
                        batch_size: int, subset: torch.Tensor | None, criterion=F.cross_entropy,
-                       inner_steps: Sequence[int] = ()) -> tuple[list, list, float, float]:  # fmt: skip
-    """One epoch: train on draw_batches() (drawn inside the timed span: the epoch's cost),
-    taking a point (point_counts) after each step in `inner_steps`; then evaluate in eval
+                       inner_steps: Sequence[int] = (), before_step: Callable[[int], None] | None = None,
+                       frozen: bool = False) -> tuple[list, list, float, float]:  # fmt: skip
+    """One epoch: train on draw_batches() (drawn inside the timed span: the epoch's cost;
+    `before_step` and `frozen` as in train_epoch), taking a point (point_counts) after
+    each step in `inner_steps`; then evaluate in eval
     mode and, when `subset` is given (the model has BN), the batch-statistics and PreciseBN
     diagnostics (`batch_size`: the run's).
 
@@ -240,7 +261,7 @@ def train_and_evaluate(model, optimizer, data: FashionMNIST, draw_batches: Calla
     meter = PointMeter(inner_steps, lambda: point_counts(model, data, subset, batch_size, criterion), device)
     sync(device)
     start = time.perf_counter()
-    loss_sum, correct = train_epoch(model, optimizer, data, draw_batches(), criterion, meter)
+    loss_sum, correct = train_epoch(model, optimizer, data, draw_batches(), criterion, meter, before_step, frozen)
     sync(device)
     trained = time.perf_counter()
     model.eval()
@@ -296,6 +317,19 @@ def epoch_points(config: RunConfig, epoch: int, steps: int, sums: list[float], i
     ]  # fmt: skip
 
 
+def step_hook(schedule: Callable[[int], None] | None, epoch: int, steps: int) -> Callable[[int], None] | None:
+    """train_epoch's before_step for `epoch` (of `steps` steps): the schedule (norms.step_schedule,
+    which takes the run's steps done) at the run's step; None without a schedule."""
+    if schedule is None:
+        return None
+    return lambda step: schedule((epoch - 1) * steps + step - 1)
+
+
+def frozen_epoch(config: RunConfig, epoch: int) -> bool:
+    """Whether `epoch` (1-based) is one of the last frozen_bn_epochs."""
+    return epoch > config.epochs - config.frozen_bn_epochs
+
+
 def record(result: RunResult, row: dict, points: list[dict], on_epoch: Callable[[dict], None] | None) -> bool:
     """Append an epoch's `row` and `points` to `result` and pass the row to on_epoch; if its
     training loss is not finite, mark the run "diverged". Returns whether the run goes on."""
@@ -332,11 +366,13 @@ def fit(
     n_train, n_test = len(data.train_x), len(data.test_x)
     subset = precise_bn_subset(config, n_train, device) if bn_layers(model) else None
     steps = steps_per_epoch(n_train, config.batch_size)  # of `data`, which tests may cut unlike config's limits
+    schedule = norms.step_schedule(model, steps)
     result = RunResult() if result is None else result
     for epoch in range(1, config.epochs + 1):
         sums, inner, train_seconds, eval_seconds = train_and_evaluate(
             model, optimizer, data, lambda: epoch_batches(n_train, config.batch_size, order, device),
             config.batch_size, subset, inner_steps=point_steps(steps, config.evals_per_epoch)[:-1],
+            before_step=step_hook(schedule, epoch, steps), frozen=frozen_epoch(config, epoch),
         )  # fmt: skip
         row = epoch_row(config, epoch, sums, n_train, n_test, train_seconds, eval_seconds, n_train / train_seconds)
         if not record(result, row, epoch_points(config, epoch, steps, sums, inner, n_test), on_epoch):

@@ -1,4 +1,4 @@
-"""The model variants and activations, as data (torch-free).
+"""The model variants, activations and normalization layers, as data (torch-free).
 
 A variant is one entry: the recipe of its [norm/act] block (which models.build_lenet
 turns into layers), its colour in every figure, and its measured CPU costs for the sweep's
@@ -7,7 +7,8 @@ a colour gets the fallbacks below instead of failing at run time.
 
 LeNet (models.py) puts one [norm/act] block after each of its first four layers:
     none: act    bn_before: BatchNorm -> act    bn_after: act -> BatchNorm
-where act is the run's `activation` (the notebook's sigmoid by default).
+where act is the run's `activation` (the notebook's sigmoid by default) and "BatchNorm"
+stands for the run's `norm` (NORM_TABLE below; bnstudy.norms builds the layers).
 """
 
 from __future__ import annotations
@@ -65,6 +66,39 @@ FALLBACK_COLOURS = ("#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442", "#000
 
 
 _BY_NAME = {v.name: v for v in VARIANT_TABLE}
+
+
+@dataclass(frozen=True)
+class Norm:
+    """One kind of normalization layer for the "bn" slot of a variant's block, as data:
+    bnstudy.norms holds how to build it (one registry entry per name here).
+
+    running_stats: it keeps running statistics that eval mode normalises with (then the
+    BN momentum, frozen_bn_epochs and the PreciseBN and test-batch-statistics diagnostics
+    apply; otherwise those CSV columns stay empty). batch_stats: training normalises
+    over the batch (then ghost_batch_size applies, and a batch needs two samples).
+    """
+
+    name: str
+    about: str
+    running_stats: bool
+    batch_stats: bool
+
+
+NORM_TABLE = (
+    Norm("batch", "BatchNorm (the notebook's)", running_stats=True, batch_stats=True),
+    Norm("batchrenorm", "Batch Renormalization (Ioffe 2017)", running_stats=True, batch_stats=True),
+    Norm("group", "GroupNorm", running_stats=False, batch_stats=False),
+    Norm("layer", "LayerNorm (GroupNorm with one group for the convolutions)", running_stats=False,
+         batch_stats=False),
+)  # fmt: skip
+NORMS = tuple(n.name for n in NORM_TABLE)
+_NORMS_BY_NAME = {n.name: n for n in NORM_TABLE}
+
+
+def norm(name: str) -> Norm:
+    """The entry of norm `name` (KeyError for an unknown one)."""
+    return _NORMS_BY_NAME[name]
 
 
 def variant(name: str) -> Variant:

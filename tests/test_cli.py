@@ -45,6 +45,32 @@ def test_none_writes_empty_diagnostic_fields(tmp_path):
     assert row["test_acc_batch_stats"] == "" and row["test_acc_precise_bn"] == ""
 
 
+def test_every_setting_has_its_run_flag_with_its_default():
+    proc = subprocess.run([sys.executable, "-m", "bnstudy", "run", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert proc.returncode == 0
+    for words in ("--norm {batch,batchrenorm,group,layer}", "(default: batch)", "--pool {max,avg}",
+                  "--ghost-batch-size N", "--frozen-bn-epochs N"):
+        assert words in proc.stdout, words
+
+
+def test_a_group_norm_run_writes_empty_diagnostic_fields_and_is_done(tmp_path, capsys):
+    from bnstudy.store import RunStore
+
+    argv = ["run", "--variant", "bn_before", "--norm", "group", "--pool", "avg", "--epochs", "1",
+            "--evals-per-epoch", "2", *TINY, "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert "batch_stats" not in capsys.readouterr().out
+    (json_path,) = (tmp_path / "runs").glob("*.json")
+    run_id, store = json_path.stem, RunStore(tmp_path)
+    assert run_id.startswith("bn_before-gn-avgpool-adam-lr1e-03-bs256-s0-")
+    (row,) = read_csv(store.csv_path(run_id))
+    assert (row["norm"], row["pool"], row["ghost_batch_size"], row["frozen_bn_epochs"]) == ("group", "avg", "0", "0")
+    assert row["test_acc_batch_stats"] == "" and row["test_acc_precise_bn"] == ""
+    assert [p["test_acc_precise_bn"] for p in read_csv(store.evals_path(run_id))] == ["", ""]
+    assert store.state(run_id) == "complete"
+
+
 def read_csv(path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -108,6 +134,24 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "none", "--evals-per-epoch", "101"], "--evals-per-epoch: must be between 1 and 100 (got 101)"),
     (["--variant", "none", "--limit-train", "512", "--batch-size", "64", "--evals-per-epoch", "9"],
      "--evals-per-epoch: must be at most the 8 training steps of an epoch (got 9)"),
+    # the remedies (issue 17): values that are impossible, or asked where they mean nothing
+    (["--variant", "bn_before", "--norm", "instance"], "--norm: invalid choice: 'instance'"),
+    (["--variant", "none", "--norm", "group"], "--norm: does not apply: variant none has no normalization layer"),
+    (["--variant", "none", "--ghost-batch-size", "32"], "--ghost-batch-size: does not apply: variant none has no"),
+    (["--variant", "none", "--frozen-bn-epochs", "1"], "--frozen-bn-epochs: does not apply: variant none has no"),
+    (["--variant", "bn_before", "--ghost-batch-size", "1"], "--ghost-batch-size: must be 0 (off) or at least 2"),
+    (["--variant", "bn_before", "--ghost-batch-size", "48"], "--ghost-batch-size: must divide the batch size 256"),
+    (["--variant", "bn_before", "--ghost-batch-size", "-2"], "--ghost-batch-size: must be between 0 and 60000"),
+    (["--variant", "bn_before", "--epochs", "3", "--frozen-bn-epochs", "3"],
+     "--frozen-bn-epochs: must be less than the 3 epochs"),
+    (["--variant", "bn_before", "--norm", "group", "--ghost-batch-size", "32"],
+     "--ghost-batch-size: does not apply: norm group does not normalise over the batch"),
+    (["--variant", "bn_after", "--norm", "layer", "--bn-momentum", "0.3"],
+     "--bn-momentum: does not apply: norm layer keeps no running statistics"),
+    (["--variant", "bn_after", "--norm", "layer", "--frozen-bn-epochs", "1"],
+     "--frozen-bn-epochs: does not apply: norm layer keeps no running statistics"),
+    (["--variant", "bn_before", "--norm", "batchrenorm", "--bn-impl", "scratch"], "--bn-impl: does not apply"),
+    (["--variant", "bn_before", "--pool", "min"], "--pool: invalid choice: 'min'"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags, expected):
     out = tmp_path / "out"

@@ -24,6 +24,7 @@ from bnstudy.fused import (
     silence_member,
 )
 from bnstudy.models import bn_layers
+from bnstudy.norms import LayerSettings
 from bnstudy.settings import CSV_COLUMNS
 from bnstudy.spec import RunConfig
 from bnstudy.train import build_model, fit, train_epoch, with_dtype
@@ -121,6 +122,30 @@ def test_fused_group_reproduces_solo_runs_for_every_activation_and_momentum(shap
         assert_same_run(result, solo(cfg), loss_rtol=loss_rtol, acc_atol=0)
 
 
+# The remedies of issue 17: every norm, ghost batches, frozen statistics and average pooling.
+# 513 images at batch 128: 4 steps an epoch, so Batch Renormalization's limits relax during
+# epochs 2 and 3 (renorm_limits) and are full at the last; ghost batches of 32 split each
+# batch in 4 (the last, 129 images, in 32, 32, 32, 33); 3 points an epoch where marked.
+@pytest.mark.parametrize("shape", [
+    dict(variant="bn_before", norm="group"),
+    dict(variant="bn_after", norm="layer", optimizer="sgd", activation="tanh"),
+    dict(variant="bn_before", norm="batchrenorm", epochs=4),
+    dict(variant="bn_after", norm="batchrenorm", ghost_batch_size=32, bn_momentum=0.3, optimizer="sgd"),
+    dict(variant="bn_before", ghost_batch_size=32, frozen_bn_epochs=1, evals_per_epoch=3),
+    dict(variant="bn_before", bn_impl="scratch", frozen_bn_epochs=1, pool="avg"),
+    dict(variant="none", pool="avg", optimizer="sgd"),
+    dict(variant="bn_before", norm="layer", pool="avg", evals_per_epoch=3),
+], ids=lambda shape: "-".join(f"{v}" for v in shape.values()))  # fmt: skip
+def test_fused_group_reproduces_solo_runs_of_every_norm_and_remedy_in_float64(shape):
+    group = members(**shape)
+    results = fit_group(group, tiny_data(), dtype=torch.float64)
+    for cfg, result in zip(group, results):
+        expected = solo(cfg)
+        assert_same_run(result, expected, loss_rtol=1e-9, acc_atol=0)
+        assert result.points == expected.points
+        assert (expected.rows[0]["test_acc_precise_bn"] is None) == (not cfg.keeps_running_stats)
+
+
 @pytest.mark.parametrize("variant, bn_impl, optimizer", [("bn_before", "torch", "adam"), ("none", "scratch", "sgd")])
 def test_fused_group_reproduces_every_solo_runs_points_in_float64(variant, bn_impl, optimizer):
     """513 = 4 x 128 + 1: 4 steps an epoch, so 3 points an epoch fall after its steps 1, 3
@@ -195,7 +220,7 @@ def group_trainer(configs: list[RunConfig]):
     """A fused model (float64), its GroupOptimizer and train(steps), which runs the next
     `steps` training steps of the members' first epoch."""
     data = group_data(with_dtype(tiny_data(), torch.float64), len(configs))
-    model = fuse_models([build_model(c, "cpu", torch.float64) for c in configs], configs[0].bn_impl)
+    model = fuse_models([build_model(c, "cpu", torch.float64) for c in configs], LayerSettings.of(configs[0]))
     optimizer = GroupOptimizer(configs[0].optimizer, model.parameters(), [c.lr for c in configs])
     orders = [torch.Generator().manual_seed(c.seed) for c in configs]
     batches = iter(group_batches(LIMIT_TRAIN, configs[0].batch_size, orders, "cpu"))
@@ -247,7 +272,8 @@ def test_rows_carry_the_groups_timing_and_reach_on_epoch():
 
 def test_fusion_key_ignores_seed_and_lr_and_fit_group_refuses_mixed_shapes():
     assert config(seed=0, lr=1e-3, study="a").fusion_key() == config(seed=3, lr=1e-1, study="b").fusion_key()
-    for other in (dict(batch_size=64), dict(activation="relu"), dict(bn_momentum=0.01), dict(epochs=3)):
+    for other in (dict(batch_size=64), dict(activation="relu"), dict(bn_momentum=0.01), dict(epochs=3),
+                  dict(norm="group"), dict(ghost_batch_size=32), dict(frozen_bn_epochs=1), dict(pool="avg")):
         assert config().fusion_key() != config(**other).fusion_key(), other
     with pytest.raises(ValueError, match="fusion_key"):
         fit_group([config(), config(variant="none")], tiny_data())
@@ -277,9 +303,12 @@ def test_max_group_size_on_a_gpu_follows_free_memory(monkeypatch, batch_size, dt
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("bn_impl", ["torch", "scratch"])
-def test_fused_group_reproduces_solo_runs_on_cuda_in_float64(bn_impl):
-    group = members(variant="bn_before", bn_impl=bn_impl, optimizer="adam")
+@pytest.mark.parametrize("shape", [
+    dict(bn_impl="torch"), dict(bn_impl="scratch"), dict(norm="batchrenorm", ghost_batch_size=32, epochs=4),
+    dict(norm="group", pool="avg"), dict(norm="layer"), dict(frozen_bn_epochs=1, pool="avg", evals_per_epoch=3),
+], ids=lambda shape: "-".join(f"{v}" for v in shape.values()))  # fmt: skip
+def test_fused_group_reproduces_solo_runs_on_cuda_in_float64(shape):
+    group = members(variant="bn_before", optimizer="adam", **shape)
     results = fit_group(group, tiny_data("cuda"), dtype=torch.float64)
     for cfg, result in zip(group, results):
         assert_same_run(result, solo(cfg, torch.float64, "cuda"), loss_rtol=1e-9, acc_atol=0)

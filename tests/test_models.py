@@ -168,3 +168,20 @@ def test_pooling_before_the_activation_computes_the_notebooks_function(variant, 
         torch.testing.assert_close(b_ours, b_theirs, **TIGHT)
     ours.eval(), theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x), **TIGHT)
+
+
+@pytest.mark.parametrize("variant, first_block", [
+    ("none", [nn.Conv2d, nn.Sigmoid, nn.AvgPool2d]),
+    ("bn_before", [nn.Conv2d, nn.BatchNorm2d, nn.Sigmoid, nn.AvgPool2d]),
+    ("bn_after", [nn.Conv2d, nn.Sigmoid, nn.BatchNorm2d, nn.AvgPool2d]),
+])  # fmt: skip
+def test_average_pooling_stays_behind_the_activation_in_the_notebooks_order(variant, first_block):
+    """The pooling trick is exact for max only: avg pooling of sigmoids is not the sigmoid of
+    avg pooling, so `pool = avg` keeps the notebook's order (and ATen's kernel)."""
+    model = build_lenet(variant, pool="avg")
+    assert [type(m) for m in model[: len(first_block)]] == first_block
+    assert sum(isinstance(m, nn.AvgPool2d) for m in model) == 2 and not any(isinstance(m, MaxPool2x2) for m in model)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    swapped = nn.functional.avg_pool2d(torch.sigmoid(x), 2) - torch.sigmoid(nn.functional.avg_pool2d(x, 2))
+    assert swapped.abs().max() > 1e-3  # the order matters for avg

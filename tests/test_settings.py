@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.settings import SETTINGS, RunConfig, SettingError, from_record
+from bnstudy.settings import BY_NAME, SETTINGS, RunConfig, SettingError, applicable, from_record
 
 BASE = RunConfig(variant="bn_before", lr=1e-3, batch_size=64, epochs=5)
 FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "v0_1_study" / "runs"
@@ -25,7 +25,7 @@ def changed(setting) -> RunConfig:
     elif value is None:
         candidates = (1000,)
     else:
-        candidates = (value * 2, value + 1, value / 2)
+        candidates = (value * 2, value + 1, value / 2, value + 2)  # + 2: a ghost batch size from 0 (1 is refused)
     for candidate in [c for c in map(setting.kind, candidates) if c != value]:
         with contextlib.suppress(SettingError):  # not allowed in BASE: try the next
             return dataclasses.replace(BASE, **{setting.name: candidate})
@@ -55,3 +55,40 @@ def test_evals_per_epoch_is_tagged_and_bounded_by_the_steps_of_an_epoch():
         RunConfig(**tiny, evals_per_epoch=9)
     with pytest.raises(SettingError, match="between 1 and 100"):
         RunConfig(**{**tiny, "limit_train": None}, evals_per_epoch=101)
+
+
+def test_the_remedy_settings_are_tagged_and_left_out_of_the_hash_at_their_defaults():
+    defaults = dict(norm="batch", pool="max", ghost_batch_size=0, frozen_bn_epochs=0)
+    assert dataclasses.replace(BASE, **defaults).run_id == BASE.run_id
+    assert all(not BY_NAME[name].hashed_at_default for name in defaults)
+    tagged = dataclasses.replace(BASE, norm="batchrenorm", pool="avg", ghost_batch_size=32, frozen_bn_epochs=2)
+    assert tagged.run_id.startswith("bn_before-brn-avgpool-gb32-fz2-adam-lr1e-03-bs64-s0-")
+    assert [dataclasses.replace(BASE, norm=n).run_id.split("-")[1] for n in ("group", "layer")] == ["gn", "ln"]
+
+
+def test_settings_that_do_not_apply_go_back_to_their_defaults_in_a_grid_point():
+    ignored = dict(norm="group", bn_momentum=0.3, ghost_batch_size=32, frozen_bn_epochs=2, bn_impl="scratch")
+    assert applicable({"variant": "none", **ignored}) == {"variant": "none", "norm": "batch", "bn_momentum": 0.1,
+                                                          "ghost_batch_size": 0, "frozen_bn_epochs": 0,
+                                                          "bn_impl": "scratch"}  # fmt: skip
+    assert applicable({"variant": "bn_before", **ignored}) == {"variant": "bn_before", "norm": "group",
+                                                               "bn_momentum": 0.1, "ghost_batch_size": 0,
+                                                               "frozen_bn_epochs": 0, "bn_impl": "torch"}  # fmt: skip
+    kept = dict(variant="bn_after", norm="batchrenorm", bn_momentum=0.3, ghost_batch_size=32, frozen_bn_epochs=2)
+    assert applicable(kept) == kept
+    # bn_impl only picks BatchNorm's code; `none` keeps its scratch runs (written before this rule)
+    assert applicable({"variant": "bn_after", "norm": "batchrenorm", "bn_impl": "scratch"})["bn_impl"] == "torch"
+
+
+def test_a_run_refuses_settings_that_do_not_apply_but_a_none_runs_old_bn_momentum():
+    for setting, value in (("norm", "layer"), ("ghost_batch_size", 32), ("frozen_bn_epochs", 1)):
+        with pytest.raises(SettingError, match=f"^{setting}: does not apply: variant none has no normalization"):
+            dataclasses.replace(BASE, variant="none", **{setting: value})
+    old = dataclasses.replace(BASE, variant="none", bn_momentum=0.01)  # bnstudy 0.1 wrote such runs: they load
+    assert from_record(old.identity()).run_id == old.run_id and "-bnm0.01-" in old.run_id
+    with pytest.raises(SettingError, match="^bn_momentum: does not apply: norm group keeps no running statistics"):
+        dataclasses.replace(BASE, norm="group", bn_momentum=0.01)
+    # group and layer normalise each sample alone: a batch of one is fine, a ghost batch is refused
+    assert dataclasses.replace(BASE, norm="layer", batch_size=1).batch_size == 1
+    with pytest.raises(SettingError, match="^batch_size: must be between 2"):
+        dataclasses.replace(BASE, norm="batchrenorm", batch_size=1)

@@ -82,13 +82,41 @@ def test_the_spec_as_run_reads_back_into_the_same_runs(tmp_path, small):
 
 def test_shipped_specs_are_valid_and_named_after_their_files():
     specs = sorted(EXPERIMENTS.glob("*.toml"))
-    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full", "momentum", "activation"}
+    assert {p.stem for p in specs} >= {"default", "quick", "seed", "full", "momentum", "activation", "remedies",
+                                       "remedies_quick"}  # fmt: skip
     for path in specs:
         study = load_study(path)
         assert study.name == path.stem
-        # every study compares all three variants, but the one about BatchNorm's own momentum
-        expected = {"bn_before", "bn_after"} if path.stem == "momentum" else {"none", "bn_before", "bn_after"}
+        # every study compares all three variants, but the one about BatchNorm's own momentum and
+        # the remedies studies, which compare remedies of the notebook's bn_before with none
+        expected = {"none", "bn_before", "bn_after"}
+        if path.stem == "momentum":
+            expected = {"bn_before", "bn_after"}
+        elif path.stem.startswith("remedies"):
+            expected = {"none", "bn_before"}
         assert {r.variant for r in study.runs()} == expected
+
+
+@pytest.mark.parametrize("name", ["remedies", "remedies_quick"])
+def test_the_remedies_studies_hold_every_arm_at_the_notebooks_setting(name):
+    """none; bn_before with each norm, momentum 0.3, ghost batches of 32, the last 2 epochs
+    frozen; max and avg pooling for none and bn_before: 10 runs a seed, every one paired by
+    seed with the notebook's bn_before run (a paired comparison of one setting each)."""
+    runs = load_study(EXPERIMENTS / f"{name}.toml").runs()
+    seeds = sorted({r.seed for r in runs})
+    assert {(r.optimizer, r.lr, r.batch_size, r.activation, r.evals_per_epoch) for r in runs} == {
+        ("adam", 1e-3, 256, "sigmoid", 4)}
+    arms = {(r.variant, r.norm, r.bn_momentum, r.ghost_batch_size, r.frozen_bn_epochs, r.pool) for r in runs}
+    assert arms == {
+        ("none", "batch", 0.1, 0, 0, "max"), ("none", "batch", 0.1, 0, 0, "avg"),
+        ("bn_before", "batch", 0.1, 0, 0, "max"), ("bn_before", "batch", 0.1, 0, 0, "avg"),
+        ("bn_before", "batchrenorm", 0.1, 0, 0, "max"), ("bn_before", "group", 0.1, 0, 0, "max"),
+        ("bn_before", "layer", 0.1, 0, 0, "max"), ("bn_before", "batch", 0.3, 0, 0, "max"),
+        ("bn_before", "batch", 0.1, 32, 0, "max"), ("bn_before", "batch", 0.1, 0, 2, "max"),
+    }  # fmt: skip
+    assert len(runs) == len(arms) * len(seeds) and len({r.run_id for r in runs}) == len(runs)
+    if name == "remedies":
+        assert len(seeds) >= 10  # pairs enough for an exact test to survive Holm over ~15 claims
 
 
 def test_default_spans_the_asked_ranges():
@@ -266,3 +294,141 @@ def test_the_spec_as_run_escapes_control_characters_in_where_it_came_from(tmp_pa
     copy.write_text(study.to_toml())
     assert load_study(copy).runs() == study.runs()
     assert "a\\x1bb\\nc" in copy.read_text().splitlines()[0]
+
+
+# ---------------------------------------------------------------- arms ([[grid]] tables)
+ARMS = """
+name = "arms"
+epochs = 1
+lr = 1e-3
+batch_size = 64
+limit_train = 256
+limit_test = 200
+precise_bn_samples = 64
+[[grid]]
+variant = ["none", "bn_before"]
+pool = ["max", "avg"]
+seed = [0, 1]
+[[grid]]
+variant = ["bn_before"]
+norm = ["batch", "group"]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture
+def arms(tmp_path) -> Path:
+    path = tmp_path / "arms.toml"
+    path.write_text(ARMS)
+    return path
+
+
+def test_a_study_of_arms_is_the_union_of_their_runs_each_once(arms):
+    study = load_study(arms)
+    runs = study.runs()
+    assert len(study.arms) == 2 and [len(study.arm_runs(arm)) for arm in study.arms] == [8, 4]
+    # bn_before with norm batch is the first arm's bn_before with max pooling: counted once, where it first appears
+    assert len(runs) == 10 and len({r.run_id for r in runs}) == 10
+    assert [(r.variant, r.pool, r.norm, r.seed) for r in runs[-2:]] == [("bn_before", "max", "group", 0),
+                                                                        ("bn_before", "max", "group", 1)]  # fmt: skip
+    assert {(r.epochs, r.batch_size, r.study) for r in runs} == {(1, 64, "arms")}
+    with pytest.raises(ValueError, match="2 arms"):
+        study.axes  # noqa: B018
+
+
+def test_a_spec_of_arms_reads_back_from_the_spec_as_run_and_set_reaches_every_arm(tmp_path, arms):
+    study = load_study(arms, ["grid.seed=[3]", "epochs=2"])
+    assert {r.seed for r in study.runs()} == {3} and len(study.runs()) == 5
+    copy = tmp_path / "copy.toml"
+    copy.write_text(study.to_toml())
+    assert copy.read_text().count("[[grid]]") == 2
+    again = load_study(copy)
+    assert again.runs() == study.runs() and again.arms == study.arms and again.fixed == study.fixed
+    moved = load_study(arms, ["seed=1"])  # a top-level value takes the axis out of every arm
+    assert all("seed" not in dict(arm) for arm in moved.arms) and {r.seed for r in moved.runs()} == {1}
+
+
+def test_a_grid_crossing_none_with_settings_it_ignores_makes_one_none_run_with_its_old_id(tmp_path):
+    path = tmp_path / "crossed.toml"
+    path.write_text('epochs = 3\nlr = 1e-3\nbatch_size = 64\n[grid]\nvariant = ["none", "bn_before"]\n'
+                    'bn_momentum = [0.1, 0.3]\nnorm = ["batch", "group"]\nghost_batch_size = [0, 32]\n'
+                    'frozen_bn_epochs = [0, 1]\n')  # fmt: skip
+    runs = load_study(path).runs()
+    nones = [r for r in runs if r.variant == "none"]
+    assert len(nones) == 1
+    assert nones[0].run_id == RunConfig(variant="none", lr=1e-3, batch_size=64, epochs=3).run_id
+    # bn_before: batch x 2 momenta x 2 ghost sizes x 2 frozen; group ignores all three: 1
+    assert len(runs) == 1 + 8 + 1
+    group = [r for r in runs if r.norm == "group"]
+    assert [(r.bn_momentum, r.ghost_batch_size, r.frozen_bn_epochs) for r in group] == [(0.1, 0, 0)]
+
+
+ARM_BAD = [  # (spec text, --set items, the key the error names, words of the problem)
+    ('epochs = 1\nlr = 1e-3\nbatch_size = 8\ngrid = [1, 2]\n', [], "grid", "must be a table"),
+    (ARMS + '[[grid]]\nvariant = ["none"]\nsed = [0]\n', [], "grid.sed", "unknown setting"),
+    (ARMS.replace('variant = ["bn_before"]\n', ""), [], "variant", "missing; set it at the top level or make it a "
+                                                                       "[grid] axis (in [[grid]] table 2)"),
+    (ARMS, ["grid.variant=['none']"], "grid.norm", "'group' applies to none of the runs (in [[grid]] table 2): "
+                                                   "variant none has no normalization layer"),
+    (ARMS, ["grid.norm=['batch', 'bogus']"], "grid.norm", "unknown value 'bogus'"),
+    (ARMS, ["batch_size=64", "grid.ghost_batch_size=[48]"], "grid.ghost_batch_size",
+     "must divide the batch size 64 (got 48) (in [[grid]] table 1)"),
+    ('variant = "none"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\nnorm = "layer"\n', [], "norm",
+     "'layer' applies to none of the runs: variant none has no normalization layer"),
+    (ARMS, ["frozen_bn_epochs=1"], "frozen_bn_epochs", "must be less than the 1 epochs"),
+    (ARMS, ["ghost_batch_size=1"], "ghost_batch_size", "must be 0 (off) or at least 2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, overrides, key, problem", ARM_BAD)
+def test_bad_arms_and_settings_that_apply_to_no_run_name_the_file_and_key(tmp_path, text, overrides, key, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_study(path, overrides)
+    assert str(error.value).startswith(f"{path}: {key}: "), str(error.value)
+    assert problem in str(error.value)
+
+
+def test_a_spec_of_arms_dry_runs_sweeps_resumes_and_reports_its_status(tmp_path, arms, monkeypatch, capsys):
+    import torch
+
+    from bnstudy import runner
+    from bnstudy.store import RunStore
+
+    out, runs = tmp_path / "out", load_study(arms).runs()
+    threads, real_fit, trained, failing = torch.get_num_threads(), runner.fit, [], [True]
+    monkeypatch.setattr(runner, "fit", lambda *args, **kwargs: pytest.fail("a dry run trained"))
+    assert main(["sweep", str(arms), "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines[:10]] == [["pending", c.run_id] for c in runs]
+    assert "10 runs, 10 to run" in lines[10] and not out.exists()
+
+    def fit_failing_group_seed_1(config, data, **kwargs):
+        trained.append(config.run_id)
+        if (config.norm, config.seed) == ("group", 1) and failing:
+            raise RuntimeError("injected failure")
+        return real_fit(config, data, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", fit_failing_group_seed_1)
+    try:
+        assert main(["sweep", str(arms), "--out", str(out), "--jobs", "1"]) == 1
+        assert sorted(trained) == sorted(c.run_id for c in runs)  # each run once, duplicates of two arms too
+        assert "9 complete, 0 diverged, 1 failed" in capsys.readouterr().out
+        assert main(["status", str(out)]) == 0
+        table = [line.split() for line in capsys.readouterr().out.splitlines()[-3:]]
+        assert table == [["none", "4", "0", "0", "0", "0", "4"], ["bn_before", "5", "0", "1", "0", "0", "6"],
+                         ["all", "9", "0", "1", "0", "0", "10"]]  # fmt: skip
+        # the run without running statistics is done, not damaged, with its BN columns empty
+        store = RunStore(out)
+        group = next(c for c in runs if (c.norm, c.seed) == ("group", 0))
+        assert store.state(group.run_id) == "complete"
+        row = store.csv_path(group.run_id).read_text().splitlines()
+        assert row[0].split(",").count("norm") == 1 and ",group," in row[1]
+        trained.clear(), failing.clear()
+        assert main(["sweep", str(arms), "--out", str(out), "--jobs", "1"]) == 0
+        assert trained == [next(c.run_id for c in runs if (c.norm, c.seed) == ("group", 1))]
+        assert "1 run in" in capsys.readouterr().out
+        assert [store.state(c.run_id) for c in runs] == ["complete"] * 10
+    finally:
+        torch.set_num_threads(threads)

@@ -298,3 +298,50 @@ def test_a_diverging_run_is_recorded_not_raised(small_data):
     assert 1 <= len(result.rows) < 3
     assert not math.isfinite(result.rows[-1]["train_loss"])
     assert all(math.isfinite(r["train_loss"]) for r in result.rows[:-1])
+
+
+def test_frozen_epochs_keep_the_running_statistics_and_train_as_in_eval_mode(small_data, monkeypatch):
+    """frozen_bn_epochs = 2 of 3: in epochs 2 and 3 (and across a point taken mid-epoch) the
+    running statistics stay as epoch 1 left them, and the model as it trains gives its
+    eval-mode outputs; in epoch 1 they move. The BN diagnostics still run."""
+    from bnstudy import train
+
+    cfg = config(epochs=3, frozen_bn_epochs=2, batch_size=128, evals_per_epoch=2)
+    real_train_epoch, epochs = train.train_epoch, []
+    probe = small_data.train_x[:64]
+
+    def spy(model, optimizer, data, batches, criterion=F.cross_entropy, after_step=None, before_step=None,
+            frozen=False):  # fmt: skip
+        before = {name: b.clone() for name, b in model.named_buffers()}
+        same_as_eval = []
+
+        def after(step):
+            if after_step is not None:
+                after_step(step)  # the point, when this is its step
+            with torch.no_grad(), train.preserved_state(model):  # a train-mode BN would update its statistics
+                trained_mode = model(probe)
+                same_as_eval.append(torch.equal(trained_mode, copy.deepcopy(model).eval()(probe)))
+
+        sums = real_train_epoch(model, optimizer, data, batches, criterion, after, before_step, frozen)
+        moved = [not torch.equal(b, before[name]) for name, b in model.named_buffers()]
+        epochs.append((frozen, any(moved), all(same_as_eval), [m.training for m in bn_layers(model)]))
+        return sums
+
+    monkeypatch.setattr(train, "train_epoch", spy)
+    rows = fit(cfg, small_data).rows
+    assert [frozen for frozen, *_ in epochs] == [False, True, True]
+    assert [moved for _, moved, *_ in epochs] == [True, False, False]
+    assert [same for *_, same, _ in epochs] == [False, True, True]
+    assert [modes for *_, modes in epochs] == [[True] * 4, [False] * 4, [False] * 4]
+    assert all(r["test_acc_batch_stats"] is not None and r["test_acc_precise_bn"] is not None for r in rows)
+
+
+def test_batch_renorm_trains_as_batch_norm_through_its_warm_up_then_departs(small_data):
+    """1,024 images at batch 128: 8 steps an epoch. Epoch 1 is the warm-up (r_max = 1,
+    d_max = 0): BatchNorm's run to rounding; from epoch 2 the limits relax and r, d act."""
+    base = config(batch_size=128, epochs=3, lr=1e-2)
+    batch = fit(base, small_data, dtype=torch.float64).rows
+    renorm = fit(dataclasses.replace(base, norm="batchrenorm"), small_data, dtype=torch.float64).rows
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc", "test_acc_batch_stats", "test_acc_precise_bn"):
+        assert renorm[0][key] == pytest.approx(batch[0][key], rel=1e-9), key
+    assert abs(renorm[2]["train_loss"] - batch[2]["train_loss"]) > 1e-6

@@ -16,7 +16,9 @@ def test_settings_read_as_words():
 
 
 def test_a_cell_names_the_settings_that_vary_beyond_the_plotted_axes():
-    cells = pd.DataFrame({"variant": ["none", "none"], "activation": ["relu", "relu"], "bn_impl": ["torch", "torch"],
+    cells = pd.DataFrame({"variant": ["none", "none"], "norm": ["batch", "batch"], "pool": ["max", "max"],
+                          "ghost_batch_size": [0, 0], "frozen_bn_epochs": [0, 0],
+                          "activation": ["relu", "relu"], "bn_impl": ["torch", "torch"],
                           "bn_momentum": [0.1, 0.01], "optimizer": ["adam", "sgd"],
                           "lr": [1e-3, 1e-3], "batch_size": [256, 256], "epochs": [3, 3], "limit_train": [None, None],
                           "limit_test": [None, None], "precise_bn_samples": [8192, 8192],
