@@ -15,6 +15,8 @@ module renders report.md from it; bnstudy.publish writes it all, all or nothing.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, StudyResults
@@ -196,9 +198,11 @@ def what_was_run(a: Analysis) -> list[str]:
     fixed = [setting_text(k, vs[0]) for k, vs in values.items() if len(vs) == 1 and k != "study"]
     statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
+    product = math.prod(len(vs) for vs in values.values())
+    shape = (" × ".join(axes) or "a single run") if product == len(study.expected) else \
+        f"arms, not their full product, over {' × '.join(axes)}"  # fmt: skip
     return [
-        f"**Grid**: {' × '.join(axes) or 'a single run'}: {len(study.expected)} runs in {a.n_cells} cells "
-        f"({study.grid_source}).",
+        f"**Grid**: {shape}: {len(study.expected)} runs in {a.n_cells} cells ({study.grid_source}).",
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
