@@ -61,6 +61,9 @@ class SweepOptions:
     dry_run: bool = False
     fuse: bool = True
     allow_mixed_workers: bool = False  # accept results from workers on another bnstudy version or commit
+    tls_ca_file: str | None = None  # a tls:// scheduler's certificates (None: dask's configuration's)
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass
@@ -84,7 +87,8 @@ def sweep(study: Study, options: SweepOptions) -> int:
     configs = study.runs()
     store = RunStore(options.out)
     check_no_links(store.root)
-    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse)
+    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse,
+                               (options.tls_ca_file, options.tls_cert, options.tls_key))  # fmt: skip
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
