@@ -51,9 +51,7 @@ RunTasks = Callable[[list[list]], Iterable["tuple[int, list | TaskFailure]"]]
 
 @dataclass(frozen=True)
 class TLS:
-    """The certificates for a tls:// dask scheduler from the command line (--tls-ca-file,
-    --tls-cert, --tls-key: the cluster's CA, this client's certificate, its key, which may
-    be in the certificate's file)."""
+    """A tls:// scheduler's certificates from --tls-ca-file, --tls-cert and --tls-key (the key may be in the cert)."""
 
     ca_file: str
     cert: str
@@ -161,12 +159,11 @@ def check_tls(scheduler: str, ca_file, cert, key) -> TLS | None:
         raise UserError(f"--scheduler {scheduler}: --tls-cert needs --tls-ca-file (the cluster's CA certificate) "
                         "beside it")  # fmt: skip
     for flag, path in (("--tls-ca-file", ca_file), ("--tls-cert", cert), ("--tls-key", key)):
-        if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    f.read(1)
-            except OSError as exc:
-                raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+        try:
+            if path is not None:
+                Path(path).read_bytes()  # readable? (a certificate is a few kB)
+        except OSError as exc:
+            raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
     return TLS(str(ca_file), str(cert), None if key is None else str(key))
 
 
