@@ -23,11 +23,20 @@ SCRATCH_SLOWDOWN = 1.0  # bn_impl = "scratch" against nn.BatchNorm
 @dataclasses.dataclass(frozen=True)
 class Speed:
     """How this machine's per-image costs compare with the cost model's: the factors on its
-    training and its evaluation (forward) costs; `measured` when `calibrate` found them."""
+    training and its evaluation (forward) costs; `measured` when `calibrate` found them.
+    `by_batch`: (batch size, training factor) where calibrate timed training at several
+    batch sizes (the factor differs: 0.9 at 256 and 1.4 at 32 on one busy machine)."""
 
     train: float = 1.0
     forward: float = 1.0
     measured: bool = False
+    by_batch: tuple[tuple[int, float], ...] = ()
+
+    def train_factor(self, batch_size: int) -> float:
+        """The training factor at `batch_size`: that of the timed batch size nearest in log2."""
+        if not self.by_batch:
+            return self.train
+        return min(self.by_batch, key=lambda timed: abs(math.log2(timed[0] / batch_size)))[1]
 
 
 REFERENCE = Speed()  # the machine the costs were measured on
@@ -58,7 +67,8 @@ def estimate_seconds(config: RunConfig, speed: Speed = REFERENCE) -> float:
     precise_bn = min(config.precise_bn_samples, config.train_size) + n_test if entry.has_bn else 0
     batch_stats = n_test if entry.has_bn else 0
     forwards = config.evals_per_epoch * (n_test + precise_bn) + batch_stats
-    micros = config.train_size * train_us * speed.train + forwards * forward_us * speed.forward
+    micros = config.train_size * train_us * speed.train_factor(config.batch_size)
+    micros += forwards * forward_us * speed.forward
     return config.epochs * micros * 1e-6
 
 
@@ -72,38 +82,43 @@ def per_image_us(config: RunConfig) -> tuple[float, float]:
 
 
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
-CALIBRATION_SECONDS = (0.6, 0.3)  # the time `calibrate` spends training, then evaluating (after a warm-up)
+CALIBRATION_SECONDS = (0.8, 0.3)  # the time `calibrate` spends training (all batch sizes), then evaluating
 
 
-def calibrate(config: RunConfig, data_dir=None) -> Speed:
-    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer,
-    batch size) here, on one torch thread as a CPU worker runs: training steps on the real
-    training images for CALIBRATION_SECONDS[0], then evaluation batches for [1], each after
-    one untimed step; about a second. The run's own training and results are untouched
-    (a model of its own; torch's global RNG restored)."""
+def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> Speed:
+    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer)
+    here, on one torch thread as a CPU worker runs: training steps on the real training
+    images at each of `batch_sizes` (default: the run's) for CALIBRATION_SECONDS[0] in all,
+    then evaluation batches for [1], each after one untimed step; about a second. The
+    run's own training and results are untouched (a model of its own; torch's global RNG
+    restored)."""
     import torch
 
     from bnstudy.data import load_fashion_mnist
     from bnstudy.train import build_model, evaluate, make_optimizer, train_epoch
 
-    data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, config.batch_size), limit_test=2000)
+    sizes = sorted(set(batch_sizes or (config.batch_size,)))
+    data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, *sizes), limit_test=2000)
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     torch.set_num_threads(1)
     try:
         model = build_model(config, torch.device("cpu"))
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-        batch = max(2, min(config.batch_size, len(data.train_x)))
-        batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
-        train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
-                          CALIBRATION_SECONDS[0])  # fmt: skip
+        factors = []
+        for size in sizes:
+            batch = max(2, min(size, len(data.train_x)))
+            batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
+            train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
+                              CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
+            factors.append((size, train_us / per_image_us(dataclasses.replace(config, batch_size=size))[0]))
         model.eval()
         forward_us = _timed(lambda i: evaluate(model, data.test_x, data.test_y, 500), len(data.test_x),
                             CALIBRATION_SECONDS[1])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
-    reference_train, reference_forward = per_image_us(config)
-    return Speed(train_us / reference_train, forward_us / reference_forward, measured=True)
+    train = dict(factors).get(config.batch_size, factors[-1][1])
+    return Speed(train, forward_us / per_image_us(config)[1], measured=True, by_batch=tuple(factors))
 
 
 def _timed(step, images: int, seconds: float) -> float:

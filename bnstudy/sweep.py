@@ -113,14 +113,22 @@ def sweep(study: Study, options: SweepOptions) -> int:
 
 def machine_speed(pending: list[RunConfig], execution: Execution, workers: int, data_dir=None) -> Speed:
     """This machine's Speed for the first estimate: measured (costs.calibrate, about a
-    second, on the costliest pending run) for a local CPU sweep predicted to take over
+    second, on the costliest pending run's model at the pending runs' batch sizes, at most
+    MAX_CALIBRATED_SIZES of them) for a local CPU sweep predicted to take over
     costs.CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
     whose machines are elsewhere)."""
     if execution.backend != "local" or execution.device != "cpu" or not pending:
         return REFERENCE
     if sum(map(estimate_seconds, pending)) / min(workers, len(pending)) <= costs.CALIBRATE_ABOVE:
         return REFERENCE
-    return costs.calibrate(max(pending, key=estimate_seconds), data_dir)
+    batch_sizes = sorted({config.batch_size for config in pending})
+    if len(batch_sizes) > MAX_CALIBRATED_SIZES:  # the smallest, the largest and some between
+        step = (len(batch_sizes) - 1) / (MAX_CALIBRATED_SIZES - 1)
+        batch_sizes = [batch_sizes[round(i * step)] for i in range(MAX_CALIBRATED_SIZES)]
+    return costs.calibrate(max(pending, key=estimate_seconds), data_dir, tuple(batch_sizes))
+
+
+MAX_CALIBRATED_SIZES = 4  # batch sizes calibrate times; a run of another takes the nearest one's factor
 
 
 def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Callable, workers: int,
