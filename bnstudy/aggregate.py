@@ -34,7 +34,6 @@ Conventions that make DESIGN.md's metrics precise:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 from pathlib import Path
@@ -227,31 +226,27 @@ def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
                        device=check.metadata.get("device")), record  # fmt: skip
 
 
-def grid_from_observed(configs: list[dict]) -> list[spec.RunConfig]:
-    """The grid inferred as the product of every setting's observed values (`configs`: the
-    settings of each run seen, done or not). Combinations RunConfig rejects (e.g. a batch
-    larger than a training limit) belong to no grid and are left out."""
-    axes = [sorted({c[k] for c in configs}, key=lambda v: (v is not None, v)) for k in CONFIG_KEYS]
-    grid = []
-    for values in itertools.product(*axes):
-        try:
-            grid.append(from_record(dict(zip(CONFIG_KEYS, values))))
-        except UserError:
-            continue
-    return grid
+def runs_present(configs: list[dict]) -> list[spec.RunConfig]:
+    """The runs of `configs` (the settings of each run whose JSON gives them, done or not),
+    once each, in the order of their settings' values: the grid of a folder without a spec.
+    (The product of every setting's values seen is no grid: six `bnstudy run`s that differ
+    in six settings would expect 64 runs.)"""
+    key = lambda c: tuple((c[k] is not None, c[k]) for k in CONFIG_KEYS)  # noqa: E731  (None: all images, first)
+    unique = {config.run_id: config for config in map(from_record, sorted(configs, key=key))}
+    return list(unique.values())
 
 
 def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunConfig], str, bool]:
     """(the runs the study should hold, where that list comes from in words, whether it is
-    the spec's): the sweep's copy of its spec when there is a readable one, else the grid
-    inferred from `configs`."""
-    problem = ""
+    the spec's): the sweep's copy of its spec when there is a readable one, else exactly the
+    runs there (`configs`)."""
+    problem = "no spec.toml"
     if store.spec_path.is_file():
         try:
             return spec.load_study(store.spec_path).runs(), f"from {store.spec_path.name}", True
         except UserError as exc:  # an old or damaged copy must not stop the report
-            problem = f"; {store.spec_path.name} is unusable: {exc}"
-    return grid_from_observed(configs), f"inferred as the product of every setting's observed values{problem}", False
+            problem = f"{store.spec_path.name} is unusable: {exc}"
+    return runs_present(configs), f"the runs in {store.runs_dir.name}/: {problem}", False
 
 
 def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
@@ -260,8 +255,8 @@ def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
 
 
 def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyResults:
-    """Read the study in `root`: the runs of its spec (the sweep's spec.toml), or every run
-    there when it has no usable spec (e.g. `bnstudy run --out`). Run files the spec does
+    """Read the study in `root`: the runs of its spec (the sweep's spec.toml), or exactly the
+    runs there when it has no usable spec (e.g. `bnstudy run --out`). Run files the spec does
     not hold are `extra`: listed, and reported beside the spec's runs only when they are
     done and `include_extra` asks for it. UserError when there is no run to report."""
     root = Path(root)
@@ -276,7 +271,7 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
     records = pd.DataFrame([record for _, record in loaded.values()])
     observed = records["config"].dropna().tolist() if "config" in records else []
     grid, grid_source, from_spec = expected_grid(store, observed)
-    # Without a spec the grid is inferred from the runs themselves: nothing is extra.
+    # Without a spec the grid is the runs themselves: nothing is extra.
     in_spec = records["run_id"].isin([c.run_id for c in grid]) | (not from_spec)
     extra = records.loc[~in_spec, ["run_id", "state"]].reset_index(drop=True)
     records = records[in_spec | (include_extra & records["reason"].isna())]

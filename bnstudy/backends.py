@@ -50,6 +50,15 @@ RunTasks = Callable[[list[list]], Iterable["tuple[int, list | TaskFailure]"]]
 
 
 @dataclass(frozen=True)
+class TLS:
+    """A tls:// scheduler's certificates from --tls-ca-file, --tls-cert and --tls-key (the key may be in the cert)."""
+
+    ca_file: str
+    cert: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class Execution:
     """Where a sweep's runs execute.
 
@@ -58,6 +67,7 @@ class Execution:
     `scheduler`, each worker resolving `device` itself. `grouped`: tasks hold the runs of one
     shape, trained as fused groups, on CUDA (for dask: --device cuda) unless `fuse` is off
     (--no-fuse); else one run each (on the CPU a fused group is slower than solo runs).
+    `tls`: a tls:// scheduler's certificates from the flags (None: dask's configuration's).
     """
 
     backend: str
@@ -65,6 +75,7 @@ class Execution:
     slots: tuple[str, ...] = ()
     scheduler: str | None = None
     fuse: bool = True
+    tls: TLS | None = None
 
     @property
     def grouped(self) -> bool:
@@ -72,7 +83,8 @@ class Execution:
 
     def describe(self) -> str:
         if self.backend == "dask":
-            return (f"the dask cluster at {self.scheduler} (device {self.device}; one run at a time per worker "
+            tls = "TLS" if _scheme(self.scheduler) == "tls" else "no TLS: any client that reaches it runs code there"
+            return (f"the dask cluster at {self.scheduler} ({tls}; device {self.device}; one run at a time per worker "
                     f"process, so start workers with --nthreads 1)")  # fmt: skip
         if len(self.slots) == 1:
             where = f"{self.device} in this process" + (", one torch thread" if self.device == "cpu" else "")
@@ -103,17 +115,21 @@ def available_cores() -> int:
 MAX_JOBS = 1024  # worker processes or GPUs on one machine; more is a typo
 
 
-def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True) -> Execution:
-    """Check the execution flags and pick the workers. Connects to nothing; UserError for a bad
-    combination or a device that is not here."""
+def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int | None, fuse: bool = True,
+                   tls: tuple = (None, None, None)) -> Execution:  # fmt: skip
+    """Check the execution flags and pick the workers; `tls`: --tls-ca-file, --tls-cert,
+    --tls-key (each None when not given). Connects to nothing; UserError for a bad
+    combination, an unreadable certificate or a device that is not here."""
     if jobs is not None and not 1 <= jobs <= MAX_JOBS:
         raise UserError(f"--jobs: must be between 1 and {MAX_JOBS} (got {jobs})")
     if backend == "dask":
         if not scheduler:
             raise UserError("--backend dask needs --scheduler tcp://HOST:PORT (a running dask scheduler)")
-        return Execution("dask", device, scheduler=scheduler, fuse=fuse)
+        return Execution("dask", device, scheduler=scheduler, fuse=fuse, tls=check_tls(scheduler, *tls))
     if scheduler:
         raise UserError("--scheduler is for --backend dask")
+    if any(tls):
+        raise UserError("--tls-ca-file, --tls-cert and --tls-key are for --backend dask with a tls:// scheduler")
     resolved = resolve_device(device)
     if resolved.type == "cpu":
         return Execution("local", "cpu", ("cpu",) * (jobs or available_cores()), fuse=fuse)
@@ -121,6 +137,34 @@ def plan_execution(backend: str, scheduler: str | None, device: str, jobs: int |
 
     gpus = min(jobs or torch.cuda.device_count(), torch.cuda.device_count())
     return Execution("local", "cuda", ("cuda",) if gpus == 1 else tuple(f"cuda:{i}" for i in range(gpus)), fuse=fuse)
+
+
+def _scheme(address: str) -> str:
+    """An address's protocol, as dask reads it: tcp unless it names one (tls://HOST:PORT)."""
+    return address.split("://", 1)[0].lower() if "://" in address else "tcp"
+
+
+def check_tls(scheduler: str, ca_file, cert, key) -> TLS | None:
+    """The TLS of the flags (None when none is given); UserError for flags beside an address
+    that is not tls://, a CA without a certificate or the reverse, or a file not readable."""
+    if not any((ca_file, cert, key)):
+        return None
+    if _scheme(scheduler) != "tls":
+        raise UserError(f"--tls-ca-file, --tls-cert and --tls-key are for a tls:// scheduler (got --scheduler "
+                        f"{scheduler})")  # fmt: skip
+    if not cert:
+        raise UserError(f"--scheduler {scheduler}: {'--tls-ca-file' if ca_file else '--tls-key'} needs --tls-cert "
+                        "(this client's certificate) beside it")  # fmt: skip
+    if not ca_file:
+        raise UserError(f"--scheduler {scheduler}: --tls-cert needs --tls-ca-file (the cluster's CA certificate) "
+                        "beside it")  # fmt: skip
+    for flag, path in (("--tls-ca-file", ca_file), ("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            if path is not None:
+                Path(path).read_bytes()  # readable? (a certificate is a few kB)
+        except OSError as exc:
+            raise UserError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    return TLS(str(ca_file), str(cert), None if key is None else str(key))
 
 
 # ---------------------------------------------------------------- worker slots
@@ -181,7 +225,7 @@ def open_backend(execution: Execution, task_fn: TaskFn) -> Iterator[tuple[RunTas
     dask cluster yields a TaskFailure for a task it gave up on. UserError when no dask
     scheduler answers at the address."""
     if execution.backend == "dask":
-        with _dask_client(execution.scheduler) as client:
+        with _dask_client(execution.scheduler, execution.tls) as client:
             # Workers may join later (0 now: the sweep says it waits); the count sizes the estimates.
             yield _dask_runner(client, task_fn, execution.device), len(client.nthreads())
     elif len(execution.slots) > 1:
@@ -276,17 +320,18 @@ def _connect_deadline() -> float:
 
 
 @contextlib.contextmanager
-def _dask_client(scheduler: str):
-    """A distributed Client of the scheduler at `scheduler`, closed on exit (which cancels
-    the tasks still on the cluster). UserError when none answers within _connect_deadline()."""
+def _dask_client(scheduler: str, tls: TLS | None = None):
+    """A distributed Client of the scheduler at `scheduler` (over TLS with `tls`'s
+    certificates, or dask's configuration's), closed on exit (which cancels the tasks still
+    on the cluster). UserError when none answers within _connect_deadline()."""
     try:
         from distributed import Client
     except ImportError:
         raise UserError("--backend dask needs dask.distributed: pip install 'bnstudy[dask]'") from None
-    deadline = _connect_deadline()
-    _check_scheduler(scheduler, deadline)
+    deadline, security = _connect_deadline(), _security(scheduler, tls)
+    _check_scheduler(scheduler, deadline, security)
     try:
-        client = Client(scheduler, timeout=deadline, set_as_default=False)
+        client = Client(scheduler, timeout=deadline, set_as_default=False, security=security)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
     try:
@@ -309,15 +354,36 @@ def _close(client) -> None:
         logger.setLevel(level)
 
 
-def _check_scheduler(address: str, deadline: float) -> None:
-    """Ask the server at `address` who it is, within `deadline` seconds in all; UserError
-    unless a dask scheduler answers. Client alone would hang on an address that accepts
-    and stays silent: distributed waits for the handshake's reply without a limit."""
+def _security(scheduler: str, tls: TLS | None):
+    """The distributed Security of this client: `tls`'s certificates, or those of dask's
+    configuration (distributed.comm.tls.*, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE in the
+    environment); UserError for a tls:// scheduler without a CA and a certificate."""
+    from distributed.security import Security
+
+    if tls is not None:
+        return Security(tls_ca_file=tls.ca_file, tls_client_cert=tls.cert, tls_client_key=tls.key,
+                        require_encryption=True)  # fmt: skip
+    security = Security()
+    if _scheme(scheduler) == "tls" and not (security.tls_ca_file and security.tls_client_cert):
+        names = ("CA_FILE", "CLIENT__CERT", "CLIENT__KEY")
+        variables = ", ".join(f"DASK_DISTRIBUTED__COMM__TLS__{name}" for name in names)
+        raise UserError(f"--scheduler {scheduler}: a tls:// scheduler needs the cluster's CA certificate and this "
+                        f"client's certificate and key: --tls-ca-file, --tls-cert and --tls-key, or dask's "
+                        f"configuration ({variables})")  # fmt: skip
+    return security
+
+
+def _check_scheduler(address: str, deadline: float, security=None) -> None:
+    """Ask the server at `address` who it is, within `deadline` seconds in all, as a client
+    of `security` (None: dask's configuration); UserError unless a dask scheduler answers.
+    Client alone would hang on an address that accepts and stays silent: distributed waits
+    for the handshake's reply without a limit."""
     from distributed.core import rpc
     from distributed.security import Security
 
     async def identity() -> dict:
-        async with rpc(address, timeout=deadline, connection_args=Security().get_connection_args("client")) as remote:
+        connection_args = (security or Security()).get_connection_args("client")  # a bad certificate: one line below
+        async with rpc(address, timeout=deadline, connection_args=connection_args) as remote:
             return await remote.identity()
 
     try:

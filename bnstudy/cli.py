@@ -120,7 +120,12 @@ def add_sweep_parser(commands) -> None:
                    help="CPU worker processes (default: the cores) or GPUs to use (default: all); "
                         "a dask cluster uses all its workers")
     p.add_argument("--backend", default="local", choices=("local", "dask"), help="default: local")
-    p.add_argument("--scheduler", default=None, metavar="ADDR", help="the dask scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="the dask scheduler, e.g. tcp://127.0.0.1:8786, or tls://HOST:8786 with certificates")
+    for name, what in (("ca-file", "the dask cluster's CA certificate"), ("cert", "this client's certificate"),
+                       ("key", "this client's private key (if not in --tls-cert's file)")):  # fmt: skip
+        p.add_argument(f"--tls-{name}", type=check_path, default=None, metavar="FILE",
+                       help=f"for a tls:// scheduler: {what} (default: dask's configuration)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="default: the spec's device, else auto (CUDA when available)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
@@ -142,7 +147,8 @@ def cmd_sweep(args) -> int:
     options = SweepOptions(out=results_dir(study, args.out), jobs=args.jobs, backend=args.backend,
                            scheduler=args.scheduler, device=args.device or study.device or "auto",
                            data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse,
-                           allow_mixed_workers=args.allow_mixed_workers)  # fmt: skip
+                           allow_mixed_workers=args.allow_mixed_workers, tls_ca_file=args.tls_ca_file,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key)  # fmt: skip
     return sweep(study, options)
 
 

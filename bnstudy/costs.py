@@ -1,18 +1,45 @@
 """The sweep's cost model: predicted CPU seconds of a run, and the ETA of a sweep.
 
-Torch-free. The per-image costs come from each variant's entry in bnstudy.variants (the
-measured figures, or the fallback for a variant not measured yet); only the first
-estimate rests on them: the ETA rescales them by how long the finished runs actually took.
+Torch-free at import (`calibrate` imports torch when called). The per-image costs come from
+each variant's entry in bnstudy.variants (measured on the project's 2-core machine, or the
+fallback for a variant not measured yet). A machine is faster or slower than that one, so
+before a long local CPU sweep `calibrate` times a few training steps and an evaluation pass
+of its costliest run here, and the first estimate scales the costs by what it found
+(`Speed`); the ETA then rescales them by how long the finished runs actually took.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 
 from bnstudy.settings import TEST_SIZE, RunConfig
 from bnstudy.variants import FALLBACK_COSTS, variant
 
 SCRATCH_SLOWDOWN = 1.0  # bn_impl = "scratch" against nn.BatchNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class Speed:
+    """How this machine's per-image costs compare with the cost model's: the factors on its
+    training and its evaluation (forward) costs; `measured` when `calibrate` found them.
+    `by_batch`: (batch size, training factor) where calibrate timed training at several
+    batch sizes (the factor differs: 0.9 at 256 and 1.4 at 32 on one busy machine)."""
+
+    train: float = 1.0
+    forward: float = 1.0
+    measured: bool = False
+    by_batch: tuple[tuple[int, float], ...] = ()
+
+    def train_factor(self, batch_size: int) -> float:
+        """The training factor at `batch_size`: that of the timed batch size nearest in log2."""
+        if not self.by_batch:
+            return self.train
+        return min(self.by_batch, key=lambda timed: abs(math.log2(timed[0] / batch_size)))[1]
+
+
+REFERENCE = Speed()  # the machine the costs were measured on
 
 
 def _per_image_us(table: dict[int, float], batch_size: int) -> float:
@@ -26,23 +53,83 @@ def _per_image_us(table: dict[int, float], batch_size: int) -> float:
     return table[low] + weight * (table[high] - table[low])
 
 
-def estimate_seconds(config: RunConfig) -> float:
-    """Predicted single-thread CPU seconds of a run's training and evaluation, all epochs.
+def estimate_seconds(config: RunConfig, speed: Speed = REFERENCE) -> float:
+    """Predicted single-thread CPU seconds of a run's training and evaluation, all epochs,
+    on a machine of `speed` (default: the one the costs were measured on).
 
     An epoch trains on train_size images and takes evals_per_epoch points, the last at its
     end: each a test pass plus, for a BN variant, PreciseBN (its sample, then one more
     test pass). A BN variant's epoch end adds a batch-statistics test pass.
     """
+    train_us, forward_us = per_image_us(config)
     entry = variant(config.variant)
-    measured = entry if entry.train_us and entry.forward_us else FALLBACK_COSTS
     n_test = config.limit_test or TEST_SIZE
     precise_bn = min(config.precise_bn_samples, config.train_size) + n_test if entry.has_bn else 0
     batch_stats = n_test if entry.has_bn else 0
     forwards = config.evals_per_epoch * (n_test + precise_bn) + batch_stats
-    micros = config.train_size * _per_image_us(measured.train_us, config.batch_size)
-    micros += forwards * measured.forward_us
+    micros = config.train_size * train_us * speed.train_factor(config.batch_size)
+    micros += forwards * forward_us * speed.forward
+    return config.epochs * micros * 1e-6
+
+
+def per_image_us(config: RunConfig) -> tuple[float, float]:
+    """The cost model's single-thread microseconds per training image (at the run's batch
+    size) and per evaluated image of `config`."""
+    entry = variant(config.variant)
+    measured = entry if entry.train_us and entry.forward_us else FALLBACK_COSTS
     slowdown = SCRATCH_SLOWDOWN if config.bn_impl == "scratch" and entry.has_bn else 1.0
-    return config.epochs * micros * slowdown * 1e-6
+    return _per_image_us(measured.train_us, config.batch_size) * slowdown, measured.forward_us * slowdown
+
+
+CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
+CALIBRATION_SECONDS = (0.8, 0.3)  # the time `calibrate` spends training (all batch sizes), then evaluating
+
+
+def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> Speed:
+    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer)
+    here, on one torch thread as a CPU worker runs: training steps on the real training
+    images at each of `batch_sizes` (default: the run's) for CALIBRATION_SECONDS[0] in all,
+    then evaluation batches for [1], each after one untimed step; about a second. The
+    run's own training and results are untouched (a model of its own; torch's global RNG
+    restored)."""
+    import torch
+
+    from bnstudy.data import load_fashion_mnist
+    from bnstudy.train import build_model, evaluate, make_optimizer, train_epoch
+
+    sizes = sorted(set(batch_sizes or (config.batch_size,)))
+    data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, *sizes), limit_test=2000)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(config, torch.device("cpu"))
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+        factors = []
+        for size in sizes:
+            batch = max(2, min(size, len(data.train_x)))
+            batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
+            train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
+                              CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
+            factors.append((size, train_us / per_image_us(dataclasses.replace(config, batch_size=size))[0]))
+        model.eval()
+        forward_us = _timed(lambda i: evaluate(model, data.test_x, data.test_y, 500), len(data.test_x),
+                            CALIBRATION_SECONDS[1])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+    train = dict(factors).get(config.batch_size, factors[-1][1])
+    return Speed(train, forward_us / per_image_us(config)[1], measured=True, by_batch=tuple(factors))
+
+
+def _timed(step, images: int, seconds: float) -> float:
+    """Microseconds per image of `step(i)` (i = 0, 1, ...; each over `images` images), timed
+    over as many steps as fit in `seconds` (at least 3) after one untimed warm-up step."""
+    step(0)
+    done, start = 0, time.perf_counter()
+    while done < 3 or time.perf_counter() - start < seconds:
+        done += 1
+        step(done)
+    return (time.perf_counter() - start) / (done * images) * 1e6
 
 
 def own_seconds(rows: list[dict], group_size: int = 1) -> float:
@@ -55,14 +142,14 @@ class Eta:
     """The remaining wall time of a sweep: the cost model's seconds for the unfinished runs,
     scaled by actual/predicted over the finished epochs, shared among the busy workers."""
 
-    def __init__(self, configs: list[RunConfig], workers: int):
-        self.workers = workers
+    def __init__(self, configs: list[RunConfig], workers: int, speed: Speed = REFERENCE):
+        self.workers, self.speed = workers, speed
         self.runs_left = len(configs)
-        self.predicted_left = sum(map(estimate_seconds, configs))
+        self.predicted_left = sum(estimate_seconds(config, speed) for config in configs)
         self.predicted_done = self.actual_done = 0.0
 
     def finished(self, config: RunConfig, rows: list[dict], group_size: int = 1) -> None:
-        predicted = estimate_seconds(config)
+        predicted = estimate_seconds(config, self.speed)
         self.runs_left -= 1
         self.predicted_left -= predicted
         self.predicted_done += predicted * len(rows) / config.epochs

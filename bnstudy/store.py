@@ -89,18 +89,20 @@ def _check_name_lengths(path: Path, existing: Path) -> None:
             raise UserError(f"{path}: cannot use this path (a name of {size} bytes; the file system allows {limit})")
 
 
-STUDY_FOLDERS = ("runs", "damaged", "figures")  # the folders of a study folder that bnstudy writes in
+# The folders of a study folder that bnstudy writes in (.reports: the report's versions, bnstudy.publish).
+STUDY_FOLDERS = ("runs", "damaged", "figures", ".reports")
 
 
 def check_no_links(root: str | os.PathLike) -> None:
     """UserError when one of the study folder `root`'s STUDY_FOLDERS is a symbolic link:
     commands write, move and delete in them, never through a link into another folder.
-    `sweep` (dry runs too), `status`, `report` and the store's writes call it."""
+    `sweep` (dry runs too), `status`, `report` and the store's writes call it. (The report's
+    own links are files: each published name, and figures/'s figures, in a folder of its own.)"""
     for name in STUDY_FOLDERS:
         path = Path(root) / name
         if path.is_symlink():
-            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/ and figures/ must be its own folders "
-                            "(bnstudy writes, moves and deletes in them, never through a link)")  # fmt: skip
+            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/, figures/ and .reports/ must be its "
+                            "own folders (bnstudy writes, moves and deletes in them, never through a link)")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -303,7 +305,7 @@ class RunStore:
         try:
             with writing(self.root):
                 self.root.mkdir(parents=True, exist_ok=True)
-            fd, created = _open_lock(self.root / ".lock")
+            fd, created = open_lock_file(self.root / ".lock")
             handle = open(fd, "r+")  # noqa: SIM115  (the caller closes it)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -340,11 +342,12 @@ def _remove_folders_made(folder: Path, existing: Path) -> None:
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
-def _open_lock(path: Path) -> tuple[int, bool]:
-    """(a read-write descriptor of the lock file `path`, whether this call created it). The
-    sweep writes it, so it must be this folder's own file: never followed through a link
+def open_lock_file(path: Path, what: str = "the study's lock", maker: str = "the sweep") -> tuple[int, bool]:
+    """(a read-write descriptor of the lock file `path`, whether this call created it). Its
+    holder writes it, so it must be this folder's own file: never followed through a link
     (O_NOFOLLOW, O_EXCL), and refused when it is not a regular file or has other names (a
-    hard link). UserError naming it, or the folder when the disk cannot take it."""
+    hard link). UserError naming it (as `what`, which `maker` makes), or the folder when the
+    disk cannot take it."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:  # 0o666 as for every result file; the kernel takes the umask off
@@ -355,14 +358,14 @@ def _open_lock(path: Path) -> tuple[int, bool]:
         if exc.errno in _DISK_ERRORS:
             raise UserError(f"{path.parent}: cannot write results ({exc.strerror})") from None
         problem = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise _lock_error(path, problem) from None
+        raise _lock_error(path, problem, what, maker) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
         os.close(fd)
         kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
-        raise _lock_error(path, f"it is {kind}")
+        raise _lock_error(path, f"it is {kind}", what, maker)
     return fd, created
 
 
-def _lock_error(path: Path, problem: str) -> UserError:
-    return UserError(f"{path}: cannot use it as the study's lock ({problem}); remove it, the sweep makes its own")
+def _lock_error(path: Path, problem: str, what: str, maker: str) -> UserError:
+    return UserError(f"{path}: cannot use it as {what} ({problem}); remove it, {maker} makes its own")

@@ -26,7 +26,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from bnstudy.backends import Execution, TaskFailure, open_backend, plan_execution
-from bnstudy.costs import Eta, estimate_seconds, format_duration, own_seconds
+from bnstudy import costs
+from bnstudy.costs import REFERENCE, Eta, Speed, estimate_seconds, format_duration, own_seconds
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 from bnstudy.spec import Study
 from bnstudy.store import (DONE_STATUSES, EVALS_FIELD, RunStore, check_no_links, check_writable, format_set_aside,
@@ -60,6 +61,9 @@ class SweepOptions:
     dry_run: bool = False
     fuse: bool = True
     allow_mixed_workers: bool = False  # accept results from workers on another bnstudy version or commit
+    tls_ca_file: str | None = None  # a tls:// scheduler's certificates (None: dask's configuration's)
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass
@@ -83,7 +87,8 @@ def sweep(study: Study, options: SweepOptions) -> int:
     configs = study.runs()
     store = RunStore(options.out)
     check_no_links(store.root)
-    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse)
+    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse,
+                               (options.tls_ca_file, options.tls_cert, options.tls_key))  # fmt: skip
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
@@ -98,22 +103,43 @@ def sweep(study: Study, options: SweepOptions) -> int:
         if moved := store.set_aside_damaged(configs):  # redone as pending runs
             print(format_set_aside(moved, store), flush=True)
         pending = [config for config in configs if not store.is_done(config)]
-        print(format_header(study, len(configs), pending, store, execution, workers), flush=True)
-        tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers)
-                 if pending else Tally())  # fmt: skip
+        speed = machine_speed(pending, execution, workers, options.data_dir)
+        print(format_header(study, len(configs), pending, store, execution, workers, speed), flush=True)
+        tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers,
+                             speed) if pending else Tally())  # fmt: skip
     print(format_summary(study, len(configs) - len(pending), tally, store))
     return 1 if tally.ran["failed"] else 0
 
 
+def machine_speed(pending: list[RunConfig], execution: Execution, workers: int, data_dir=None) -> Speed:
+    """This machine's Speed for the first estimate: measured (costs.calibrate, about a
+    second, on the costliest pending run's model at the pending runs' batch sizes, at most
+    MAX_CALIBRATED_SIZES of them) for a local CPU sweep predicted to take over
+    costs.CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
+    whose machines are elsewhere)."""
+    if execution.backend != "local" or execution.device != "cpu" or not pending:
+        return REFERENCE
+    if sum(map(estimate_seconds, pending)) / min(workers, len(pending)) <= costs.CALIBRATE_ABOVE:
+        return REFERENCE
+    batch_sizes = sorted({config.batch_size for config in pending})
+    if len(batch_sizes) > MAX_CALIBRATED_SIZES:  # the smallest, the largest and some between
+        step = (len(batch_sizes) - 1) / (MAX_CALIBRATED_SIZES - 1)
+        batch_sizes = [batch_sizes[round(i * step)] for i in range(MAX_CALIBRATED_SIZES)]
+    return costs.calibrate(max(pending, key=estimate_seconds), data_dir, tuple(batch_sizes))
+
+
+MAX_CALIBRATED_SIZES = 4  # batch sizes calibrate times; a run of another takes the nearest one's factor
+
+
 def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Callable, workers: int,
-                store: RunStore, name: str, mixed_ok: bool = False) -> Tally:  # fmt: skip
+                store: RunStore, name: str, mixed_ok: bool = False, speed: Speed = REFERENCE) -> Tally:  # fmt: skip
     """Run `pending` and write each run to `store` as it arrives, with a progress bar on
     stderr (runs done/total, failures, ETA). Each result is vetted against the driver's own
     run (`vet`); a task the backend never answered fails its runs."""
     driver_versions.cache_clear()  # this sweep's code, read as it starts
     tasks = make_tasks(pending, execution.grouped)
     busy = max(1, min(workers, len(tasks)))  # a dask cluster may have none yet: the estimates need one
-    tally, eta = Tally(workers=busy), Eta(pending, busy)
+    tally, eta = Tally(workers=busy), Eta(pending, busy, speed)
     unanswered = dict(enumerate(tasks))
     start = time.perf_counter()
     bar = tqdm(total=len(pending), desc=name, unit="run", file=sys.stderr, dynamic_ncols=True,
@@ -251,12 +277,12 @@ QUICK_HINT_SECONDS = 600  # suggest the quick study when a CPU sweep would take 
 
 
 def format_header(study: Study, total: int, pending: list[RunConfig], store: RunStore, execution: Execution,
-                  workers: int) -> str:  # fmt: skip
+                  workers: int, speed: Speed = REFERENCE) -> str:  # fmt: skip
     lines = [f"study {study.name}: {total} runs from {study.source}, {total - len(pending)} already done, "
              f"{len(pending)} to run -> {store.root}",
              f"running on {execution.describe()}",
              "no dask worker has joined yet: the runs wait for one" if not workers else "",
-             format_cpu_estimate(pending, execution, workers)]  # fmt: skip
+             format_cpu_estimate(pending, execution, workers, speed)]  # fmt: skip
     return "\n".join(line for line in lines if line)
 
 
@@ -264,13 +290,14 @@ def runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
 
 
-def format_cpu_estimate(pending: list[RunConfig], execution: Execution, workers: int) -> str:
-    """On the CPU, how long the pending runs should take (the cost model over the workers),
-    with a pointer to the quick study when that is long; "" elsewhere."""
+def format_cpu_estimate(pending: list[RunConfig], execution: Execution, workers: int, speed: Speed = REFERENCE) -> str:
+    """On the CPU, how long the pending runs should take (the cost model at `speed` over the
+    workers), with a pointer to the quick study when that is long; "" elsewhere."""
     if execution.device != "cpu" or not pending or not workers:
         return ""
-    estimate = sum(map(estimate_seconds, pending)) / min(workers, len(pending))
-    line = (f"on this CPU: about {format_duration(estimate)} with {workers} worker(s) (measured per-image costs; "
+    estimate = sum(estimate_seconds(config, speed) for config in pending) / min(workers, len(pending))
+    where = "timed on this machine just now" if speed.measured else "measured on the project's 2-core machine"
+    line = (f"on this CPU: about {format_duration(estimate)} with {workers} worker(s) (per-image costs {where}; "
             f"the progress bar's ETA follows the actual runs)")  # fmt: skip
     if estimate > QUICK_HINT_SECONDS:
         line += f"; for a first look in a few minutes: bnstudy sweep {QUICK_SPEC}"

@@ -37,8 +37,11 @@ def _deterministic_threads():
 def partial_study(tmp_path):
     """3 variants x 2 seeds, lr 1e-3, batch 256: none s0 complete, none s1 failed,
     bn_before s0 diverged, bn_before s1 never run, bn_after s0 a CSV without its JSON,
-    bn_after s1 a JSON saying complete without its CSV."""
+    bn_after s1 a JSON saying complete without its CSV; and the spec.toml of that grid, as
+    the sweep leaves it (without one, the grid is the runs there: bn_before s1 is not missed)."""
     root = tmp_path / "partial"
+    RunStore(root).write_spec('name = "hand"\nepochs = 4\nlr = 1e-3\nbatch_size = 256\nlimit_train = 1024\n'
+                              'limit_test = 512\n[grid]\nvariant = ["none", "bn_before", "bn_after"]\nseed = [0, 1]\n')
     write_hand_run(root, cfg("none", seed=0), hand_rows(cfg("none", seed=0), [0.3, 0.5, 0.4, 0.6]))
     write_hand_run(root, cfg("none", seed=1), hand_rows(cfg("none", seed=1), [0.3]), status="failed")
     write_hand_run(root, cfg("bn_before", seed=0), hand_rows(cfg("bn_before", seed=0), [0.7, 0.8, 0.1], nan_from=3),

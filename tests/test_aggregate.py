@@ -12,6 +12,7 @@ import studies
 from studies import cfg, frame, hand_rows, write_hand_run
 
 from bnstudy import aggregate
+from bnstudy.store import RunStore
 
 
 def test_curve_metrics_hand_example():
@@ -183,3 +184,50 @@ def test_a_diverged_runs_fine_curve_stops_with_its_counted_epochs(tmp_path):
     counted = np.array(acc[:4])
     assert got["fine_worst_drop"] == pytest.approx(0.1) and got["fine_late_std"] == pytest.approx(np.std(counted[2:]))
     assert got["fine_mean_abs_change"] == pytest.approx(np.abs(np.diff(counted)).mean())
+
+
+def test_without_a_spec_the_runs_there_are_the_grid(tmp_path):
+    # six runs as `bnstudy run` leaves them (results/single, no spec.toml), each differing from
+    # the first in one setting: the product of the values seen would expect 64 runs, not 6.
+    from bnstudy.analysis import analyze
+    from bnstudy.report import render_report
+
+    changes = [{}, {"lr": 1e-2}, {"batch_size": 128}, {"seed": 3}, {"epochs": 3}, {"activation": "relu"},
+               {"bn_momentum": 0.3}]  # fmt: skip
+    configs = [cfg("bn_before", **change) for change in changes[:6]]
+    for config in configs:
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6, 0.55, 0.7][: config.epochs]))
+    failed = cfg("bn_before", **changes[6])  # a run present, not done: expected, and missing
+    write_hand_run(tmp_path, failed, hand_rows(failed, [0.3]), status="failed")
+    study = aggregate.load_results(tmp_path)
+    assert sorted(study.expected["run_id"]) == sorted(c.run_id for c in [*configs, failed])
+    assert aggregate.missing_runs(study)[["run_id", "reason"]].values.tolist() == [[failed.run_id, "failed"]]
+    assert study.grid_source == "the runs in runs/: no spec.toml"
+    a = analyze(study)
+    text = render_report(a, [])
+    assert "**Runs**: 6 of 7 done (6 complete, 0 diverged)" in text and len(text) < 20_000
+    assert a.cells["n_expected"].sum() == 7 and len(a.cells) == 6  # seed 3 shares the first run's cell
+
+
+def test_stuck_is_judged_on_the_best_accuracy_not_the_final(tmp_path):
+    curves = {0: [0.5, 0.6, 0.1],  # learned, then fell back to chance at the end: not stuck
+              1: [0.1, 0.12, 0.15],  # never left chance: stuck
+              2: [0.1, 0.12, 0.3]}  # left chance late, in its last epoch: not stuck  # fmt: skip
+    for seed, acc in curves.items():
+        config = cfg("none", seed=seed, epochs=3)
+        write_hand_run(tmp_path, config, hand_rows(config, acc))
+    summary = aggregate.summarize_runs(aggregate.load_results(tmp_path))
+    assert summary.set_index("seed")["stuck"].to_dict() == {0: False, 1: True, 2: False}
+    assert summary.set_index("seed").loc[0, "final_acc"] < aggregate.STUCK_BELOW
+
+
+def test_included_extra_runs_cells_expect_the_runs_they_have(tmp_path):
+    # the spec (2 seeds at 3 epochs) holds one run done; an earlier sweep left 2 runs at 2 epochs
+    RunStore(tmp_path).write_spec('name = "hand"\nepochs = 3\nlr = 1e-3\nbatch_size = 256\n'
+                                  'limit_train = 1024\nlimit_test = 512\nvariant = "none"\n'
+                                  '[grid]\nseed = [0, 1]\n')  # fmt: skip
+    for config in (cfg("none", epochs=3), cfg("none", epochs=2), cfg("none", epochs=2, seed=1)):
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6, 0.7][: config.epochs]))
+    study = aggregate.load_results(tmp_path, include_extra=True)
+    cells = aggregate.aggregate_cells(aggregate.summarize_runs(study), study.expected)
+    assert cells[["epochs", "n", "n_expected"]].values.tolist() == [[2, 2, 2], [3, 1, 2]]

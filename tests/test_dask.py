@@ -177,3 +177,131 @@ def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys)
     assert "3 runs in" in printed.out
     assert "no dask worker has joined yet" in printed.out
     assert "eta: waiting for a worker" in printed.err and "eta ~0s" not in printed.err.split("waiting")[0]
+
+
+# ---------------------------------------------------------------- a cluster over TLS
+def certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA made here and one certificate it signs, with its key, for 127.0.0.1, which the
+    scheduler, the worker and the sweep all present (dask's TLS is mutual: no certificate
+    signed by the CA, no connection). (ca.pem, node.pem, node.key)."""
+    import datetime
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(text: str):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def signed(subject: str, public_key, extensions) -> "x509.Certificate":
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("bnstudy test CA"))
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))  # fmt: skip
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    import ipaddress
+
+    ca = signed("bnstudy test CA", ca_key.public_key(), [(x509.BasicConstraints(ca=True, path_length=None), True)])
+    node = signed("127.0.0.1", key.public_key(), [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+         False),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)])  # fmt: skip
+    paths = folder / "ca.pem", folder / "node.pem", folder / "node.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(node.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return paths
+
+
+@contextlib.contextmanager
+def tls_cluster(folder: Path, ca: Path, cert: Path, key: Path):
+    """README's TLS recipe on localhost: `dask scheduler --protocol tls` and one `dask worker`
+    with the certificates; yields the scheduler's tls:// address."""
+    tls = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+    scheduler_file = folder / "scheduler.json"
+    with started([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--protocol", "tls", *tls,
+                  "--no-dashboard", "--scheduler-file", str(scheduler_file)], folder / "scheduler.log"):  # fmt: skip
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.read_text().strip(), "the scheduler")
+        address = json.loads(scheduler_file.read_text())["address"]
+        with started([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", "1", *tls, "--no-dashboard",
+                      "--local-directory", str(folder / "workers")], folder / "workers.log",
+                     PYTHONPATH=str(ROOT), **NO_GIT_LOCKS):  # fmt: skip
+            security = distributed.security.Security(tls_ca_file=str(ca), tls_client_cert=str(cert),
+                                                     tls_client_key=str(key), require_encryption=True)  # fmt: skip
+            with distributed.Client(address, timeout=60, security=security) as client:
+                client.wait_for_workers(1, timeout=120)
+            yield address
+
+
+@needs_dask_command
+def test_a_sweep_over_tls_with_certificates_from_flags_or_daskss_config(tmp_path, capsys):
+    import dask
+
+    ca, cert, key = certificates(tmp_path)
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC.replace('variant = ["none", "bn_before", "bn_after"]', 'variant = ["none"]'))
+    store = RunStore(out)
+    with tls_cluster(tmp_path, ca, cert, key) as address:
+        assert address.startswith("tls://127.0.0.1:")
+        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", address]
+        flags = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+        assert main([*argv, *flags, "--set", "grid.seed=[0]"]) == 0
+        assert "1 run in" in capsys.readouterr().out
+        # the certificates from dask's configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...CLIENT__CERT, ...KEY)
+        with dask.config.set({"distributed.comm.tls.ca-file": str(ca), "distributed.comm.tls.client.cert": str(cert),
+                              "distributed.comm.tls.client.key": str(key)}):  # fmt: skip
+            assert main([*argv, "--set", "grid.seed=[0, 1]"]) == 0
+        assert "1 already done, 1 to run" in capsys.readouterr().out
+        # without a certificate the sweep is one line, and no run is written
+        assert main([*argv, "--set", "grid.seed=[2]"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"bnstudy: error: --scheduler {address}: a tls:// scheduler needs the cluster's CA certificate "
+                       "and this client's certificate and key: --tls-ca-file, --tls-cert and --tls-key, or dask's "
+                       "configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT, "
+                       "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY)\n")  # fmt: skip
+        # nor does plain tcp:// reach it
+        with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+            assert main([*argv[:-1], address.replace("tls://", "tcp://"), "--set", "grid.seed=[2]"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bnstudy: error: --scheduler {address.replace('tls://', 'tcp://')}: cannot connect")
+        assert err.count("\n") == 1
+    assert sorted(store.state(c.run_id) for c in load_study(spec, ["grid.seed=[0, 1]"]).runs()) == ["complete"] * 2
+    assert not store.json_path(load_study(spec, ["grid.seed=[2]"]).runs()[0].run_id).exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scheduler", "tcp://127.0.0.1:1", "--tls-cert", "{dir}/cert.pem"],
+     "--tls-ca-file, --tls-cert and --tls-key are for a tls:// scheduler (got --scheduler tcp://127.0.0.1:1)"),
+    (["--scheduler", "tls://127.0.0.1:1", "--tls-cert", "{dir}/cert.pem"],
+     "--scheduler tls://127.0.0.1:1: --tls-cert needs --tls-ca-file (the cluster's CA certificate) beside it"),
+    (["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{dir}/ca.pem"],
+     "--scheduler tls://127.0.0.1:1: --tls-ca-file needs --tls-cert (this client's certificate) beside it"),
+    (["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{dir}/ca.pem", "--tls-cert", "{dir}/missing.pem"],
+     "--tls-cert {dir}/missing.pem: cannot read it (No such file or directory)"),
+])  # fmt: skip
+def test_tls_flags_that_cannot_work_are_one_line_before_anything_connects(tmp_path, capsys, flags, message):
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    (tmp_path / "ca.pem").write_text("a CA\n")
+    (tmp_path / "cert.pem").write_text("a certificate\n")
+    flags = [flag.format(dir=tmp_path) for flag in flags]
+    for dry in ([], ["--dry-run"]):
+        assert main(["sweep", str(spec), "--out", str(out), "--backend", "dask", *flags, *dry]) == 2
+        assert capsys.readouterr().err == f"bnstudy: error: {message.format(dir=tmp_path)}\n"
+    assert not out.exists()
+
+
+def test_tls_flags_without_the_dask_backend_are_one_line(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dry-run", "--tls-cert", str(spec)]) == 2
+    assert capsys.readouterr().err == ("bnstudy: error: --tls-ca-file, --tls-cert and --tls-key are for --backend "
+                                       "dask with a tls:// scheduler\n")  # fmt: skip

@@ -205,6 +205,11 @@ def test_a_diverging_member_is_masked_and_the_others_match_their_solo_runs(monke
     assert not math.isfinite(results[1].rows[-1]["train_loss"])
     for cfg, result in zip(group, results):
         assert_same_run(result, solo(cfg), loss_rtol=1e-9, acc_atol=0)
+    # The group's throughput counts the members that trained: 3 in epoch 1 (the diverging one
+    # trained it whole), 2 in epoch 2, when the masked member's images are no longer trained.
+    for survivor in (results[0], results[2]):
+        trained = [row["samples_per_second"] * row["train_seconds"] / LIMIT_TRAIN for row in survivor.rows]
+        assert trained == [pytest.approx(3), pytest.approx(2)]
     ((model, optimizer, member),) = silenced
     assert member == 1 and optimizer.lrs[1] == 0
     for name, p in model.named_parameters():  # an epoch after the masking, its part is still zero

@@ -432,3 +432,30 @@ def test_a_spec_of_arms_dry_runs_sweeps_resumes_and_reports_its_status(tmp_path,
         assert [store.state(c.run_id) for c in runs] == ["complete"] * 10
     finally:
         torch.set_num_threads(threads)
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
+def test_a_grid_over_the_limit_is_refused_before_it_is_expanded(tmp_path, small, capsys, monkeypatch, command):
+    # four axes of 100 values, 4 x 10^8 runs: planning took 92 s and 1 GB per 10^6 runs (here a MemoryError)
+    from bnstudy import spec
+
+    monkeypatch.setattr(spec, "RunConfig", lambda **settings: pytest.fail("the grid was expanded"))
+    out, values = tmp_path / "out", list(range(100))
+    sets = [f"grid.seed={values}", f"grid.limit_test={[v + 2 for v in values]}",
+            f"grid.epochs={[v + 1 for v in values]}", f"grid.precise_bn_samples={[v + 2 for v in values]}"]
+    argv = [command[0], str(small), "--out", str(out), *command[1:], *(arg for item in sets for arg in ("--set", item))]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"bnstudy: error: {small}: grid: 400,000,000 runs (variant 2 × lr 2 × batch_size 1 × seed 100 × limit_test 100 "
+        "× epochs 100 × precise_bn_samples 100); a study holds at most 100,000: shrink an axis or split the study\n")
+    assert not out.exists()
+
+
+def test_one_long_axis_is_refused_at_once(tmp_path):
+    # 120,000 seeds fit in a 1 MB spec; checking them for duplicates pairwise took minutes
+    path, head = tmp_path / "long.toml", 'variant = "none"\nepochs = 1\nlr = 1e-3\nbatch_size = 64\n[grid]\n'
+    path.write_text(f"{head}seed = {list(range(120_000))}\n")
+    with pytest.raises(UserError, match=r"grid: 120,000 runs \(seed 120,000\); a study holds at most 100,000"):
+        load_study(path)
+    path.write_text(f"{head}seed = {[*range(90_000), 7]}\n")
+    with pytest.raises(UserError, match=r"grid.seed: duplicate value 7"):
+        load_study(path)

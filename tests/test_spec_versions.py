@@ -74,7 +74,7 @@ def test_without_a_spec_every_run_there_is_reported(swept_twice, capsys):
     printed, summary, _, text = report(swept_twice, capsys)
     assert printed.startswith("7 runs reported; skipped: 1 damaged, 1 without its JSON (in flight or killed)\n")
     assert "extra:" not in printed and "Extra runs" not in text
-    assert len(summary) == 7 and "inferred as the product" in text
+    assert len(summary) == 7 and "7 runs in 4 cells (the runs in runs/: no spec.toml)" in text
 
 
 def test_only_extra_runs_done_is_one_error_line(tmp_path, capsys):

@@ -355,7 +355,7 @@ def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- links inside a study folder
-@pytest.mark.parametrize("name", ["runs", "damaged", "figures"])
+@pytest.mark.parametrize("name", ["runs", "damaged", "figures", ".reports"])
 @pytest.mark.parametrize("command", ["sweep", "dry run", "status"])
 def test_a_study_folder_whose_runs_damaged_or_figures_is_a_link_is_refused(tmp_path, capsys, monkeypatch, name,
                                                                             command):  # fmt: skip
@@ -371,8 +371,8 @@ def test_a_study_folder_whose_runs_damaged_or_figures_is_a_link_is_refused(tmp_p
     before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/ and figures/ must be "
-                   "its own folders (bnstudy writes, moves and deletes in them, never through a link)\n")  # fmt: skip
+    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/, figures/ and .reports/ "
+                   "must be its own folders (bnstudy writes, moves and deletes in them, never through a link)\n")  # fmt: skip
     assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
 
 
