@@ -82,56 +82,6 @@ def per_image_us(config: RunConfig) -> tuple[float, float]:
 
 
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
-CALIBRATION_SECONDS = (0.8, 0.3)  # the time `calibrate` spends training (all batch sizes), then evaluating
-
-
-def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> Speed:
-    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer)
-    here, on one torch thread as a CPU worker runs: training steps on the real training
-    images at each of `batch_sizes` (default: the run's) for CALIBRATION_SECONDS[0] in all,
-    then evaluation batches for [1], each after one untimed step; about a second. The
-    run's own training and results are untouched (a model of its own; torch's global RNG
-    restored)."""
-    import torch
-
-    from bnstudy.data import load_fashion_mnist
-    from bnstudy.train import build_model, evaluate, make_optimizer, train_epoch
-
-    sizes = sorted(set(batch_sizes or (config.batch_size,)))
-    data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, *sizes), limit_test=2000)
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    torch.set_num_threads(1)
-    try:
-        model = build_model(config, torch.device("cpu"))
-        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-        factors = []
-        for size in sizes:
-            batch = max(2, min(size, len(data.train_x)))
-            batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
-            train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
-                              CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
-            factors.append((size, train_us / per_image_us(dataclasses.replace(config, batch_size=size))[0]))
-        model.eval()
-        forward_us = _timed(lambda i: evaluate(model, data.test_x, data.test_y, 500), len(data.test_x),
-                            CALIBRATION_SECONDS[1])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
-    train = dict(factors).get(config.batch_size, factors[-1][1])
-    return Speed(train, forward_us / per_image_us(config)[1], measured=True, by_batch=tuple(factors))
-
-
-def _timed(step, images: int, seconds: float) -> float:
-    """Microseconds per image of `step(i)` (i = 0, 1, ...; each over `images` images), timed
-    over as many steps as fit in `seconds` (at least 3) after one untimed warm-up step."""
-    step(0)
-    done, start = 0, time.perf_counter()
-    while done < 3 or time.perf_counter() - start < seconds:
-        done += 1
-        step(done)
-    return (time.perf_counter() - start) / (done * images) * 1e6
-
-
 def own_seconds(rows: list[dict], group_size: int = 1) -> float:
     """A run's share of the train+eval time of its rows: a fused group's rows carry the
     whole group's time, split evenly among its `group_size` members."""

@@ -9,10 +9,12 @@ returns. Each worker process loads the dataset once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import subprocess
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,12 +22,13 @@ from typing import Callable, Sequence
 import torch
 
 import bnstudy
+from bnstudy import costs
 from bnstudy.backends import claimed_device, resolve_device
 from bnstudy.data import FashionMNIST, load_fashion_mnist
 from bnstudy.fused import fit_group, max_group_size
 from bnstudy.settings import RunConfig
 from bnstudy.store import EVALS_FIELD
-from bnstudy.train import RunResult, fit
+from bnstudy.train import RunResult, build_model, evaluate, fit, make_optimizer, train_epoch
 
 # (per-epoch rows, the run's metadata: its JSON, plus its points under EVALS_FIELD), what execute returns
 Result = tuple[list[dict], dict]
@@ -173,3 +176,47 @@ def _run_task(configs: list[RunConfig], data_dir: str | None, device: str | None
     return run_group(configs, data)
 
 
+# ---------------------------------------------------------------- timing this machine (the sweep's first estimate)
+CALIBRATION_SECONDS = (0.8, 0.3)  # the time `calibrate` spends training (all batch sizes), then evaluating
+
+
+def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> costs.Speed:
+    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer)
+    here, on one torch thread as a CPU worker runs: training steps on the real training
+    images at each of `batch_sizes` (default: the run's) for CALIBRATION_SECONDS[0] in all,
+    then evaluation batches for [1], each after one untimed step; about a second. The
+    run's own training and results are untouched (a model of its own; torch's global RNG
+    restored)."""
+    sizes = sorted(set(batch_sizes or (config.batch_size,)))
+    data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, *sizes), limit_test=2000)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(1)
+    try:
+        model = build_model(config, torch.device("cpu"))
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+        factors = []
+        for size in sizes:
+            batch = max(2, min(size, len(data.train_x)))
+            batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
+            train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
+                              CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
+            factors.append((size, train_us / costs.per_image_us(dataclasses.replace(config, batch_size=size))[0]))
+        model.eval()
+        forward_us = _timed(lambda i: evaluate(model, data.test_x, data.test_y, 500), len(data.test_x),
+                            CALIBRATION_SECONDS[1])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+    train = dict(factors).get(config.batch_size, factors[-1][1])
+    return costs.Speed(train, forward_us / costs.per_image_us(config)[1], measured=True, by_batch=tuple(factors))
+
+
+def _timed(step, images: int, seconds: float) -> float:
+    """Microseconds per image of `step(i)` (i = 0, 1, ...; each over `images` images), timed
+    over as many steps as fit in `seconds` (at least 3) after one untimed warm-up step."""
+    step(0)
+    done, start = 0, time.perf_counter()
+    while done < 3 or time.perf_counter() - start < seconds:
+        done += 1
+        step(done)
+    return (time.perf_counter() - start) / (done * images) * 1e6

@@ -111,21 +111,26 @@ def sweep(study: Study, options: SweepOptions) -> int:
     return 1 if tally.ran["failed"] else 0
 
 
+CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
+
+
 def machine_speed(pending: list[RunConfig], execution: Execution, workers: int, data_dir=None) -> Speed:
-    """This machine's Speed for the first estimate: measured (costs.calibrate, about a
+    """This machine's Speed for the first estimate: measured (runner.calibrate, about a
     second, on the costliest pending run's model at the pending runs' batch sizes, at most
     MAX_CALIBRATED_SIZES of them) for a local CPU sweep predicted to take over
-    costs.CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
+    CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
     whose machines are elsewhere)."""
     if execution.backend != "local" or execution.device != "cpu" or not pending:
         return REFERENCE
-    if sum(map(estimate_seconds, pending)) / min(workers, len(pending)) <= costs.CALIBRATE_ABOVE:
+    if sum(map(estimate_seconds, pending)) / min(workers, len(pending)) <= CALIBRATE_ABOVE:
         return REFERENCE
     batch_sizes = sorted({config.batch_size for config in pending})
     if len(batch_sizes) > MAX_CALIBRATED_SIZES:  # the smallest, the largest and some between
         step = (len(batch_sizes) - 1) / (MAX_CALIBRATED_SIZES - 1)
         batch_sizes = [batch_sizes[round(i * step)] for i in range(MAX_CALIBRATED_SIZES)]
-    return costs.calibrate(max(pending, key=estimate_seconds), data_dir, tuple(batch_sizes))
+    from bnstudy.runner import calibrate  # the engine times the model: torch, loaded only here
+
+    return calibrate(max(pending, key=estimate_seconds), data_dir, tuple(batch_sizes))
 
 
 MAX_CALIBRATED_SIZES = 4  # batch sizes calibrate times; a run of another takes the nearest one's factor

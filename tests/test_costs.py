@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from bnstudy import runner
 from bnstudy.costs import Eta, estimate_seconds, own_seconds
 from bnstudy.spec import RunConfig
 from bnstudy.variants import variant
@@ -65,7 +66,7 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
     expected_draw, threads = torch.rand(1), torch.get_num_threads()
     torch.manual_seed(123)
     start = time.perf_counter()
-    speed = costs.calibrate(config, batch_sizes=(64, 128, 512))
+    speed = runner.calibrate(config, batch_sizes=(64, 128, 512))
     assert time.perf_counter() - start < 8  # about a second alone; a busy 2-core box stretches it
     assert torch.equal(torch.rand(1), expected_draw) and torch.get_num_threads() == threads  # nothing else moved
     assert speed.measured and speed.train > 0 and speed.forward > 0
@@ -85,7 +86,7 @@ def test_the_sweep_calibrates_a_long_local_cpu_sweep_on_its_costliest_run(monkey
 
     runs = [RunConfig(variant=v, lr=1e-3, batch_size=b, epochs=5) for v in ("none", "bn_after") for b in (256, 32)]
     timed = []
-    monkeypatch.setattr(costs, "calibrate", lambda config, data_dir=None, batch_sizes=(): timed.append(
+    monkeypatch.setattr(runner, "calibrate", lambda config, data_dir=None, batch_sizes=(): timed.append(
         (config, batch_sizes)) or costs.Speed(0.5, 0.25, measured=True))  # fmt: skip
     local = Execution("local", "cpu", ("cpu", "cpu"))
     speed = sweep.machine_speed(runs, local, 2, "DIR")
