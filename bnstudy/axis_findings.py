@@ -14,6 +14,7 @@ import pandas as pd
 
 from bnstudy.claims import Claim, Verdict
 from bnstudy.contrasts import compare
+from bnstudy.remedies import is_remedies_study
 from bnstudy.variants import BN_VARIANTS
 from bnstudy.wording import contrast_text, join_words, value_text, verdict_text
 
@@ -33,8 +34,11 @@ def measured(summary: pd.DataFrame) -> pd.DataFrame:
 def momentum_claims(summary: pd.DataFrame) -> list[Claim]:
     """Per BN variant with two momenta or more: the worst drop and PreciseBN's worst drop at
     the largest momentum minus at the smallest (paired runs); [] when the study does not
-    vary bn_momentum. PreciseBN's beside the eval mode's tells whether the running
-    statistics or the weights carry a change."""
+    vary bn_momentum, or varies it as one remedy among others (bnstudy.remedies claims it
+    there). PreciseBN's beside the eval mode's tells whether the running statistics or the
+    weights carry a change."""
+    if is_remedies_study(summary):
+        return []
     bn = measured(summary)
     bn = bn[bn["variant"].isin(BN_VARIANTS)]
     if bn.empty or not varies(bn, "bn_momentum"):
@@ -105,8 +109,8 @@ def activation_verdict(verdicts: dict[str, Verdict]) -> str:
         return "For no activation is the before/after difference clear."
     if len(clear) == len(verdicts) and len(set(clear.values())) == 1:
         return f"The before/after verdict holds for every activation: {words[next(iter(clear.values()))]}."
-    parts = join_words([f"with {a}, {words[v]}" for a, v in clear.items()])
-    return f"The before/after verdict is clear only {parts}."
+    parts = join_words([f"{a} ({words[v]})" for a, v in clear.items()])
+    return f"The before/after verdict is clear only with {parts}."
 
 
 def axis_claims(summary: pd.DataFrame) -> list[Claim]:

@@ -33,6 +33,15 @@ def default(axis: str):
     return BY_NAME[axis].default
 
 
+ARM_AXES = ("norm", "ghost_batch_size", "frozen_bn_epochs", "pool")  # what only a remedies study varies
+
+
+def is_remedies_study(summary: pd.DataFrame) -> bool:
+    """Whether the study varies a remedy beyond BN momentum (which the momentum study varies
+    alone, and axis_findings answers there)."""
+    return any(a in summary.columns and summary[a].nunique() > 1 for a in ARM_AXES)
+
+
 def present_axes(summary: pd.DataFrame) -> list[str]:
     """The REMEDY_AXES this build of bnstudy declares and the study varies."""
     return [a for a in REMEDY_AXES if a in summary.columns and summary[a].nunique() > 1]
@@ -54,7 +63,9 @@ def remedy_label(axis: str, value) -> str:
 
 def remedy_claims(summary: pd.DataFrame) -> list[Claim]:
     """The per-remedy claims (module docstring) of the learning bn_before runs at max
-    pooling; [] when the study varies no remedy setting."""
+    pooling; [] unless it is a remedies study (is_remedies_study)."""
+    if not is_remedies_study(summary):
+        return []
     runs = summary[(summary["variant"] == "bn_before") & (summary["epochs_used"] > 1) & ~summary["stuck"]]
     if "pool" in runs.columns:
         runs = runs[runs["pool"] == default("pool")]

@@ -75,3 +75,12 @@ def test_training_time_per_epoch_per_arm():
     assert table["arm"].iloc[0] == remedies.BASELINE_NAME and table["runs"].iloc[0] == 12
     assert (table["seconds"] == 2.0).all()  # 8 s over 4 epochs
     assert {"normalization group", "BN momentum 0.3"} <= set(table["arm"])
+
+
+def test_a_study_of_momentum_alone_is_the_momentum_studys_not_a_remedies_one():
+    from bnstudy import axis_findings
+
+    summary = study()
+    momentum_only = summary[(summary["norm"] == "batch") & (summary["pool"] == "max") & (summary["variant"] == "bn_before")]
+    assert remedies.remedy_claims(momentum_only) == [] and len(axis_findings.momentum_claims(momentum_only)) == 2
+    assert axis_findings.momentum_claims(summary) == []  # in a remedies study, momentum is one remedy among others
