@@ -45,3 +45,26 @@ def test_the_committed_readme_answer_is_the_committed_reports():
     assert studies, "the README has no rendered answer"
     expected = answer.render_answer(ROOT / "results" / "reference", studies, "results/reference")
     assert answer.ANSWER_START + block + answer.ANSWER_END == expected
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "results" / "reference").iterdir() if p.is_dir()))
+def test_each_published_report_reads_as_promised(study):
+    """The answer first, short paragraphs, comparisons as a table, no claim that prints as
+    0.0 pp, no notebook section that compares nothing; every claim a row of claims.csv."""
+    import re
+
+    import pandas as pd
+
+    folder = ROOT / "results" / "reference" / study
+    text = (folder / "report.md").read_text()
+    assert re.findall(r"^## (.+)$", text, flags=re.M)[0] == "Summary"
+    for paragraph in re.split(r"\n(?=- )|\n\n", text):
+        assert paragraph.startswith("|") or len(paragraph.split()) <= 120, paragraph[:80]
+    assert "| compared | metric | n | mean (pp) |" in text
+    claims = pd.read_csv(folder / "claims.csv")
+    clear = claims[claims["verdict"].isin(["higher", "lower"])]
+    assert (clear["mean"].abs() >= 0.0005).all() and (clear["p_adjusted"] < 0.05).all()
+    if "## The reference notebook's test-accuracy swings" in text:
+        assert "log A: bn_before" in text or "log B: bn_before" in text  # it compares something
+    shown = [line for line in text.splitlines() if line.startswith("| ") and " − " in line]
+    assert len(shown) == len(claims)
