@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bnstudy.claims import Claim, Verdict
+from bnstudy.comparisons import comparable_runs
 from bnstudy.contrasts import compare
 from bnstudy.remedies import is_remedies_study
 from bnstudy.variants import BN_VARIANTS
@@ -25,11 +26,6 @@ def varies(summary: pd.DataFrame, key: str) -> bool:
     return summary[key].nunique() > 1
 
 
-def measured(summary: pd.DataFrame) -> pd.DataFrame:
-    """The runs an axis finding may use: two counted epochs or more, not stuck."""
-    return summary[(summary["epochs_used"] > 1) & ~summary["stuck"]]
-
-
 # ---------------------------------------------------------------- BN momentum
 def momentum_claims(summary: pd.DataFrame) -> list[Claim]:
     """Per BN variant with two momenta or more: the worst drop and PreciseBN's worst drop at
@@ -39,7 +35,7 @@ def momentum_claims(summary: pd.DataFrame) -> list[Claim]:
     weights carry a change."""
     if is_remedies_study(summary):
         return []
-    bn = measured(summary)
+    bn = comparable_runs(summary)
     bn = bn[bn["variant"].isin(BN_VARIANTS)]
     if bn.empty or not varies(bn, "bn_momentum"):
         return []
@@ -81,7 +77,7 @@ def momentum_findings(claims: pd.DataFrame) -> list[str]:
 def activation_claims(summary: pd.DataFrame) -> list[Claim]:
     """Per activation: bn_before minus bn_after in worst drop (paired runs); [] when the
     study does not vary the activation or lacks one of the two BN variants."""
-    runs = measured(summary)
+    runs = comparable_runs(summary)
     if runs.empty or not varies(runs, "activation") or not set(BN_VARIANTS) <= set(runs["variant"].astype(str)):
         return []
     return [Claim(ACTIVATION, "variant", "bn_before", "bn_after", "worst_drop", f"activation {activation}",

@@ -8,6 +8,7 @@ import pandas as pd
 
 from bnstudy.aggregate import STUCK_BELOW
 from bnstudy.claims import Claim
+from bnstudy.comparisons import comparable_runs
 from bnstudy.contrasts import contrast
 from bnstudy.metrics import header
 from bnstudy.variants import BN_VARIANTS
@@ -19,17 +20,12 @@ PRECISE_BN = "precise_bn"  # the claims' family
 STILL_LEARNING = 0.75
 
 
-def learning_runs(summary: pd.DataFrame) -> pd.DataFrame:
-    """Runs with two counted epochs or more that left chance: those whose curves can swing."""
-    return summary[(summary["epochs_used"] > 1) & ~summary["stuck"]]
-
-
 # ---------------------------------------------------------------- BN statistics
 def precise_bn_claims(summary: pd.DataFrame) -> list[Claim]:
     """Per BN variant: PreciseBN's worst drop minus the eval mode's (running statistics),
     paired within each run: the same weights, only the statistics differ."""
     claims = []
-    runs = learning_runs(summary)
+    runs = comparable_runs(summary)
     for variant, block in runs[runs["variant"].isin(BN_VARIANTS)].groupby("variant", observed=True):
         d = (block["worst_drop_precise_bn"] - block["worst_drop"]).set_axis(block["seed"]).dropna()
         if len(d):
@@ -46,7 +42,7 @@ def statistics_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per BN variant (rows): mean over the learning runs of each STATISTICS_METRICS (fractions)
     and `removed`, the share of the eval-mode worst drop that PreciseBN removes (NaN when
     there is none to remove); `runs`: how many runs."""
-    runs = learning_runs(summary)
+    runs = comparable_runs(summary)
     bn = runs[runs["variant"].isin(BN_VARIANTS)]
     if bn.empty:
         return pd.DataFrame(columns=["runs", *STATISTICS_METRICS, "removed"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bnstudy.claims import Claim
+from bnstudy.comparisons import comparable_runs
 from bnstudy.contrasts import compare, contrast, paired_differences
 from bnstudy.settings import BY_NAME
 from bnstudy.wording import value_text
@@ -66,7 +67,8 @@ def remedy_claims(summary: pd.DataFrame) -> list[Claim]:
     pooling; [] unless it is a remedies study (is_remedies_study)."""
     if not is_remedies_study(summary):
         return []
-    runs = summary[(summary["variant"] == "bn_before") & (summary["epochs_used"] > 1) & ~summary["stuck"]]
+    runs = comparable_runs(summary)
+    runs = runs[runs["variant"] == "bn_before"]
     if "pool" in runs.columns:
         runs = runs[runs["pool"] == default("pool")]
     axes = present_axes(runs)
@@ -91,7 +93,7 @@ def pooling_claims(summary: pd.DataFrame) -> list[Claim]:
     gains (average minus max pooling, paired by seed); [] without both poolings."""
     if "pool" not in summary.columns or summary["pool"].nunique() < 2:
         return []
-    runs = summary[(summary["epochs_used"] > 1) & ~summary["stuck"]]
+    runs = comparable_runs(summary)
     runs = runs[at_defaults(runs, present_axes(runs))]
     gains, claims = {}, []
     for pool in sorted(runs["pool"].unique()):

@@ -23,13 +23,12 @@ from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, StudyResults
 from bnstudy.analysis import Analysis
 from bnstudy.axis_findings import ACTIVATION, MOMENTUM, activation_findings, momentum_findings
 from bnstudy.claims import ALPHA, Verdict
-from bnstudy.comparisons import COMPARISON
+from bnstudy.comparisons import COMPARISON, comparable_runs
 from bnstudy.costs import format_duration
 from bnstudy.figures import FIGURES, UNDRAWN
 from bnstudy.findings import (
     PRECISE_BN,
     diverged_text,
-    learning_runs,
     statistics_headers,
     still_learning_text,
     stuck_text,
@@ -404,7 +403,7 @@ def render_report(a: Analysis, figures: list[str]) -> str:
     comparisons = a.claims[a.claims["family"] == COMPARISON]
     if len(comparisons):
         parts += ["## Paired comparisons between variants", claims_md(comparisons, pair_name), claims_note(a)]
-        if text := still_learning_text(a.epochs[a.epochs["run_id"].isin(learning_runs(a.summary)["run_id"])]):
+        if text := still_learning_text(a.epochs[a.epochs["run_id"].isin(comparable_runs(a.summary)["run_id"])]):
             parts.append(text)
     parts += [*remedies_section(a), *axis_sections(a), *statistics_section(a), *notebook_part(a)]
     if a.cells_per_variant > 1:
