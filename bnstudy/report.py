@@ -201,7 +201,7 @@ def what_was_run(a: Analysis) -> list[str]:
     shape = (" × ".join(axes) or "a single run") if product == len(study.expected) else \
         f"arms, not their full product, over {' × '.join(axes)}"  # fmt: skip
     return [
-        f"**Grid**: {shape}: {len(study.expected)} runs in {a.n_cells} cells ({study.grid_source}).",
+        f"**Grid**: {shape}: {plural(len(study.expected), 'run')} in {plural(a.n_cells, 'cell')} ({study.grid_source}).",
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
