@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bnstudy.errors import UserError
-from bnstudy.settings import TEST_SIZE, TRAIN_SIZE
+from bnstudy.settings import TEST_SIZE, TRAIN_SIZE, steps_per_epoch
 
 NUM_CLASSES, IMAGE_SIDE = 10, 28
 
@@ -202,14 +202,15 @@ def _decoded(directory: Path) -> tuple[torch.Tensor, ...]:
 
 
 def split_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """`order` (N, ...) cut along dim 0 into consecutive batches of `batch_size`.
+    """`order` (N, ...) cut along dim 0 into steps_per_epoch(N, batch_size) consecutive batches.
 
     Every row appears exactly once. The last batch keeps the remainder, as a DataLoader
     without drop_last does, except that a lone final sample joins the batch before it:
-    train-mode BatchNorm cannot normalise a batch of one.
+    train-mode BatchNorm cannot normalise a batch of one. The rule is settings.steps_per_epoch's,
+    which the step counts of the points and the run-file checks use too.
     """
     batches = list(torch.split(order, batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > steps_per_epoch(len(order), batch_size):  # a lone last sample
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
 
