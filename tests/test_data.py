@@ -148,6 +148,8 @@ def test_a_lone_last_sample_joins_the_batch_before_it():
     (10_000, 3, [3] * 3332 + [4]),  # the full test set at a batch size dividing 9,999
     (501, 500, [501]),  # the eval-mode pass's batch of 500
     (1, 500, [1]),  # nothing to merge into: one sample stays one batch
+    (10, 4, [4, 4, 2]),  # a remainder of two stays its own batch
+    (8, 4, [4, 4]),  # no remainder: nothing merges
 ])  # fmt: skip
 def test_fixed_batches_merge_a_lone_last_sample_and_keep_every_index_in_order(num_samples, batch_size, sizes):
     batches = fixed_batches(num_samples, batch_size, "cpu")
