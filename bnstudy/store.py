@@ -117,7 +117,9 @@ def writing(root: Path):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and os.replace,
-    so readers see the old file or the whole new one, never a part."""
+    so readers see the old file or the whole new one, never a part; then fsync the folder,
+    so that the new name survives a power cut as well as the content (the rename lives in
+    the folder, which the file's own fsync does not write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -131,6 +133,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush `folder`'s entries (names made, replaced or removed in it) to its disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @functools.cache

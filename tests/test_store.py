@@ -344,6 +344,21 @@ def test_a_write_that_fails_half_way_leaves_the_previous_file_whole(tmp_path):
     assert os.listdir(tmp_path) == ["spec.toml"]  # no temporary left
 
 
+def test_a_write_syncs_its_folder_once_the_new_file_is_in_place(tmp_path, monkeypatch):
+    """The new name lives in the folder, which the file's own fsync does not write: without
+    the folder's, a power cut after the write may leave the old file, or none."""
+    path, synced, fsync = tmp_path / "spec.toml", [], os.fsync
+
+    def spy(fd):
+        info = os.fstat(fd)
+        synced.append((stat.S_ISDIR(info.st_mode), info.st_ino, path.exists() and path.read_text()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write_text(path, "new\n")
+    assert synced[-1] == (True, tmp_path.stat().st_ino, "new\n")
+
+
 def test_a_write_whose_move_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "spec.toml"
     atomic_write_text(path, "old\n")
