@@ -33,11 +33,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.runfiles import DONE_STATUSES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import (Damage, RunCheck, RunOutcome, RunState, RunStatus, check_points, read_metadata,
+                              read_rows)  # fmt: skip
 from bnstudy.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401  (for cli, sweep, report)
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
-
-EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -186,7 +185,7 @@ class RunStore:
         if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
             theirs, ours = check.config.identity(), run.identity()
             differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
-            return RunCheck("damaged", f"JSON is another run's with this id ({differ}): a collision of its hash")
+            return RunCheck(RunState.DAMAGED, f"JSON is another run's with this id ({differ}): a collision of its hash")
         return check
 
     def _check(self, run_id: str) -> RunCheck:
@@ -194,30 +193,28 @@ class RunStore:
             text = self.json_path(run_id).read_text()
         except FileNotFoundError:
             if self.csv_path(run_id).exists():
-                return RunCheck("pending", "no JSON (in flight or killed)")
-            return RunCheck("pending", "not run")
+                return RunCheck(RunState.PENDING, "no JSON (in flight or killed)")
+            return RunCheck(RunState.PENDING, "not run")
         except (OSError, ValueError) as exc:  # ValueError: not UTF-8
-            return RunCheck("damaged", f"unreadable JSON ({exc})")
+            return RunCheck(RunState.DAMAGED, f"unreadable JSON ({exc})")
         try:
             metadata, config = read_metadata(text, run_id)
         except Damage as exc:
-            return RunCheck("damaged", str(exc))
-        if metadata["status"] == "failed":
-            return RunCheck("failed", "failed", metadata, config)
+            return RunCheck(RunState.DAMAGED, str(exc))
+        status = RunStatus(metadata["status"])
+        if status is RunStatus.FAILED:
+            return RunCheck(RunState.FAILED, "failed", metadata, config)
         try:
             rows = read_rows(self.csv_path(run_id), metadata, config)
             if config.evals_per_epoch > 1:
                 check_points(self.evals_path(run_id), metadata, config, rows)
         except Damage as exc:
-            return RunCheck("damaged", str(exc), metadata, config)
-        return RunCheck(metadata["status"], "", metadata, config, rows)
+            return RunCheck(RunState.DAMAGED, str(exc), metadata, config)
+        return RunCheck(status.state, "", metadata, config, rows)
 
-    def state(self, run: str | RunConfig) -> str:
-        """One of RUN_STATES (see RunCheck); "failed", "damaged" and "pending" runs are what a sweep runs."""
+    def state(self, run: str | RunConfig) -> RunState:
+        """The run's RunState (check's); the runs not done are what a sweep runs."""
         return self.check(run).state
-
-    def is_done(self, run: str | RunConfig) -> bool:
-        return self.state(run) in DONE_STATUSES
 
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
@@ -261,7 +258,7 @@ class RunStore:
         moved = []
         for run in runs:
             run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
-            if check.state == "damaged":
+            if check.state is RunState.DAMAGED:
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))
         return moved
@@ -278,20 +275,19 @@ class RunStore:
         except OSError as exc:
             raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
 
-    def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
-        """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
-        then its JSON, without them (the JSON marks the run done). Returns the CSV's and
+    def write_run(self, outcome: RunOutcome) -> tuple[Path, Path]:
+        """Write the run's CSV (its rows), then its points file when its config asks for
+        points, then its JSON (its metadata), which marks the run done. Returns the CSV's and
         the JSON's paths. ValueError for a run_id that is no plain file name (the sweep writes
         only ids of its own runs: bnstudy.sweep.vet)."""
         check_no_links(self.root)
-        run_id = metadata["run_id"]
+        run_id = outcome.metadata["run_id"]
         if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or "/" in run_id or "\0" in run_id:
             raise ValueError(f"not a run id: {run_id!r}")
-        atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
-        if EVALS_FIELD in metadata:
-            atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))
-        record = {key: value for key, value in metadata.items() if key != EVALS_FIELD}
-        atomic_write_text(self.json_path(run_id), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(self.csv_path(run_id), rows_to_csv(outcome.rows))
+        if outcome.measures_points:
+            atomic_write_text(self.evals_path(run_id), rows_to_csv(outcome.points, EVALS_COLUMNS))
+        atomic_write_text(self.json_path(run_id), json.dumps(outcome.metadata, indent=2) + "\n")
         return self.csv_path(run_id), self.json_path(run_id)
 
     @contextlib.contextmanager
