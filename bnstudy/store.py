@@ -29,7 +29,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 from bnstudy.errors import UserError
@@ -248,16 +248,15 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, runs: Iterable[str | RunConfig]) -> list[tuple[str, str]]:
-        """Move the files of each damaged run among `runs` (ids or configs, as `check` takes
-        them) into damaged_dir as
-        <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
-        so that the run counts as pending. Returns (run_id, reason) of each run moved.
-        UserError when a file cannot be moved. Call it holding the lock."""
+    def set_aside_damaged(self, checks: Mapping[str, RunCheck]) -> list[tuple[str, str]]:
+        """Move the files of each run that `checks` (run_id -> its `check`, made under the
+        lock) says is damaged into damaged_dir as <run_id>.<UTC time>.csv, .evals.csv and
+        .json (kept, never deleted: they may be worth a look), so that the run counts as
+        pending. Returns (run_id, reason) of each run moved. UserError when a file cannot be
+        moved. Call it holding the lock, with checks made under it: it reads no file itself."""
         check_no_links(self.root)
         moved = []
-        for run in runs:
-            run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
+        for run_id, check in checks.items():
             if check.state is RunState.DAMAGED:
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))

@@ -12,6 +12,10 @@ the driver writes it as one of its own runs (the backend tells which task it ans
 when it names that run, with that run's config, from a worker on the driver's bnstudy
 version and commit, and only as a run whose files then check out; anything else is that run
 failed with the reason (`vet`).
+
+At its start, under the study's lock, a sweep checks each run's files once
+(`check_runs`): that one check sets the damaged runs aside and tells the done runs from the
+pending ones.
 """
 
 from __future__ import annotations
@@ -101,15 +105,23 @@ def sweep(study: Study, options: SweepOptions) -> int:
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
-        if moved := store.set_aside_damaged(configs):  # redone as pending runs
-            print(format_set_aside(moved, store), flush=True)
-        pending = [config for config in configs if not store.state(config).is_done()]
+        pending = check_runs(configs, store)
         speed = machine_speed(pending, execution, workers, options.data_dir)
         print(format_header(study, len(configs), pending, store, execution, workers, speed), flush=True)
         tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers,
                              speed) if pending else Tally())  # fmt: skip
     print(format_summary(study, len(configs) - len(pending), tally, store))
     return 1 if tally.ran[RunStatus.FAILED] else 0
+
+
+def check_runs(configs: list[RunConfig], store: RunStore) -> list[RunConfig]:
+    """The runs of `configs` that are not done, from one check of each run's files; the
+    damaged ones among them have their files set aside first (and it says so), to be redone
+    as pending runs. Call it holding the store's lock, so that the check stays true."""
+    checks = {config.run_id: store.check(config) for config in configs}
+    if moved := store.set_aside_damaged(checks):
+        print(format_set_aside(moved, store), flush=True)
+    return [config for config in configs if not checks[config.run_id].state.is_done()]
 
 
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement

@@ -41,6 +41,11 @@ def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> N
     store.write_run(outcome(config, status, rows, error="RuntimeError: boom" if status == "failed" else None))
 
 
+def checked(store: RunStore, runs) -> dict:
+    """run_id -> RunStore.check of each of `runs` (ids or configs), as a sweep checks them."""
+    return {getattr(run, "run_id", run): store.check(run) for run in runs}
+
+
 def test_done_means_whole_files_that_agree(tmp_path):
     store = RunStore(tmp_path)
     complete, diverged, failed, pending = CONFIGS
@@ -233,7 +238,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     csv_text = "".join(store.csv_path(damaged.run_id).read_text().splitlines(keepends=True)[:-1])
     store.csv_path(damaged.run_id).write_text(csv_text)
     json_text = store.json_path(damaged.run_id).read_text()
-    moved = store.set_aside_damaged(c.run_id for c in CONFIGS)
+    moved = store.set_aside_damaged(checked(store, CONFIGS))
     assert moved == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
     kept = sorted(store.damaged_dir.iterdir())
     assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2
@@ -241,7 +246,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     assert kept[0].read_text() == csv_text and kept[1].read_text() == json_text
     assert kept[0].name[:-4] == kept[1].name[:-5]  # one time stamp for both files
     assert [store.state(c.run_id) for c in CONFIGS[:3]] == ["pending", "complete", "failed"]
-    assert store.set_aside_damaged(c.run_id for c in CONFIGS) == []
+    assert store.set_aside_damaged(checked(store, CONFIGS)) == []
 
 
 def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path):
@@ -250,7 +255,7 @@ def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path)
     store.csv_path(CONFIGS[0].run_id).write_text("")
     store.damaged_dir.write_text("a file in the way")
     with pytest.raises(UserError, match=f"{store.damaged_dir}: cannot set damaged run {CONFIGS[0].run_id} aside"):
-        store.set_aside_damaged([CONFIGS[0].run_id])
+        store.set_aside_damaged(checked(store, CONFIGS[:1]))
     assert store.check(CONFIGS[0].run_id).reason == "empty CSV"
 
 
@@ -460,7 +465,7 @@ def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, dam
     damage(store.evals_path(config.run_id))
     check = store.check(config.run_id)
     assert check.state == "damaged" and check.reason.startswith(reason)
-    assert store.set_aside_damaged([config.run_id]) == [(config.run_id, check.reason)]
+    assert store.set_aside_damaged({config.run_id: check}) == [(config.run_id, check.reason)]
     assert not list(store.runs_dir.iterdir())  # CSV, points and JSON all set aside, none deleted
     assert sorted(p.name.removeprefix(config.run_id + ".").split(".", 2)[-1] for p in store.damaged_dir.iterdir()) == (
         ["csv", "json"] if "no points" in reason else ["csv", "evals.csv", "json"])
@@ -678,7 +683,8 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"
     assert (store.check(second).state, store.check(second).reason) == ("damaged", reason)
     assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
-    assert store.set_aside_damaged([first]) == [] and store.set_aside_damaged([second]) == [(second.run_id, reason)]
+    assert store.set_aside_damaged(checked(store, [first])) == []
+    assert store.set_aside_damaged(checked(store, [second])) == [(second.run_id, reason)]
     assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
 
 

@@ -26,7 +26,7 @@ from bnstudy.costs import estimate_seconds
 from bnstudy.cli import main
 from bnstudy.spec import RunConfig, load_study
 from bnstudy.errors import UserError
-from bnstudy.runfiles import RunState, RunStatus
+from bnstudy.runfiles import RunCheck, RunState, RunStatus
 from bnstudy.store import RunStore, check_no_links
 from bnstudy.sweep import make_tasks, vet
 from bnstudy.train import RunResult
@@ -385,6 +385,22 @@ def test_the_driver_writes_only_a_run_outcome_of_its_own_run():
         assert outcome.metadata["run_id"] == config.run_id and outcome.metadata["config"] == config.identity(), what
 
 
+def test_a_sweep_checks_each_runs_files_once_at_its_start(tmp_path, monkeypatch, capsys):
+    """One check per run sets the damaged ones aside and tells done from pending; the
+    only other check is of the one run written (sweep.record)."""
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    store, configs = RunStore(out), load_study(spec).runs()
+    store.csv_path(configs[0].run_id).write_text("")  # damaged
+    checked, check = [], RunStore.check
+    monkeypatch.setattr(RunStore, "check", lambda self, run: checked.append(getattr(run, "run_id", run)) or check(self, run))
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    assert "1 damaged run set aside" in capsys.readouterr().out
+    assert sorted(checked) == sorted([c.run_id for c in configs] + [configs[0].run_id])
+    assert [check(store, c.run_id).state for c in configs] == [RunState.COMPLETE] * 3
+
+
 # ---------------------------------------------------------------- links inside a study folder
 @pytest.mark.parametrize("name", ["runs", "damaged", "figures", ".reports"])
 @pytest.mark.parametrize("command", ["sweep", "dry run", "status"])
@@ -413,7 +429,8 @@ def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
     (elsewhere / ".x.csv.abc.tmp").write_text("not a stale temporary of this study\n")
     store.root.mkdir()
     store.runs_dir.symlink_to(elsewhere)
-    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(["x"]), lambda: store.lock().__enter__(),
+    damaged = {"x": RunCheck(RunState.DAMAGED, "empty CSV")}
+    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(damaged), lambda: store.lock().__enter__(),
                 lambda: check_no_links(store.root)):  # fmt: skip
         with pytest.raises(UserError, match="a symbolic link"):
             act()
