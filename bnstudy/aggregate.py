@@ -44,7 +44,8 @@ import pandas as pd
 from bnstudy import spec
 from bnstudy.errors import UserError
 from bnstudy.settings import BY_NAME, CSV_COLUMNS, EVALS_COLUMNS, METRIC_COLUMNS, RUN_SETTINGS, from_record
-from bnstudy.store import DONE_STATUSES, RunStore
+from bnstudy.runfiles import RunState, RunStatus
+from bnstudy.store import RunStore
 
 CONFIG_KEYS = list(RUN_SETTINGS)  # a run's identity; `study` only names its folder
 CELL_KEYS = [k for k in CONFIG_KEYS if k != "seed"]
@@ -212,17 +213,18 @@ def load_run(store: RunStore, run_id: str) -> tuple[pd.DataFrame | None, dict]:
     the run is not done; its record: run_id, state, `reason` it does not count or None, and,
     where its JSON checks out, `config` and the JSON's status/RUN_INFO)."""
     check = store.check(run_id)
-    done = check.state in DONE_STATUSES
+    done = check.state.is_done()
     record = {"run_id": run_id, "state": check.state, "reason": None if done else check.reason}
     if check.config is None:
         return None, record
     config = check.config.identity()
-    record |= {"config": config, "status": check.metadata["status"], **{k: check.metadata.get(k) for k in RUN_INFO}}
+    record |= {"config": config, "status": RunStatus(check.metadata["status"]),
+               **{k: check.metadata.get(k) for k in RUN_INFO}}  # fmt: skip
     if not done:
         return None, record
     # The JSON's settings are the whole config (the CSV repeats only some of them).
     rows = pd.DataFrame(check.rows, columns=CSV_COLUMNS)[METRIC_COLUMNS]
-    return rows.assign(run_id=run_id, study=check.config.study, **config, status=check.state,
+    return rows.assign(run_id=run_id, study=check.config.study, **config, status=record["status"],
                        device=check.metadata.get("device")), record  # fmt: skip
 
 
@@ -307,7 +309,7 @@ def summarize_runs(study: StudyResults) -> pd.DataFrame:
     seconds = by_run[["train_seconds", "eval_seconds"]].sum()
     summary = study.runs[["run_id", *CONFIG_KEYS, "status"]].set_index("run_id").join(metrics).join(seconds)
     summary = summary.join(fine_summary(study))
-    summary["diverged"] = summary["status"] == "diverged"
+    summary["diverged"] = summary["status"] == RunStatus.DIVERGED
     summary = summary.astype({"epochs_used": int, **dict.fromkeys(ALL_METRICS, float)})
     summary["stuck"] = stuck(summary["best_acc"])
     columns = [*CONFIG_KEYS, "status", "diverged", "stuck", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
@@ -350,6 +352,7 @@ def missing_runs(study: StudyResults) -> pd.DataFrame:
     "not run")."""
     missing = study.expected[~study.expected["run_id"].isin(study.runs["run_id"])]
     skipped = study.skipped[["run_id", "state", "reason"]].itertuples(index=False)
-    reasons = {run_id: f"damaged: {reason}" if state == "damaged" else reason for run_id, state, reason in skipped}
+    reasons = {run_id: f"damaged: {reason}" if state == RunState.DAMAGED else reason
+               for run_id, state, reason in skipped}  # fmt: skip
     reason = [reasons.get(run_id, "not run") for run_id in missing["run_id"]]
     return missing.assign(reason=reason).reset_index(drop=True)

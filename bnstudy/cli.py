@@ -74,6 +74,7 @@ def format_epoch(row: dict, epochs: int) -> str:
 def cmd_run(args) -> int:
     from bnstudy.data import load_fashion_mnist
     from bnstudy.backends import resolve_device
+    from bnstudy.runfiles import RunStatus
     from bnstudy.runner import execute
     from bnstudy.store import RunStore, check_writable, writing
 
@@ -86,12 +87,12 @@ def cmd_run(args) -> int:
     check_writable(store.root, store.runs_dir)
     data = load_fashion_mnist(args.data, device, config.limit_train, config.limit_test)
     print(f"{config.run_id} on {device}: {len(data.train_x):,} training / {len(data.test_x):,} test images", flush=True)
-    rows, metadata = execute(config, data, on_epoch=lambda row: print(format_epoch(row, config.epochs), flush=True))
+    outcome = execute(config, data, on_epoch=lambda row: print(format_epoch(row, config.epochs), flush=True))
     with writing(store.root):
-        csv_path, _ = store.write_run(rows, metadata)
-    print(f"{metadata['status']}: {csv_path}")
-    if metadata["status"] == "failed":
-        print(metadata["error"], file=sys.stderr)
+        csv_path, _ = store.write_run(outcome)
+    print(f"{outcome.status}: {csv_path}")
+    if outcome.status is RunStatus.FAILED:
+        print(outcome.metadata["error"], file=sys.stderr)
         return 1
     return 0
 

@@ -20,6 +20,7 @@ from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults  
 from bnstudy.claims import Verdict  # noqa: E402
 from bnstudy.metrics import METRICS  # noqa: E402
 from bnstudy.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
+from bnstudy.runfiles import RunStatus  # noqa: E402
 
 if TYPE_CHECKING:
     from bnstudy.analysis import Analysis
@@ -122,7 +123,7 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
     for ax in grid.axes.flat:  # whole epochs; one epoch gets one tick (its tiny range would get fractions)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True) if len(epochs) > 1 else FixedLocator(epochs))
     lines = f"line: mean over {seeds_note(frame)}" + ("; band: lowest to highest seed" if errorbar else "")
-    diverged = int((study.runs["status"] == "diverged").sum())
+    diverged = int((study.runs["status"] == RunStatus.DIVERGED).sum())
     if diverged:  # else a line that stops early looks like a plotting fault
         lines += f"; {plural(diverged, 'diverged run')} {'ends at its' if diverged == 1 else 'end at their'} last finite epoch"
     grid.figure.suptitle(f"{title}\n{data_note(study)}\n{lines}", y=1.0, va="bottom")

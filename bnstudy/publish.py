@@ -41,7 +41,8 @@ from bnstudy.analysis import analyze
 from bnstudy.errors import UserError
 from bnstudy.figures import FIGURES, draw_figures, save_figures
 from bnstudy.report import damaged_runs, extra_text, incomplete_cells, render_report, skipped_text
-from bnstudy.store import atomic_write_text, check_no_links, check_writable, format_damaged, open_lock_file
+from bnstudy.store import (atomic_write_text, check_no_links, check_writable, format_damaged, fsync_folder,
+                           open_lock_file)  # fmt: skip
 
 REPORTS = ".reports"  # the versions, `current` and the lock
 TABLES = ("summary.csv", "cells.csv", "claims.csv", "comparisons.csv", "report.md")
@@ -207,7 +208,7 @@ def switch(reports: Path, version: str) -> None:
     temporary = reports / f".current-{uuid.uuid4().hex}"
     os.symlink(version, temporary)
     os.replace(temporary, reports / "current")
-    _sync(reports)
+    fsync_folder(reports)
 
 
 def adopt(root: Path, reports: Path) -> None:
@@ -266,14 +267,6 @@ def _is(path: Path, kind) -> bool:
         return False
 
 
-def _sync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder`, so that a power cut after the switch finds them whole."""
     for directory, _, files in os.walk(folder):
@@ -283,7 +276,7 @@ def _sync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _sync(Path(directory))
+        fsync_folder(Path(directory))
 
 
 def format_outputs(out: Outputs) -> str:

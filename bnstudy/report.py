@@ -36,7 +36,8 @@ from bnstudy.findings import (
 from bnstudy.metrics import header, label
 from bnstudy.notebook import TABLE_COLUMNS
 from bnstudy.remedies import POOLING, REMEDY
-from bnstudy.store import DONE_STATUSES, format_damaged
+from bnstudy.runfiles import RunState, RunStatus
+from bnstudy.store import format_damaged
 from bnstudy.wording import (
     SETTING_NAMES,
     cell_text,
@@ -83,7 +84,8 @@ def listing(values) -> str:
     return str(tally.index[0]) if len(tally) == 1 else ", ".join(f"{v} ({n})" for v, n in tally.items())
 
 
-SKIPPED_STATES = {"failed": "failed", "damaged": "damaged", "pending": "without its JSON (in flight or killed)"}
+SKIPPED_STATES = {RunState.FAILED: "failed", RunState.DAMAGED: "damaged",
+                  RunState.PENDING: "without its JSON (in flight or killed)"}  # fmt: skip
 
 
 def skipped_text(skipped: pd.DataFrame) -> str:
@@ -96,7 +98,7 @@ def skipped_text(skipped: pd.DataFrame) -> str:
 
 def damaged_runs(skipped: pd.DataFrame) -> list[tuple[str, str]]:
     """(run_id, reason) of each damaged run among the skipped ones."""
-    damaged = skipped[skipped["state"] == "damaged"]
+    damaged = skipped[skipped["state"] == RunState.DAMAGED]
     return list(zip(damaged["run_id"], damaged["reason"]))
 
 
@@ -205,8 +207,8 @@ def what_was_run(a: Analysis) -> list[str]:
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
-        f"**Runs**: {statuses.sum()} of {len(study.expected)} done ({statuses.get('complete', 0)} complete, "
-        f"{statuses.get('diverged', 0)} diverged); skipped: {skipped_text(study.skipped)}.",
+        f"**Runs**: {statuses.sum()} of {len(study.expected)} done ({statuses.get(RunStatus.COMPLETE, 0)} complete, "
+        f"{statuses.get(RunStatus.DIVERGED, 0)} diverged); skipped: {skipped_text(study.skipped)}.",
         *damaged_bullet(study.skipped),
         *extra_bullet(study),
         *[text for text in (stuck_text(summary, a.extra),) if text],
@@ -223,7 +225,7 @@ def extra_text(study: StudyResults) -> str:
     if study.extra.empty:
         return ""
     states = ", ".join(f"{n} {state}" for state, n in study.extra["state"].value_counts().items())
-    done = int(study.extra["state"].isin(DONE_STATUSES).sum())
+    done = int(study.extra["state"].map(lambda state: RunState(state).is_done()).sum())
     fate = (f"the {done} done ones included" if study.extra_included else
             "left out (`--include-extra` reports the done ones)")  # fmt: skip
     return f"{plural(len(study.extra), 'run')} in runs/ not in spec.toml ({states}), {fate}"

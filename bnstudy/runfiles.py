@@ -7,8 +7,10 @@ config on every row, epochs 1..n, numbers in their ranges where numbers belong (
 in [0, 1], losses and times non-negative), every epoch finite but a diverged run's last,
 whose training loss is not, and as many rows as the JSON says; a run with points has each
 of them, its own, at its epoch, point and step, the epoch's last equal to its row.
-Torch-free; reads only what it is given. Also how those states are shown (format_status,
-format_damaged), which store.py passes on.
+Torch-free; reads only what it is given. Also the types of a run's result: its status
+(RunStatus, as the JSON writes it), its state on disk (RunState), the result itself as it
+travels from training to its files (RunOutcome); and how those states are shown
+(format_status, format_damaged), which store.py passes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import enum
 import json
 import math
 from pathlib import Path
@@ -23,17 +26,74 @@ from pathlib import Path
 from bnstudy.settings import (BY_NAME, CSV_COLUMNS, EVALS_COLUMNS, IDENTITY_COLUMNS, METRIC_COLUMNS, RunConfig,
                               SettingError, csv_layout_ok, steps_per_epoch)  # fmt: skip
 
-DONE_STATUSES = ("complete", "diverged")
-RUN_STATES = (*DONE_STATUSES, "failed", "damaged", "pending")  # what `RunStore.state` answers
+class RunStatus(enum.StrEnum):
+    """A run's status as its JSON writes it (the member's value is the JSON's text)."""
+
+    COMPLETE = "complete"  # every epoch of the config trained
+    DIVERGED = "diverged"  # stopped at the epoch whose training loss turned non-finite: a result too
+    FAILED = "failed"  # an exception, or a result the driver refused (its JSON says why, under "error")
+
+    @classmethod
+    def of(cls, value) -> RunStatus | None:
+        """The status `value` (a JSON's, a worker's: anything) names, or None."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+    @property
+    def state(self) -> RunState:
+        """The state of a run whose JSON says this status and whose files check out."""
+        return RunState(self.value)
+
+
+class RunState(enum.StrEnum):
+    """What a run's files on disk amount to (RunStore.check); `bnstudy status` counts these."""
+
+    COMPLETE = "complete"  # both files whole and in agreement, as RunStatus.COMPLETE ...
+    DIVERGED = "diverged"  # ... and RunStatus.DIVERGED
+    FAILED = "failed"  # a readable JSON saying so
+    DAMAGED = "damaged"  # anything else that is there: no command trusts it; a sweep sets it aside
+    PENDING = "pending"  # no JSON: never run, in flight, or killed before its JSON was moved into place
+
+    def is_done(self) -> bool:
+        """Whether the run is a result: reported, and not run again (a diverged run too)."""
+        return self in (RunState.COMPLETE, RunState.DIVERGED)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """One run's result: what runner.execute returns, what crosses from the worker that
+    trained it to the driver, what the sweep vets (sweep.result_problem) and what
+    RunStore.write_run writes.
+
+    rows:     one dict per finished epoch, CSV_COLUMNS keys: <run_id>.csv.
+    metadata: the content of <run_id>.json (runner.run_metadata), its "status" included.
+    points:   with evals_per_epoch k > 1, k dicts per finished epoch, EVALS_COLUMNS keys:
+              <run_id>.evals.csv; else empty.
+    """
+
+    rows: list[dict]
+    metadata: dict
+    points: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status, read from its metadata (one copy, which the JSON writes)."""
+        return RunStatus(self.metadata["status"])
+
+    @property
+    def measures_points(self) -> bool:
+        """Whether the run's config asks for points (evals_per_epoch > 1): then it has a
+        points file, if only a header (a run that failed before its first point)."""
+        return self.metadata["config"]["evals_per_epoch"] > 1
 
 
 @dataclasses.dataclass(frozen=True)
 class RunCheck:
     """What a run's files on disk amount to (RunStore.check).
 
-    state:    one of RUN_STATES. "complete"/"diverged": both files whole and in agreement;
-              "failed": a readable JSON saying so; "pending": no JSON (never run, in flight,
-              or killed before its JSON was moved into place); "damaged": anything else.
+    state:    its RunState.
     reason:   why the run is not done, in a few words ("" when it is).
     metadata: the JSON's content, when it checks out; else None.
     config:   the RunConfig rebuilt from the JSON (its run_id is the file name); else None.
@@ -41,7 +101,7 @@ class RunCheck:
               numbers (epoch an int, an empty BN-diagnostic cell NaN); else None.
     """
 
-    state: str
+    state: RunState
     reason: str
     metadata: dict | None = None
     config: RunConfig | None = None
@@ -52,7 +112,6 @@ class Damage(Exception):
     """Why a run's files are not whole or do not agree with each other, in a few words."""
 
 
-RUN_FILE_STATUSES = (*DONE_STATUSES, "failed")  # what a JSON's status may say
 # Losses: non-negative; NaN or infinity only in a diverged run's last epoch, whose training
 # loss turned non-finite (train.record: what stops a run), and which aggregate does not count.
 LOSS_COLUMNS = ("train_loss", "test_loss")
@@ -97,7 +156,7 @@ def read_metadata(text: str, run_id: str) -> tuple[dict, RunConfig]:
         metadata = json.loads(text)
     except ValueError:
         raise Damage("JSON does not parse") from None
-    if not isinstance(metadata, dict) or metadata.get("status") not in RUN_FILE_STATUSES:
+    if not isinstance(metadata, dict) or RunStatus.of(metadata.get("status")) is None:
         raise Damage("JSON has no run status")
     if not isinstance(metadata.get("config"), dict):
         raise Damage("JSON has no config")
@@ -114,7 +173,7 @@ def read_metadata(text: str, run_id: str) -> tuple[dict, RunConfig]:
             raise Damage(f"JSON {field} {ascii(metadata.get(field))[:60]} is not a run's")
     if metadata["run_id"] != run_id:
         raise Damage(f"JSON run_id {ascii(metadata['run_id'])[:60]} is not the file's")
-    error, failed = metadata.get("error"), metadata["status"] == "failed"
+    error, failed = metadata.get("error"), RunStatus(metadata["status"]) is RunStatus.FAILED
     if not (error is None or failed and isinstance(error, str)):
         raise Damage(f"JSON error {ascii(error)[:60]} for a {metadata['status']} run")
     return metadata, config
@@ -141,11 +200,12 @@ def read_rows(path: Path, metadata: dict, config: RunConfig) -> list[dict]:
         raise Damage("CSV columns are not a run's")
     rows = [read_row(header, line, epoch, config) for epoch, line in enumerate(lines, 1)]
     expected = metadata["epochs_done"]
-    if metadata["status"] == "complete" and expected != config.epochs:
+    status = RunStatus(metadata["status"])
+    if status is RunStatus.COMPLETE and expected != config.epochs:
         raise Damage(f"complete after {expected} of {config.epochs} epochs")
     if not 1 <= len(rows) == expected <= config.epochs:
         raise Damage(f"CSV has {len(rows)} epochs, JSON says {expected} of {config.epochs}")
-    check_finite(rows, metadata["status"])
+    check_finite(rows, status)
     return rows
 
 
@@ -202,14 +262,14 @@ def cell_number(text: str, column: str, has_bn: bool) -> float:
     return value
 
 
-def check_finite(rows: list[dict], status: str) -> None:
+def check_finite(rows: list[dict], status: RunStatus) -> None:
     """Damage unless every epoch's losses are finite, but for a diverged run's last epoch,
     whose training loss must not be (what made it diverged)."""
-    for row in rows[:-1] if status == "diverged" else rows:
+    for row in rows[:-1] if status is RunStatus.DIVERGED else rows:
         for column in LOSS_COLUMNS:
             if not math.isfinite(row[column]):
                 raise Damage(f"CSV {column} {row[column]} in epoch {row['epoch']} of a {status} run")
-    if status == "diverged" and math.isfinite(rows[-1]["train_loss"]):
+    if status is RunStatus.DIVERGED and math.isfinite(rows[-1]["train_loss"]):
         raise Damage(f"a diverged run whose last epoch has a finite train_loss ({rows[-1]['train_loss']})")
 
 
@@ -264,7 +324,7 @@ def _accuracy(text: str, where: str) -> float:
 
 # ---------------------------------------------------------------- states shown (a store: store.RunStore)
 def format_status(configs: list[RunConfig], store) -> str:
-    """A table of the runs' states (RUN_STATES) per variant, with totals, for `bnstudy status`,
+    """A table of the runs' states (RunState) per variant, with totals, for `bnstudy status`,
     then the damaged runs with their reasons (a few) and how many runs belong to other specs.
     "done" counts complete runs; diverged runs are results too and are not rerun. UserError
     when a folder of the study is a link (check_no_links)."""
@@ -272,16 +332,16 @@ def format_status(configs: list[RunConfig], store) -> str:
 
     check_no_links(store.root)
     checks = {config.run_id: store.check(config) for config in configs}
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[RunState, int]] = {}
     for config in configs:
-        row = counts.setdefault(config.variant, dict.fromkeys(RUN_STATES, 0))
+        row = counts.setdefault(config.variant, dict.fromkeys(RunState, 0))
         row[checks[config.run_id].state] += 1
-    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RUN_STATES}
-    header = ["variant", *("done" if state == "complete" else state for state in RUN_STATES), "total"]
+    counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RunState}
+    header = ["variant", *("done" if state is RunState.COMPLETE else state for state in RunState), "total"]
     table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
     width = max(len(line[0]) for line in table)
     lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
-    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state == "damaged"]
+    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state is RunState.DAMAGED]
     if damaged:
         lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
         lines += format_damaged(damaged)

@@ -3,8 +3,9 @@ a sweep's task on whatever worker it lands.
 
 `execute` is the unit every front end shares: `bnstudy run` calls it directly; the sweep
 (bnstudy.sweep) hands `worker_task` to its backend (bnstudy.backends), which calls it in
-this process, in worker processes, on a GPU or on dask workers; the driver writes what it
-returns. Each worker process loads the dataset once.
+this process, in worker processes, on a GPU or on dask workers; the driver writes the
+RunOutcome each run comes back as (`run_outcome` makes them all). Each worker process loads
+the dataset once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -26,33 +27,42 @@ from bnstudy import costs
 from bnstudy.backends import claimed_device, resolve_device
 from bnstudy.data import FashionMNIST, load_fashion_mnist
 from bnstudy.fused import fit_group, max_group_size
+from bnstudy.runfiles import RunOutcome, RunStatus
 from bnstudy.settings import RunConfig
-from bnstudy.store import EVALS_FIELD
 from bnstudy.train import RunResult, build_model, evaluate, fit, make_optimizer, train_epoch
-
-# (per-epoch rows, the run's metadata: its JSON, plus its points under EVALS_FIELD), what execute returns
-Result = tuple[list[dict], dict]
 
 
 def execute(config: RunConfig, data: FashionMNIST, on_epoch: Callable[[dict], None] | None = None,
-            catch: bool = True) -> tuple[list[dict], dict]:  # fmt: skip
-    """Fit `config` on `data` and return (rows, metadata) (run_metadata's, with the points).
+            catch: bool = True) -> RunOutcome:  # fmt: skip
+    """Fit `config` on `data` and return its RunOutcome.
 
-    With `catch`, an exception inside training is recorded as status "failed" (its error
+    With `catch`, an exception inside training is recorded as the run failed (its error
     and traceback in the metadata, the rows and points finished so far kept) instead of
     propagating.
     """
-    device = data.train_x.device
-    started = now()
+    where, started = device_name(data.train_x.device), now()
     result = RunResult()  # filled as fit goes, so that a failure keeps the finished epochs
     try:
-        status, error = fit(config, data, on_epoch=on_epoch, result=result).status, None
+        fit(config, data, on_epoch=on_epoch, result=result)
     except Exception as exc:  # noqa: BLE001  (recorded, the sweep goes on)
         if not catch:
             raise
-        status, error = "failed", describe_error(exc)
-    return result.rows, run_metadata(config, status, device_name(device), started, now(), error, len(result.rows),
-                                     points=result.points)  # fmt: skip
+        return run_outcome(config, where, started, result, describe_error(exc))
+    return run_outcome(config, where, started, result)
+
+
+def run_outcome(config: RunConfig, device: str, started: str, result: RunResult | None = None,
+                error: str | None = None, group_size: int = 1) -> RunOutcome:  # fmt: skip
+    """The RunOutcome of run `config` on `device` (its name), started at `started` and
+    ending now: the rows and points `result` holds (none when None) and its JSON's metadata.
+    Its status is `result`'s, or failed when `error` (a one-line summary, then any details)
+    is given: the one place a failed run is made, for a run that raised (execute), a fused
+    group that raised (execute_group), a worker that could not set up (worker_task) and a
+    result the driver refuses or never got (sweep.failed_results)."""
+    result = RunResult() if result is None else result
+    status = RunStatus.FAILED if error is not None else result.status
+    metadata = run_metadata(config, status, device, started, now(), error, len(result.rows), group_size)
+    return RunOutcome(rows=result.rows, metadata=metadata, points=result.points)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -86,17 +96,15 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_metadata(config: RunConfig, status: str, device: str, started: str, ended: str, error: str | None = None,
-                 epochs_done: int = 0, group_size: int = 1, points: Sequence[dict] = ()) -> dict:  # fmt: skip
-    """The content of a run's JSON file. `group_size`: how many runs trained together as one
-    fused network (1: solo); the rows' timing columns are that whole group's. A run with
-    evals_per_epoch > 1 also carries its `points` (train.RunResult's) under EVALS_FIELD,
-    which RunStore.write_run writes to their own file and leaves out of the JSON: so the
-    points travel with the run's (rows, metadata) to the driver, whatever the backend."""
-    metadata = {
+def run_metadata(config: RunConfig, status: RunStatus | str, device: str, started: str, ended: str,
+                 error: str | None = None, epochs_done: int = 0, group_size: int = 1) -> dict:  # fmt: skip
+    """The content of a run's JSON file, JSON values only (the status as its text).
+    `group_size`: how many runs trained together as one fused network (1: solo); the rows'
+    timing columns are that whole group's."""
+    return {
         "run_id": config.run_id,
         "study": config.study,
-        "status": status,
+        "status": RunStatus(status).value,
         "config": config.identity(),
         "epochs_done": epochs_done,
         "error": error,
@@ -108,38 +116,33 @@ def run_metadata(config: RunConfig, status: str, device: str, started: str, ende
         "bnstudy_version": bnstudy.__version__,
         "git_commit": git_commit(),
     }
-    if config.evals_per_epoch > 1:
-        metadata[EVALS_FIELD] = list(points)
-    return metadata
 
 
 # ---------------------------------------------------------------- groups and worker tasks
-def run_group(configs: list[RunConfig], data: FashionMNIST) -> list[Result]:
-    """Train runs of one shape on `data`; one (rows, metadata) per config, in order.
+def run_group(configs: list[RunConfig], data: FashionMNIST) -> list[RunOutcome]:
+    """Train runs of one shape on `data`; one RunOutcome per config, in order.
 
     Chunks of up to fused.max_group_size (what fits the device's free memory; 1 on the CPU,
     where fusion does not pay) train as one fused network each; a chunk of one trains solo.
     """
     size = max_group_size(data.train_x.device, configs[0].batch_size)
-    results: list[Result] = []
+    results: list[RunOutcome] = []
     for start in range(0, len(configs), size):
         chunk = configs[start : start + size]
         results += execute_group(chunk, data) if len(chunk) > 1 else [execute(chunk[0], data)]
     return results
 
 
-def execute_group(configs: list[RunConfig], data: FashionMNIST) -> list[Result]:
-    """fused.fit_group on `configs` (one shape); one (rows, metadata) per config, in order.
-    An exception inside the group marks every member "failed" (the sweep goes on)."""
-    where, started = device_name(data.train_x.device), now()
+def execute_group(configs: list[RunConfig], data: FashionMNIST) -> list[RunOutcome]:
+    """fused.fit_group on `configs` (one shape); one RunOutcome per config, in order.
+    An exception inside the group fails every member (the sweep goes on)."""
+    where, started, size = device_name(data.train_x.device), now(), len(configs)
     try:
         results = fit_group(configs, data)
     except Exception as exc:  # noqa: BLE001  (recorded, the sweep goes on)
         error = describe_error(exc)
-        return [([], run_metadata(c, "failed", where, started, now(), error, 0, len(configs))) for c in configs]
-    ended = now()
-    return [(r.rows, run_metadata(c, r.status, where, started, ended, None, len(r.rows), len(configs), r.points))
-            for c, r in zip(configs, results)]  # fmt: skip
+        return [run_outcome(c, where, started, error=error, group_size=size) for c in configs]
+    return [run_outcome(c, where, started, r, group_size=size) for c, r in zip(configs, results)]
 
 
 @functools.cache
@@ -155,7 +158,7 @@ def worker_dataset(data_dir: str | None, device: str, limit_train: int | None, l
 _one_task_at_a_time = threading.Lock()
 
 
-def worker_task(configs: list[RunConfig], device: str | None, data_dir: str | None = None) -> list[Result]:
+def worker_task(configs: list[RunConfig], device: str | None, data_dir: str | None = None) -> list[RunOutcome]:
     """Run one task wherever it lands (the driver, a worker process, a dask worker): on
     `device`, or on this worker's claimed slot when None (bnstudy.backends' task function). Never raises: when the worker
     cannot set up (no dataset, no such device) the task's runs come back "failed"."""
@@ -163,7 +166,7 @@ def worker_task(configs: list[RunConfig], device: str | None, data_dir: str | No
         return _run_task(configs, data_dir, device)
 
 
-def _run_task(configs: list[RunConfig], data_dir: str | None, device: str | None) -> list[Result]:
+def _run_task(configs: list[RunConfig], data_dir: str | None, device: str | None) -> list[RunOutcome]:
     started = now()
     try:
         where = torch.device(claimed_device()) if device is None else resolve_device(device)
@@ -172,7 +175,7 @@ def _run_task(configs: list[RunConfig], data_dir: str | None, device: str | None
         data = worker_dataset(data_dir, str(where), configs[0].limit_train, configs[0].limit_test)
     except Exception as exc:  # noqa: BLE001  (reported per run; the sweep goes on)
         error = describe_error(exc)
-        return [([], run_metadata(config, "failed", str(device), started, now(), error)) for config in configs]
+        return [run_outcome(config, str(device), started, error=error) for config in configs]
     return run_group(configs, data)
 
 

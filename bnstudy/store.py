@@ -29,15 +29,14 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 from bnstudy.errors import UserError
-from bnstudy.runfiles import DONE_STATUSES, Damage, RunCheck, check_points, read_metadata, read_rows
+from bnstudy.runfiles import (Damage, RunCheck, RunOutcome, RunState, RunStatus, check_points, read_metadata,
+                              read_rows)  # fmt: skip
 from bnstudy.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401  (for cli, sweep, report)
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
-
-EVALS_FIELD = "evals"  # a run metadata's points (runner.run_metadata): written to <run_id>.evals.csv, not the JSON
 
 
 def check_path(path: str | os.PathLike) -> Path:
@@ -117,7 +116,9 @@ def writing(root: Path):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and os.replace,
-    so readers see the old file or the whole new one, never a part."""
+    so readers see the old file or the whole new one, never a part; then fsync the folder,
+    so that the new name survives a power cut as well as the content (the rename lives in
+    the folder, which the file's own fsync does not write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -131,6 +132,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush `folder`'s entries (names made, replaced or removed in it) to its disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -174,7 +185,7 @@ class RunStore:
         if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
             theirs, ours = check.config.identity(), run.identity()
             differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
-            return RunCheck("damaged", f"JSON is another run's with this id ({differ}): a collision of its hash")
+            return RunCheck(RunState.DAMAGED, f"JSON is another run's with this id ({differ}): a collision of its hash")
         return check
 
     def _check(self, run_id: str) -> RunCheck:
@@ -182,30 +193,28 @@ class RunStore:
             text = self.json_path(run_id).read_text()
         except FileNotFoundError:
             if self.csv_path(run_id).exists():
-                return RunCheck("pending", "no JSON (in flight or killed)")
-            return RunCheck("pending", "not run")
+                return RunCheck(RunState.PENDING, "no JSON (in flight or killed)")
+            return RunCheck(RunState.PENDING, "not run")
         except (OSError, ValueError) as exc:  # ValueError: not UTF-8
-            return RunCheck("damaged", f"unreadable JSON ({exc})")
+            return RunCheck(RunState.DAMAGED, f"unreadable JSON ({exc})")
         try:
             metadata, config = read_metadata(text, run_id)
         except Damage as exc:
-            return RunCheck("damaged", str(exc))
-        if metadata["status"] == "failed":
-            return RunCheck("failed", "failed", metadata, config)
+            return RunCheck(RunState.DAMAGED, str(exc))
+        status = RunStatus(metadata["status"])
+        if status is RunStatus.FAILED:
+            return RunCheck(RunState.FAILED, "failed", metadata, config)
         try:
             rows = read_rows(self.csv_path(run_id), metadata, config)
             if config.evals_per_epoch > 1:
                 check_points(self.evals_path(run_id), metadata, config, rows)
         except Damage as exc:
-            return RunCheck("damaged", str(exc), metadata, config)
-        return RunCheck(metadata["status"], "", metadata, config, rows)
+            return RunCheck(RunState.DAMAGED, str(exc), metadata, config)
+        return RunCheck(status.state, "", metadata, config, rows)
 
-    def state(self, run: str | RunConfig) -> str:
-        """One of RUN_STATES (see RunCheck); "failed", "damaged" and "pending" runs are what a sweep runs."""
+    def state(self, run: str | RunConfig) -> RunState:
+        """The run's RunState (check's); the runs not done are what a sweep runs."""
         return self.check(run).state
-
-    def is_done(self, run: str | RunConfig) -> bool:
-        return self.state(run) in DONE_STATUSES
 
     def recorded_run_ids(self) -> set[str]:
         """The ids of every run with a JSON file here, whatever spec it came from."""
@@ -239,17 +248,16 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, runs: Iterable[str | RunConfig]) -> list[tuple[str, str]]:
-        """Move the files of each damaged run among `runs` (ids or configs, as `check` takes
-        them) into damaged_dir as
-        <run_id>.<UTC time>.csv and .json (kept, never deleted: they may be worth a look),
-        so that the run counts as pending. Returns (run_id, reason) of each run moved.
-        UserError when a file cannot be moved. Call it holding the lock."""
+    def set_aside_damaged(self, checks: Mapping[str, RunCheck]) -> list[tuple[str, str]]:
+        """Move the files of each run that `checks` (run_id -> its `check`, made under the
+        lock) says is damaged into damaged_dir as <run_id>.<UTC time>.csv, .evals.csv and
+        .json (kept, never deleted: they may be worth a look), so that the run counts as
+        pending. Returns (run_id, reason) of each run moved. UserError when a file cannot be
+        moved. Call it holding the lock, with checks made under it: it reads no file itself."""
         check_no_links(self.root)
         moved = []
-        for run in runs:
-            run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
-            if check.state == "damaged":
+        for run_id, check in checks.items():
+            if check.state is RunState.DAMAGED:
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))
         return moved
@@ -266,20 +274,19 @@ class RunStore:
         except OSError as exc:
             raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
 
-    def write_run(self, rows: list[dict], metadata: dict) -> tuple[Path, Path]:
-        """Write the run's CSV, then its points when `metadata` carries them (EVALS_FIELD),
-        then its JSON, without them (the JSON marks the run done). Returns the CSV's and
+    def write_run(self, outcome: RunOutcome) -> tuple[Path, Path]:
+        """Write the run's CSV (its rows), then its points file when its config asks for
+        points, then its JSON (its metadata), which marks the run done. Returns the CSV's and
         the JSON's paths. ValueError for a run_id that is no plain file name (the sweep writes
         only ids of its own runs: bnstudy.sweep.vet)."""
         check_no_links(self.root)
-        run_id = metadata["run_id"]
+        run_id = outcome.metadata["run_id"]
         if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or "/" in run_id or "\0" in run_id:
             raise ValueError(f"not a run id: {run_id!r}")
-        atomic_write_text(self.csv_path(run_id), rows_to_csv(rows))
-        if EVALS_FIELD in metadata:
-            atomic_write_text(self.evals_path(run_id), rows_to_csv(metadata[EVALS_FIELD], EVALS_COLUMNS))
-        record = {key: value for key, value in metadata.items() if key != EVALS_FIELD}
-        atomic_write_text(self.json_path(run_id), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(self.csv_path(run_id), rows_to_csv(outcome.rows))
+        if outcome.measures_points:
+            atomic_write_text(self.evals_path(run_id), rows_to_csv(outcome.points, EVALS_COLUMNS))
+        atomic_write_text(self.json_path(run_id), json.dumps(outcome.metadata, indent=2) + "\n")
         return self.csv_path(run_id), self.json_path(run_id)
 
     @contextlib.contextmanager

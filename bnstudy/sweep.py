@@ -7,10 +7,15 @@ runs of one shape, for the fused engine), costliest first; run the tasks on the 
 alone, write each run to the store as its result arrives, so that a killed sweep keeps
 every finished run.
 
-A worker's result is data, never a say in where it goes: the driver writes it as one of its
-own runs (the backend tells which task it answers), only when it names that run, with that
-run's config, from a worker on the driver's bnstudy version and commit, and only as a run
-whose files then check out; anything else is that run "failed" with the reason (`vet`).
+A worker's result (a runfiles.RunOutcome per run) is data, never a say in where it goes:
+the driver writes it as one of its own runs (the backend tells which task it answers), only
+when it names that run, with that run's config, from a worker on the driver's bnstudy
+version and commit, and only as a run whose files then check out; anything else is that run
+failed with the reason (`vet`).
+
+At its start, under the study's lock, a sweep checks each run's files once
+(`check_runs`): that one check sets the damaged runs aside and tells the done runs from the
+pending ones.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from tqdm import tqdm
 from bnstudy.backends import Execution, TaskFailure, open_backend, plan_execution
 from bnstudy import costs
 from bnstudy.costs import REFERENCE, Eta, Speed, estimate_seconds, format_duration, own_seconds
+from bnstudy.runfiles import RunCheck, RunOutcome, RunState, RunStatus
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 from bnstudy.spec import Study
-from bnstudy.store import (DONE_STATUSES, EVALS_FIELD, RunStore, check_no_links, check_writable, format_set_aside,
-                           writing)  # fmt: skip
+from bnstudy.store import RunStore, check_no_links, check_writable, format_set_aside, writing
 
 
 def make_tasks(configs: list[RunConfig], grouped: bool) -> list[list[RunConfig]]:
@@ -68,11 +73,11 @@ class SweepOptions:
 
 @dataclass
 class Tally:
-    """What a sweep did: runs written per status, failures (run_id, json path, error line),
+    """What a sweep did: runs written per RunStatus, failures (run_id, json path, error line),
     sum of the runs' own train+eval seconds, wall seconds, workers busy."""
 
     workers: int = 1
-    ran: dict = dataclasses.field(default_factory=lambda: {"complete": 0, "diverged": 0, "failed": 0})
+    ran: dict[RunStatus, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(RunStatus, 0))
     failures: list = dataclasses.field(default_factory=list)
     run_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -100,15 +105,23 @@ def sweep(study: Study, options: SweepOptions) -> int:
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
-        if moved := store.set_aside_damaged(configs):  # redone as pending runs
-            print(format_set_aside(moved, store), flush=True)
-        pending = [config for config in configs if not store.is_done(config)]
+        pending = check_runs(configs, store)
         speed = machine_speed(pending, execution, workers, options.data_dir)
         print(format_header(study, len(configs), pending, store, execution, workers, speed), flush=True)
         tally = (run_pending(pending, execution, run_tasks, workers, store, study.name, options.allow_mixed_workers,
                              speed) if pending else Tally())  # fmt: skip
     print(format_summary(study, len(configs) - len(pending), tally, store))
-    return 1 if tally.ran["failed"] else 0
+    return 1 if tally.ran[RunStatus.FAILED] else 0
+
+
+def check_runs(configs: list[RunConfig], store: RunStore) -> list[RunConfig]:
+    """The runs of `configs` that are not done, from one check of each run's files; the
+    damaged ones among them have their files set aside first (and it says so), to be redone
+    as pending runs. Call it holding the store's lock, so that the check stays true."""
+    checks = {config.run_id: store.check(config) for config in configs}
+    if moved := store.set_aside_damaged(checks):
+        print(format_set_aside(moved, store), flush=True)
+    return [config for config in configs if not checks[config.run_id].state.is_done()]
 
 
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
@@ -150,43 +163,41 @@ def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Calla
     bar = tqdm(total=len(pending), desc=name, unit="run", file=sys.stderr, dynamic_ncols=True,
                bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {elapsed}{postfix}")  # fmt: skip
 
-    def write(task: list[RunConfig], results: list[tuple[list[dict], dict]]) -> None:
-        for config, (rows, metadata) in zip(task, results):
-            rows, metadata = record(store, config, rows, metadata, tally, execution.device)
-            if metadata["status"] == "failed":
-                bar.write(f"failed: {config.run_id}: {metadata['error'].splitlines()[0]}", file=sys.stderr)
-            eta.finished(config, rows, metadata["group_size"])
+    def write(task: list[RunConfig], outcomes: list[RunOutcome]) -> None:
+        for config, outcome in zip(task, outcomes):
+            check = record(store, config, outcome, tally, execution.device)
+            if check.state is RunState.FAILED:
+                bar.write(f"failed: {config.run_id}: {check.metadata['error'].splitlines()[0]}", file=sys.stderr)
+            eta.finished(config, check.rows or [], check.metadata["group_size"])
             bar.update(1)
-        bar.set_postfix_str(f"failed {tally.ran['failed']}, eta ~{format_duration(eta.seconds())}")
+        bar.set_postfix_str(f"failed {tally.ran[RunStatus.FAILED]}, eta ~{format_duration(eta.seconds())}")
 
     with bar:
         waiting = "eta: waiting for a worker" if not workers else f"eta ~{format_duration(eta.seconds())}"
         bar.set_postfix_str(f"failed 0, {waiting}")
-        for index, outcome in run_tasks(tasks):
+        for index, answer in run_tasks(tasks):
             task = unanswered.pop(index, None) if type(index) is int else None
             if task is not None:  # else no task of this sweep's, or one answered already
-                write(task, vet(task, outcome, execution.device, mixed_ok))
+                write(task, vet(task, answer, execution.device, mixed_ok))
         for task in unanswered.values():
             write(task, failed_results(task, execution.device, "the backend returned no result for this run"))
     tally.wall_seconds = time.perf_counter() - start
     return tally
 
 
-Result = tuple[list[dict], dict]  # (rows, metadata), as runner.execute returns a run
-
-
-def vet(task: list[RunConfig], outcome, device: str, mixed_ok: bool = False) -> list[Result]:
-    """One (rows, metadata) per run of `task`, the driver's own runs, from what the backend
-    gave for it: the worker's result where it is that run's (`result_problem`), else the
-    run "failed" with the reason. So no worker decides which run a result is written as."""
-    if isinstance(outcome, TaskFailure):
-        return failed_results(task, device, outcome.error)
-    if not isinstance(outcome, (list, tuple)) or len(outcome) != len(task):
-        count = len(outcome) if isinstance(outcome, (list, tuple)) else "no list of"
+def vet(task: list[RunConfig], answer, device: str, mixed_ok: bool = False) -> list[RunOutcome]:
+    """One RunOutcome per run of `task`, the driver's own runs, from what the backend gave
+    for it (`answer`: the task function's list, or a TaskFailure): the worker's outcome
+    where it is that run's (`result_problem`), else the run failed with the reason. So no
+    worker decides which run a result is written as."""
+    if isinstance(answer, TaskFailure):
+        return failed_results(task, device, answer.error)
+    if not isinstance(answer, (list, tuple)) or len(answer) != len(task):
+        count = len(answer) if isinstance(answer, (list, tuple)) else "no list of"
         runs = "run" if len(task) == 1 else "runs"
         return failed_results(task, device, f"the worker returned {count} results for a task of {len(task)} {runs}")
     vetted = []
-    for config, result in zip(task, outcome):
+    for config, result in zip(task, answer):
         problem = result_problem(config, result, mixed_ok)
         vetted += failed_results([config], device, f"the worker's result was refused: {problem}") if problem else [result]
     return vetted
@@ -215,13 +226,12 @@ def same_code(worker: tuple, driver: tuple) -> bool:
 
 def result_problem(config: RunConfig, result, mixed_ok: bool = False) -> str | None:
     """What makes a worker's `result` unfit to be written as run `config`, in words, or None:
-    anything but (rows, metadata) whose metadata names this run (run_id, study, config), a
-    run status, the driver's bnstudy version and commit (unless `mixed_ok`), and rows and
-    points with their columns. The numbers are checked once written (`record`)."""
-    if not (isinstance(result, (list, tuple)) and len(result) == 2 and isinstance(result[0], list)
-            and isinstance(result[1], dict)):  # fmt: skip
-        return "not a run's (rows, metadata)"
-    rows, metadata = result
+    anything but a RunOutcome whose metadata names this run (run_id, study, config), a run
+    status, the driver's bnstudy version and commit (unless `mixed_ok`), and rows and points
+    with their columns. The numbers are checked once written (`record`)."""
+    if not (isinstance(result, RunOutcome) and isinstance(result.rows, list) and isinstance(result.metadata, dict)):
+        return "not a run's outcome (rows, metadata, points)"
+    rows, metadata, points = result.rows, result.metadata, result.points
     if metadata.get("run_id") != config.run_id:
         return f"it is for run {ascii(metadata.get('run_id'))}"
     theirs, ours = metadata.get("config"), config.identity()
@@ -236,44 +246,42 @@ def result_problem(config: RunConfig, result, mixed_ok: bool = False) -> str | N
         (their_version, their_commit), (version, commit) = worker, driver_versions()
         return (f"worker runs bnstudy {their_version} ({their_commit or 'no git commit'}), driver {version} "
                 f"({commit or 'no git commit'}); --allow-mixed-workers accepts such results")  # fmt: skip
-    if metadata.get("status") not in ("complete", "diverged", "failed"):
+    if RunStatus.of(metadata.get("status")) is None:
         return f"its status is {ascii(metadata.get('status'))}"
-    points = metadata.get(EVALS_FIELD, [])
     if not all(isinstance(row, dict) and set(CSV_COLUMNS) <= row.keys() for row in rows) or not (
             isinstance(points, list) and all(isinstance(p, dict) and set(EVALS_COLUMNS) <= p.keys() for p in points)):
         return "its rows or points lack a run's columns"  # fmt: skip
     return None
 
 
-def failed_results(task: list[RunConfig], device: str, error: str) -> list[Result]:
-    """Each run of `task` "failed" with `error` (a one-line reason, then any details), as
-    worker_task reports a run that failed on its worker: for the runs the driver has no
-    usable result for."""
-    from bnstudy.runner import now, run_metadata
+def failed_results(task: list[RunConfig], device: str, error: str) -> list[RunOutcome]:
+    """Each run of `task` failed with `error` (a one-line reason, then any details), made as
+    worker_task makes a run that failed on its worker (runner.run_outcome): for the runs the
+    driver has no usable result for."""
+    from bnstudy.runner import now, run_outcome
 
     ended = now()  # when it started is the worker's business, and the worker is gone
-    return [([], run_metadata(config, "failed", device, ended, ended, error)) for config in task]
+    return [run_outcome(config, device, ended, error=error) for config in task]
 
 
-def record(store: RunStore, config: RunConfig, rows: list[dict], metadata: dict, tally: Tally,
-           device: str) -> Result:  # fmt: skip
-    """Write run `config` from a vetted result and count it; returns what was written, as
-    read back: the rows of a done run (numbers), [] for a failed one. A result whose files do
-    not check out (RunStore.check) is replaced by the run failed with the reason. UserError
-    when the store cannot be written."""
+def record(store: RunStore, config: RunConfig, outcome: RunOutcome, tally: Tally, device: str) -> RunCheck:
+    """Write run `config` from a vetted `outcome` and count it; returns the check of what was
+    written (its rows read back as numbers for a done run). An outcome whose files do not
+    check out (RunStore.check) is replaced by the run failed with the reason. UserError when
+    the store cannot be written."""
     with writing(store.root):
-        store.write_run(rows, metadata)  # vetted: metadata["run_id"] is config.run_id
+        store.write_run(outcome)  # vetted: its run_id is config.run_id
         check = store.check(config)
-        if check.state != metadata["status"]:
-            ((rows, metadata),) = failed_results([config], device, f"the worker's result does not check out: {check.reason}")
-            store.write_run(rows, metadata)
+        if check.state is not outcome.status.state:
+            (outcome,) = failed_results([config], device, f"the worker's result does not check out: {check.reason}")
+            store.write_run(outcome)
             check = store.check(config)
-    rows, metadata = check.rows or [], check.metadata
-    tally.ran[metadata["status"]] += 1
-    tally.run_seconds += own_seconds(rows, metadata["group_size"])
-    if metadata["status"] == "failed":
+    status, metadata = RunStatus(check.metadata["status"]), check.metadata
+    tally.ran[status] += 1
+    tally.run_seconds += own_seconds(check.rows or [], metadata["group_size"])
+    if status is RunStatus.FAILED:
         tally.failures.append((config.run_id, store.json_path(config.run_id), metadata["error"].splitlines()[0]))
-    return rows, metadata
+    return check
 
 
 # ---------------------------------------------------------------- what the sweep prints
@@ -334,7 +342,7 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
     states = {config.run_id: store.state(config) for config in configs}
-    pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
+    pending = [config for config in configs if not states[config.run_id].is_done()]
     lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip

@@ -21,6 +21,7 @@ from torch import nn
 from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
 from bnstudy.models import bn_layers, build_lenet
+from bnstudy.runfiles import RunStatus
 from bnstudy.settings import EVALS_COLUMNS, IDENTITY_COLUMNS, RunConfig, steps_per_epoch
 
 EVAL_BATCH_SIZE = 500  # eval-mode results do not depend on it; 500 measured fastest on the CPU (vs 256..10,000)
@@ -29,14 +30,15 @@ PRECISE_BN_SEED_OFFSET = 7919  # the PreciseBN subset's generator is independent
 
 @dataclass
 class RunResult:
-    """What fit returns: rows (one dict per finished epoch, CSV_COLUMNS keys), points (with
-    evals_per_epoch > 1: one dict per point of the finished epochs, EVALS_COLUMNS keys; else
-    empty) and status "complete" or "diverged" (the loss turned non-finite; the rows and
-    points up to then are kept)."""
+    """What fit returns, filled epoch by epoch (so that a caller keeps the finished epochs
+    should training raise): rows (one dict per finished epoch, CSV_COLUMNS keys), points
+    (with evals_per_epoch > 1: one dict per point of the finished epochs, EVALS_COLUMNS
+    keys; else empty) and status COMPLETE or DIVERGED (the loss turned non-finite; the rows
+    and points up to then are kept). runner.run_outcome makes it the run's RunOutcome."""
 
     rows: list[dict] = field(default_factory=list)
     points: list[dict] = field(default_factory=list)
-    status: str = "complete"
+    status: RunStatus = RunStatus.COMPLETE
 
 
 def sync(device: torch.device) -> None:
@@ -332,14 +334,14 @@ def frozen_epoch(config: RunConfig, epoch: int) -> bool:
 
 def record(result: RunResult, row: dict, points: list[dict], on_epoch: Callable[[dict], None] | None) -> bool:
     """Append an epoch's `row` and `points` to `result` and pass the row to on_epoch; if its
-    training loss is not finite, mark the run "diverged". Returns whether the run goes on."""
+    training loss is not finite, mark the run diverged. Returns whether the run goes on."""
     result.rows.append(row)
     result.points += points
     if on_epoch is not None:
         on_epoch(row)
     if not math.isfinite(row["train_loss"]):
-        result.status = "diverged"
-    return result.status != "diverged"
+        result.status = RunStatus.DIVERGED
+    return result.status is not RunStatus.DIVERGED
 
 
 def fit(

@@ -66,7 +66,7 @@ def real_study(tmp_path_factory, small_data):
             config = RunConfig(variant=variant, lr=lr, batch_size=256, epochs=3, seed=seed,
                                limit_train=len(small_data.train_x), limit_test=len(small_data.test_x),
                                precise_bn_samples=256, study="real")  # fmt: skip
-            store.write_run(*execute(config, small_data))
+            store.write_run(execute(config, small_data))
     finally:
         torch.set_num_threads(threads)
     return root

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 
 from bnstudy.spec import RunConfig
+from bnstudy.runfiles import RunOutcome
 from bnstudy.runner import now, run_metadata
 from bnstudy.store import RunStore
 from bnstudy.settings import CSV_COLUMNS
@@ -53,8 +54,8 @@ def hand_points(config: RunConfig, test_acc, precise=None) -> list[dict]:
 
 def write_hand_run(root, config: RunConfig, rows, status="complete", points=()) -> None:
     """Write a run's files as a sweep does; `points` (hand_points) for a run with evals_per_epoch > 1."""
-    RunStore(root).write_run(rows, run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows),
-                                                points=points))  # fmt: skip
+    metadata = run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows))
+    RunStore(root).write_run(RunOutcome(rows, metadata, list(points)))
 
 
 def cfg(variant="bn_before", lr=1e-3, batch_size=256, seed=0, epochs=4, **kw) -> RunConfig:

@@ -73,7 +73,7 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
     assert [size for size, _ in speed.by_batch] == [64, 128, 512] and speed.train == speed.by_batch[1][1]
     assert speed.train_factor(100) == speed.train and speed.train_factor(1024) == speed.by_batch[2][1]
     torch.set_num_threads(1)  # as a CPU worker trains
-    rows, _ = execute(config, load_fashion_mnist(None, "cpu", config.limit_train, config.limit_test))
+    rows = execute(config, load_fashion_mnist(None, "cpu", config.limit_train, config.limit_test)).rows
     actual = own_seconds(rows)
     # single runs came within 5% on the 2-core machine (bn_before 256, none 32, bn_after 1024); a factor of
     # 1.5 here, as other work on a shared machine may come and go between the two timings

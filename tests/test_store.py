@@ -20,20 +20,30 @@ from studies import hand_rows
 
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
+from bnstudy.runfiles import RunOutcome, RunState, RunStatus
 from bnstudy.runner import run_metadata
 from bnstudy import store as store_module
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, steps_per_epoch
-from bnstudy.store import EVALS_FIELD, RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
+from bnstudy.store import RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_study"
 TIMES = ("2026-11-27T05:21:35+00:00", "2026-11-27T05:21:36+00:00")  # a run's started and ended
 
 
+def outcome(config: RunConfig, status: str, rows: list[dict], points=(), error: str | None = None) -> RunOutcome:
+    """The RunOutcome of a run of `config` that finished `rows` (and `points`), as runner makes it."""
+    return RunOutcome(rows, run_metadata(config, status, "cpu", *TIMES, error, epochs_done=len(rows)), list(points))
+
+
 def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
     rows = hand_rows(config, [0.5] * epochs, nan_from=epochs if status == "diverged" else None)
-    error = "RuntimeError: boom" if status == "failed" else None
-    store.write_run(rows, run_metadata(config, status, "cpu", *TIMES, error, epochs_done=epochs))
+    store.write_run(outcome(config, status, rows, error="RuntimeError: boom" if status == "failed" else None))
+
+
+def checked(store: RunStore, runs) -> dict:
+    """run_id -> RunStore.check of each of `runs` (ids or configs), as a sweep checks them."""
+    return {getattr(run, "run_id", run): store.check(run) for run in runs}
 
 
 def test_done_means_whole_files_that_agree(tmp_path):
@@ -43,7 +53,7 @@ def test_done_means_whole_files_that_agree(tmp_path):
     write(store, diverged, "diverged", epochs=1)  # a NaN loss in its last epoch, as train.fit writes it
     write(store, failed, "failed", epochs=1)
     assert [store.state(c.run_id) for c in CONFIGS] == ["complete", "diverged", "failed", "pending"]
-    assert [store.is_done(c.run_id) for c in CONFIGS] == [True, True, False, False]
+    assert [store.state(c.run_id).is_done() for c in CONFIGS] == [True, True, False, False]
     assert store.recorded_run_ids() == {complete.run_id, diverged.run_id, failed.run_id}
     check = store.check(complete.run_id)
     assert check.config == complete and check.reason == "" and check.metadata["epochs_done"] == 2
@@ -145,14 +155,14 @@ def test_a_csv_that_is_not_whole_is_damaged(tmp_path, damage, reason):
     store = RunStore(tmp_path)
     config = CONFIGS[0] if damage is diagnostic_without_bn else CONFIGS[2]
     rows = hand_rows(config, [0.45, 0.5], train_acc=[0.5, 0.5])
-    store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2))
+    store.write_run(outcome(config, "complete", rows))
     path = store.csv_path(config.run_id)
     assert store.state(config.run_id) == "complete"
     lines = damage(path.read_text().splitlines())
     path.write_text("".join(line + "\n" for line in lines))
     check = store.check(config.run_id)
     assert (check.state, check.reason, check.rows) == ("damaged", reason, None)
-    assert not store.is_done(config.run_id)
+    assert not store.state(config.run_id).is_done()
 
 
 def edit_json(store: RunStore, run_id: str, edit) -> None:
@@ -198,7 +208,7 @@ def test_a_diverged_run_needs_one_to_its_configs_epochs(tmp_path, epochs, reason
     store = RunStore(tmp_path)
     config = CONFIGS[0]  # 2 epochs; a diverged run keeps the epoch whose loss turned non-finite
     rows = hand_rows(config, [0.5] * epochs, nan_from=epochs)
-    store.write_run(rows, run_metadata(config, "diverged", "cpu", *TIMES, epochs_done=epochs))
+    store.write_run(outcome(config, "diverged", rows))
     assert store.check(config.run_id).reason == reason
 
 
@@ -228,7 +238,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     csv_text = "".join(store.csv_path(damaged.run_id).read_text().splitlines(keepends=True)[:-1])
     store.csv_path(damaged.run_id).write_text(csv_text)
     json_text = store.json_path(damaged.run_id).read_text()
-    moved = store.set_aside_damaged(c.run_id for c in CONFIGS)
+    moved = store.set_aside_damaged(checked(store, CONFIGS))
     assert moved == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
     kept = sorted(store.damaged_dir.iterdir())
     assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2
@@ -236,7 +246,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     assert kept[0].read_text() == csv_text and kept[1].read_text() == json_text
     assert kept[0].name[:-4] == kept[1].name[:-5]  # one time stamp for both files
     assert [store.state(c.run_id) for c in CONFIGS[:3]] == ["pending", "complete", "failed"]
-    assert store.set_aside_damaged(c.run_id for c in CONFIGS) == []
+    assert store.set_aside_damaged(checked(store, CONFIGS)) == []
 
 
 def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path):
@@ -245,7 +255,7 @@ def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path)
     store.csv_path(CONFIGS[0].run_id).write_text("")
     store.damaged_dir.write_text("a file in the way")
     with pytest.raises(UserError, match=f"{store.damaged_dir}: cannot set damaged run {CONFIGS[0].run_id} aside"):
-        store.set_aside_damaged([CONFIGS[0].run_id])
+        store.set_aside_damaged(checked(store, CONFIGS[:1]))
     assert store.check(CONFIGS[0].run_id).reason == "empty CSV"
 
 
@@ -344,6 +354,29 @@ def test_a_write_that_fails_half_way_leaves_the_previous_file_whole(tmp_path):
     assert os.listdir(tmp_path) == ["spec.toml"]  # no temporary left
 
 
+def test_a_write_syncs_its_folder_once_the_new_file_is_in_place(tmp_path, monkeypatch):
+    """The new name lives in the folder, which the file's own fsync does not write: without
+    the folder's, a power cut after the write may leave the old file, or none."""
+    path, synced, fsync = tmp_path / "spec.toml", [], os.fsync
+
+    def spy(fd):
+        info = os.fstat(fd)
+        synced.append((stat.S_ISDIR(info.st_mode), info.st_ino, path.exists() and path.read_text()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write_text(path, "new\n")
+    assert synced[-1] == (True, tmp_path.stat().st_ino, "new\n")
+
+
+def test_statuses_and_states_are_the_texts_of_the_json_and_the_status_table():
+    assert [status.value for status in RunStatus] == ["complete", "diverged", "failed"]
+    assert [state.value for state in RunState] == ["complete", "diverged", "failed", "damaged", "pending"]
+    assert [state for state in RunState if state.is_done()] == [RunState.COMPLETE, RunState.DIVERGED]
+    assert [status.state for status in RunStatus] == [RunState.COMPLETE, RunState.DIVERGED, RunState.FAILED]
+    assert [RunStatus.of(value) for value in ("failed", "done", None, ["complete"])] == [RunStatus.FAILED, None, None, None]
+
+
 def test_a_write_whose_move_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "spec.toml"
     atomic_write_text(path, "old\n")
@@ -363,11 +396,11 @@ def test_a_run_write_that_fails_half_way_leaves_no_half_file_and_no_done_run(tmp
     write(store, config, "failed", epochs=1)
     before = {p: p.read_bytes() for p in (store.csv_path(config.run_id), store.json_path(config.run_id))}
     rows = [dict.fromkeys(CSV_COLUMNS, 0.5) | {"run_id": config.run_id, "epoch": e} for e in (1, 2)]
-    metadata = run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2)
-    csv_size, json_size = len(rows_to_csv(rows)), len(json.dumps(metadata, indent=2))
+    result = outcome(config, "complete", rows)
+    csv_size, json_size = len(rows_to_csv(rows)), len(json.dumps(result.metadata, indent=2))
     assert csv_size < json_size  # so that a limit between them fails the JSON alone
     with disk_full_after(csv_size // 2 if failing == "csv" else (csv_size + json_size) // 2), pytest.raises(OSError):
-        store.write_run(rows, metadata)
+        store.write_run(result)
     if failing == "csv":  # the old files stay as they were
         assert {p: p.read_bytes() for p in before} == before
     else:  # the new CSV is whole, the old JSON (which says failed) untouched
@@ -377,22 +410,29 @@ def test_a_run_write_that_fails_half_way_leaves_no_half_file_and_no_done_run(tmp
     assert sorted(os.listdir(store.runs_dir)) == sorted(p.name for p in before)  # no temporary left
 
 
-def test_a_runs_points_go_to_their_own_file_before_the_json_and_stay_out_of_it(tmp_path, monkeypatch):
+def test_a_runs_points_go_to_their_own_file_before_the_json(tmp_path, monkeypatch):
     store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[1], evals_per_epoch=2)
     rows = hand_rows(config, [0.5, 0.5])
     points = points_of(config, rows)
-    metadata = run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2, points=points)
+    result = outcome(config, "complete", rows, points)
     written = []
     monkeypatch.setattr(store_module, "atomic_write_text",
                         lambda path, text: (written.append(path.name), atomic_write_text(path, text)))  # fmt: skip
-    store.write_run(rows, metadata)
+    store.write_run(result)
     run_id = config.run_id
     assert written == [f"{run_id}.csv", f"{run_id}.evals.csv", f"{run_id}.json"]  # the JSON, which marks it done, last
     assert store.evals_path(run_id).read_text() == rows_to_csv(points, EVALS_COLUMNS)
     assert store.evals_path(run_id).read_text().splitlines()[1].endswith(",0.25,")  # None: an empty field
-    recorded = json.loads(store.json_path(run_id).read_text())
-    assert EVALS_FIELD not in recorded and recorded == {k: v for k, v in metadata.items() if k != EVALS_FIELD}
-    assert metadata[EVALS_FIELD] == points and store.state(run_id) == "complete"  # the caller's dict is untouched
+    assert json.loads(store.json_path(run_id).read_text()) == result.metadata and store.state(run_id) == "complete"
+
+
+def test_a_run_that_measures_points_has_a_points_file_even_before_its_first(tmp_path):
+    """A run with evals_per_epoch > 1 that failed before its first point (a worker that
+    could not set up) gets a header-only points file, as it always had."""
+    store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[1], evals_per_epoch=2)
+    store.write_run(outcome(config, "failed", [], error="RuntimeError: no device"))
+    assert store.evals_path(config.run_id).read_text() == rows_to_csv([], EVALS_COLUMNS)
+    assert store.state(config.run_id) == "failed"
 
 
 def points_of(config: RunConfig, rows: list[dict], inner: float = 0.25) -> list[dict]:
@@ -420,12 +460,12 @@ def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, dam
     store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[0], evals_per_epoch=2)
     rows = hand_rows(config, [0.5, 0.5])
     points = points_of(config, rows)
-    store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2, points=points))
+    store.write_run(outcome(config, "complete", rows, points))
     assert store.state(config.run_id) == "complete" and store.run_ids_on_disk() == [config.run_id]
     damage(store.evals_path(config.run_id))
     check = store.check(config.run_id)
     assert check.state == "damaged" and check.reason.startswith(reason)
-    assert store.set_aside_damaged([config.run_id]) == [(config.run_id, check.reason)]
+    assert store.set_aside_damaged({config.run_id: check}) == [(config.run_id, check.reason)]
     assert not list(store.runs_dir.iterdir())  # CSV, points and JSON all set aside, none deleted
     assert sorted(p.name.removeprefix(config.run_id + ".").split(".", 2)[-1] for p in store.damaged_dir.iterdir()) == (
         ["csv", "json"] if "no points" in reason else ["csv", "evals.csv", "json"])
@@ -433,7 +473,6 @@ def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, dam
 
 def test_a_run_without_points_has_no_evals_file(tmp_path):
     store, config = RunStore(tmp_path), CONFIGS[1]
-    assert EVALS_FIELD not in run_metadata(config, "complete", "cpu", *TIMES, points=[{"never": "used"}])
     write(store, config, "complete")
     assert sorted(p.name for p in store.runs_dir.iterdir()) == [f"{config.run_id}.csv", f"{config.run_id}.json"]
 
@@ -475,9 +514,9 @@ def test_status_lists_a_few_damaged_runs_at_most(tmp_path):
 @pytest.mark.parametrize("run_id", ["../../elsewhere/EVIL", "", ".hidden", "a/b", "nul\0byte", None])
 def test_write_run_writes_only_under_a_plain_run_id(tmp_path, run_id):
     store = RunStore(tmp_path / "study")
-    metadata = run_metadata(CONFIGS[0], "failed", "cpu", *TIMES, "boom") | {"run_id": run_id}
+    failed = outcome(CONFIGS[0], "failed", [], error="boom")
     with pytest.raises(ValueError, match="not a run id"):
-        store.write_run([], metadata)
+        store.write_run(dataclasses.replace(failed, metadata=failed.metadata | {"run_id": run_id}))
     assert not list(tmp_path.rglob("*"))
 
 
@@ -501,7 +540,7 @@ def test_a_diverged_run_ends_with_the_epoch_whose_training_loss_is_not_finite(tm
                                                                               state):  # fmt: skip
     store, config = RunStore(tmp_path), CONFIGS[2]
     rows = hand_rows(config, [0.45, 0.5], nan_from=2)
-    store.write_run(rows, run_metadata(config, "diverged", "cpu", *TIMES, epochs_done=2))
+    store.write_run(outcome(config, "diverged", rows))
     path = store.csv_path(config.run_id)
     lines = path.read_text().splitlines()
     lines = cell(row, "test_loss", test_loss)(cell(row, "train_loss", train_loss)(lines))
@@ -536,8 +575,7 @@ def test_a_points_file_holds_exactly_this_runs_points(tmp_path, damage, reason):
     mine, other = (dataclasses.replace(c, evals_per_epoch=2) for c in CONFIGS[2:])
     for config, acc in ((mine, [0.45, 0.5]), (other, [0.55, 0.6])):
         rows = hand_rows(config, acc)
-        store.write_run(rows, run_metadata(config, "complete", "cpu", *TIMES, epochs_done=2,
-                                           points=points_of(config, rows)))  # fmt: skip
+        store.write_run(outcome(config, "complete", rows, points_of(config, rows)))
     assert store.state(mine.run_id) == "complete"
     damage(store.evals_path(mine.run_id), other.run_id)
     check = store.check(mine.run_id)
@@ -603,7 +641,7 @@ def test_tampering_with_one_cell_or_field_is_harmless_or_damage(tmp_path):
     for config, status in ((bn, "complete"), (none, "complete"), (diverged, "diverged")):
         rows = hand_rows(config, [0.45, 0.5], nan_from=2 if status == "diverged" else None)
         points = points_of(config, rows) if config.evals_per_epoch > 1 else ()
-        store.write_run(rows, run_metadata(config, status, "cpu", *TIMES, epochs_done=2, points=points))
+        store.write_run(outcome(config, status, rows, points))
     originals = {path: path.read_text() for path in store.runs_dir.iterdir()}
     states = {config.run_id: store.state(config.run_id) for config in (bn, none, diverged)}
     outcomes = {"damaged": 0, "harmless": 0}
@@ -645,7 +683,8 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"
     assert (store.check(second).state, store.check(second).reason) == ("damaged", reason)
     assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
-    assert store.set_aside_damaged([first]) == [] and store.set_aside_damaged([second]) == [(second.run_id, reason)]
+    assert store.set_aside_damaged(checked(store, [first])) == []
+    assert store.set_aside_damaged(checked(store, [second])) == [(second.run_id, reason)]
     assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
 
 

@@ -26,8 +26,10 @@ from bnstudy.costs import estimate_seconds
 from bnstudy.cli import main
 from bnstudy.spec import RunConfig, load_study
 from bnstudy.errors import UserError
+from bnstudy.runfiles import RunCheck, RunState, RunStatus
 from bnstudy.store import RunStore, check_no_links
-from bnstudy.sweep import make_tasks
+from bnstudy.sweep import make_tasks, vet
+from bnstudy.train import RunResult
 
 TIMING_COLUMNS = {"train_seconds", "eval_seconds", "samples_per_second"}
 
@@ -78,9 +80,9 @@ from bnstudy.store import RunStore, check_no_links
 marker, argv = Path(sys.argv[1]), sys.argv[2:]
 write_run, written = RunStore.write_run, []
 
-def write_run_then_freeze(self, rows, metadata):
-    paths = write_run(self, rows, metadata)
-    written.append(metadata["run_id"])
+def write_run_then_freeze(self, outcome):
+    paths = write_run(self, outcome)
+    written.append(outcome.metadata["run_id"])
     if len(written) == 2:
         marker.touch()
         time.sleep(600)  # the test kills it long before
@@ -110,7 +112,7 @@ def test_a_concurrent_sweep_is_refused_and_a_killed_sweep_resumes_each_run_once(
     assert second.returncode == 2
     assert second.stderr == (f"bnstudy: error: {out}: another sweep is writing this study (pid {first.pid}); "
                              "wait for it or stop it\n")  # fmt: skip
-    done = [c.run_id for c in configs if store.is_done(c.run_id)]
+    done = [c.run_id for c in configs if store.state(c.run_id).is_done()]
     assert len(done) == 2
     before = {p: file_identity(p) for run_id in done for p in (store.csv_path(run_id), store.json_path(run_id))}
     # What a kill between a run's two file moves leaves: a CSV, no JSON; and a truncated JSON.
@@ -265,14 +267,14 @@ def test_tasks_are_one_run_each_on_cpu_and_one_shape_each_on_gpu_costliest_first
 # ---------------------------------------------------------------- what a worker may not decide
 def tampered_worker(monkeypatch, tamper) -> None:
     """The sweep's task function becomes the real worker_task followed by
-    `tamper(config, metadata)` on each result it returns, as a rogue or mismatched worker
-    would send it back."""
+    `tamper(config, metadata)` on each outcome's metadata it returns, as a rogue or
+    mismatched worker would send it back."""
     real = runner.worker_task
 
     def worker_task(configs, device, data_dir=None):
         results = real(configs, device, data_dir)
-        for config, (rows, metadata) in zip(configs, results):
-            tamper(config, metadata)
+        for config, outcome in zip(configs, results):
+            tamper(config, outcome.metadata)
         return results
 
     monkeypatch.setattr(runner, "worker_task", worker_task)
@@ -315,6 +317,17 @@ def test_a_result_with_this_runs_id_but_another_config_is_refused(tmp_path, monk
         assert metadata["error"].startswith("the worker's result was refused: its config has bn_momentum 0.2, not 0.1")
 
 
+def test_a_result_whose_files_do_not_check_out_is_rewritten_as_the_run_failed(tmp_path, monkeypatch):
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    tampered_worker(monkeypatch, lambda config, metadata: metadata.update(epochs_done=5))  # of 1 epoch
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
+    store = RunStore(out)
+    for config in load_study(spec).runs():
+        check = store.check(config)
+        assert check.state is RunState.FAILED and check.metadata["epochs_done"] == 0
+        assert check.metadata["error"].startswith("the worker's result does not check out")
+
+
 @pytest.mark.parametrize("field, value", [("bnstudy_version", "0.0.9"), ("git_commit", "0" * 40)])
 def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp_path, monkeypatch, capsys, field, value):
     spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
@@ -354,6 +367,40 @@ def test_a_task_whose_worker_returns_no_result_fails_its_runs(tmp_path, monkeypa
     assert errors == {"the worker returned 0 results for a task of 1 run"}
 
 
+def test_the_driver_writes_only_a_run_outcome_of_its_own_run():
+    config = RunConfig(variant="bn_before", lr=1e-3, batch_size=64, epochs=2, seed=0)
+    rows = studies.hand_rows(config, [0.5, 0.6])
+    good = runner.run_outcome(config, "cpu", runner.now(), RunResult(rows=rows))
+    refused = {
+        "a (rows, metadata) pair": (good.rows, good.metadata),
+        "a status of no run": dataclasses.replace(good, metadata=good.metadata | {"status": "done"}),
+        "points without their columns": dataclasses.replace(good, points=[{"epoch": 1}]),
+        "points of another kind": dataclasses.replace(good, points=None),
+        "rows of another kind": dataclasses.replace(good, rows=tuple(good.rows)),
+    }
+    assert vet([config], [good], "cpu") == [good]
+    for what, result in refused.items():
+        (outcome,) = vet([config], [result], "cpu")
+        assert outcome.status is RunStatus.FAILED and outcome.rows == [] == outcome.points, what
+        assert outcome.metadata["run_id"] == config.run_id and outcome.metadata["config"] == config.identity(), what
+
+
+def test_a_sweep_checks_each_runs_files_once_at_its_start(tmp_path, monkeypatch, capsys):
+    """One check per run sets the damaged ones aside and tells done from pending; the
+    only other check is of the one run written (sweep.record)."""
+    spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    store, configs = RunStore(out), load_study(spec).runs()
+    store.csv_path(configs[0].run_id).write_text("")  # damaged
+    checked, check = [], RunStore.check
+    monkeypatch.setattr(RunStore, "check", lambda self, run: checked.append(getattr(run, "run_id", run)) or check(self, run))
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    assert "1 damaged run set aside" in capsys.readouterr().out
+    assert sorted(checked) == sorted([c.run_id for c in configs] + [configs[0].run_id])
+    assert [check(store, c.run_id).state for c in configs] == [RunState.COMPLETE] * 3
+
+
 # ---------------------------------------------------------------- links inside a study folder
 @pytest.mark.parametrize("name", ["runs", "damaged", "figures", ".reports"])
 @pytest.mark.parametrize("command", ["sweep", "dry run", "status"])
@@ -382,7 +429,8 @@ def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
     (elsewhere / ".x.csv.abc.tmp").write_text("not a stale temporary of this study\n")
     store.root.mkdir()
     store.runs_dir.symlink_to(elsewhere)
-    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(["x"]), lambda: store.lock().__enter__(),
+    damaged = {"x": RunCheck(RunState.DAMAGED, "empty CSV")}
+    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(damaged), lambda: store.lock().__enter__(),
                 lambda: check_no_links(store.root)):  # fmt: skip
         with pytest.raises(UserError, match="a symbolic link"):
             act()
