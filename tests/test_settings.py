@@ -6,11 +6,13 @@ A run_id that ignored a setting would make a sweep with `--set epochs=10` find t
 import contextlib
 import dataclasses
 import json
+import pickle
+import typing
 from pathlib import Path
 
 import pytest
 
-from bnstudy.settings import BY_NAME, SETTINGS, RunConfig, SettingError, applicable, from_record
+from bnstudy.settings import BY_NAME, SETTINGS, RunConfig, REQUIRED, SettingError, _declared, applicable, from_record, setting
 
 BASE = RunConfig(variant="bn_before", lr=1e-3, batch_size=64, epochs=5)
 FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "v0_1_study" / "runs"
@@ -92,3 +94,20 @@ def test_a_run_refuses_settings_that_do_not_apply_but_a_none_runs_old_bn_momentu
     assert dataclasses.replace(BASE, norm="layer", batch_size=1).batch_size == 1
     with pytest.raises(SettingError, match="^batch_size: must be between 2"):
         dataclasses.replace(BASE, norm="batchrenorm", batch_size=1)
+
+
+def test_each_fields_type_is_its_settings_kind():
+    annotations = typing.get_type_hints(RunConfig)
+    assert list(annotations) == [s.name for s in SETTINGS]  # declared once, in one order
+    assert all(annotations[s.name] == (s.kind | None if s.optional else s.kind) for s in SETTINGS)
+    assert (BY_NAME["lr"].kind, BY_NAME["lr"].optional) == (float, False)
+    assert (BY_NAME["limit_train"].kind, BY_NAME["limit_train"].optional) == (int, True)
+    assert [s.name for s in SETTINGS if s.default is REQUIRED] == ["variant", "lr", "batch_size", "epochs"]
+    with pytest.raises(TypeError, match="no setting's type"):
+        _declared(dataclasses.field(metadata=setting("a flag")), bool)
+
+
+def test_a_run_config_pickles_as_worker_processes_and_dask_send_it():
+    config = dataclasses.replace(BASE, activation="relu", limit_train=1000)
+    copy = pickle.loads(pickle.dumps(config))
+    assert type(copy) is RunConfig and copy == config and copy.run_id == config.run_id
