@@ -47,6 +47,12 @@ MAX_EPOCHS = 10_000
 # subnormal numbers, which lose digits (1e-320 reads back as 9.99989e-321 in a run id).
 MIN_POSITIVE = 1e-12
 REQUIRED = object()  # the default of a setting every run must give
+# The run_id's hash: 20 hex digits (80 bits) of a SHA-1. Only runs whose tags agree can share
+# an id, and n of them do with probability about n²/2^81: 4e-9 at 10^8 runs, where 16 digits
+# (64 bits) would leave 3e-4. bnstudy wrote 6 digits (24 bits) before: 10^5 runs under one
+# tag prefix held some 300 pairs sharing an id. Those files keep their ids (legacy_run_id).
+RUN_ID_DIGITS = 20
+LEGACY_RUN_ID_DIGITS = 6
 
 
 class SettingError(UserError):
@@ -284,10 +290,21 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Readable and stable, e.g. `bn_before-adam-lr1e-03-bs256-s0-3fa2c1`: the settings'
-        tags, then 6 hex digits of a hash that tells apart what the name leaves out."""
+        """Readable and stable, e.g. `bn_before-adam-lr1e-03-bs256-s0-02972c4b9e67acd32881`:
+        the settings' tags, then RUN_ID_DIGITS hex digits of a hash of hashed_identity(),
+        which tells apart what the tags leave out. The name of the files a run writes."""
+        return self._named(RUN_ID_DIGITS)
+
+    @property
+    def legacy_run_id(self) -> str:
+        """The run_id that bnstudy gave this run before its hash grew: the same tags, then
+        the hash's first LEGACY_RUN_ID_DIGITS digits, e.g. `bn_before-adam-lr1e-03-bs256-s0-02972c`.
+        Files under it are still this run's (store.RunStore.run_id_of)."""
+        return self._named(LEGACY_RUN_ID_DIGITS)
+
+    def _named(self, digits: int) -> str:
         canonical = json.dumps(self.hashed_identity(), sort_keys=True)
-        digest = hashlib.sha1(canonical.encode()).hexdigest()[:6]
+        digest = hashlib.sha1(canonical.encode()).hexdigest()[:digits]
         tags = (s.tag(getattr(self, s.name)) for s in SETTINGS if s.tag is not None)
         return "-".join([*(tag for tag in tags if tag), digest])
 

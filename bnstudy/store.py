@@ -166,12 +166,37 @@ class RunStore:
     def evals_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.evals.csv"
 
+    def run_id_of(self, config: RunConfig) -> str:
+        """The id that `config`'s files are under here: its run_id, or its legacy_run_id when
+        only that has files and they are not another config's (`_legacy_check`). Every
+        lookup of a planned run goes through it (check, set_aside_damaged, the status
+        table, the report's grid), so a run written before the run_id grew keeps its id."""
+        return config.legacy_run_id if self._legacy_check(config) is not None else config.run_id
+
+    def _legacy_check(self, config: RunConfig) -> RunCheck | None:
+        """The check of `config`'s files under its legacy_run_id, or None when they are not
+        its files: it has files under its run_id (new runs go there), none under the legacy
+        id, or a JSON there whose config is another's (two configs share a short hash; one
+        whose JSON does not read is taken as this config's, and so damaged)."""
+        if self._has_files(config.run_id) or not self._has_files(config.legacy_run_id):
+            return None
+        check = self._check(config.legacy_run_id)
+        return check if check.config is None or check.config.identity() == config.identity() else None
+
+    def _has_files(self, run_id: str) -> bool:
+        return self.json_path(run_id).exists() or self.csv_path(run_id).exists()
+
     def check(self, run: str | RunConfig) -> RunCheck:
-        """What the files of `run` (a run_id, or the RunConfig a plan expects, whose id another
-        config's files do not match: damaged) amount to: its state, why it is not done, and
-        what was read. Reads the JSON and, for a done status, the CSV, once each."""
-        check = self._check(run.run_id if isinstance(run, RunConfig) else run)
-        if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
+        """What the files of `run` (a run_id, or the RunConfig a plan expects, under the id
+        run_id_of finds, whose files of another config are damaged) amount to: its state, why
+        it is not done, and what was read. Reads the JSON and, for a done status, the CSV,
+        once each."""
+        if not isinstance(run, RunConfig):
+            return self._check(run)
+        if (legacy := self._legacy_check(run)) is not None:
+            return legacy
+        check = self._check(run.run_id)
+        if check.config is not None and check.config.identity() != run.identity():
             theirs, ours = check.config.identity(), run.identity()
             differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
             return RunCheck("damaged", f"JSON is another run's with this id ({differ}): a collision of its hash")
@@ -248,7 +273,7 @@ class RunStore:
         check_no_links(self.root)
         moved = []
         for run in runs:
-            run_id, check = run.run_id if isinstance(run, RunConfig) else run, self.check(run)
+            run_id, check = self.run_id_of(run) if isinstance(run, RunConfig) else run, self.check(run)
             if check.state == "damaged":
                 self._move_aside(run_id)
                 moved.append((run_id, check.reason))

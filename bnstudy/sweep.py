@@ -333,9 +333,9 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
-    states = {config.run_id: store.state(config) for config in configs}
-    pending = [config for config in configs if states[config.run_id] not in DONE_STATUSES]
-    lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
+    states = [(store.run_id_of(config), store.state(config)) for config in configs]  # each under its files' id
+    pending = [config for config, (_, state) in zip(configs, states) if state not in DONE_STATUSES]
+    lines = [f"{state:9} {run_id}" for run_id, state in states]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip
     lines.append(format_cpu_estimate(pending, execution, len(execution.slots)))
