@@ -10,7 +10,7 @@ import pandas as pd
 
 from bnstudy.spec import RunConfig
 from bnstudy.runner import now, run_metadata
-from bnstudy.store import EVALS_FIELD, RunStore
+from bnstudy.store import RunStore
 from bnstudy.settings import CSV_COLUMNS
 from bnstudy.train import identity_fields
 
@@ -51,23 +51,10 @@ def hand_points(config: RunConfig, test_acc, precise=None) -> list[dict]:
     return rows
 
 
-def write_hand_run(root, config: RunConfig, rows, status="complete", points=(), legacy=False) -> None:
-    """Write a run's files as a sweep does (with `legacy`, as one did before the run_id grew:
-    written_before_ids_grew); `points` (hand_points) for a run with evals_per_epoch > 1."""
-    metadata = run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows), points=points)
-    RunStore(root).write_run(*(written_before_ids_grew(config, rows, metadata) if legacy else (rows, metadata)))
-
-
-def written_before_ids_grew(config: RunConfig, rows: list[dict], metadata: dict) -> tuple[list[dict], dict]:
-    """A run's (rows, metadata) as bnstudy made them before the run_id's hash grew: its
-    legacy_run_id (6 hex digits) in every row, in every point and in the JSON."""
-    def renamed(row: dict) -> dict:
-        return {**row, "run_id": config.legacy_run_id}
-
-    metadata = renamed(metadata)
-    if EVALS_FIELD in metadata:
-        metadata[EVALS_FIELD] = list(map(renamed, metadata[EVALS_FIELD]))
-    return list(map(renamed, rows)), metadata
+def write_hand_run(root, config: RunConfig, rows, status="complete", points=()) -> None:
+    """Write a run's files as a sweep does; `points` (hand_points) for a run with evals_per_epoch > 1."""
+    RunStore(root).write_run(rows, run_metadata(config, status, "cpu", now(), now(), epochs_done=len(rows),
+                                                points=points))  # fmt: skip
 
 
 def cfg(variant="bn_before", lr=1e-3, batch_size=256, seed=0, epochs=4, **kw) -> RunConfig:

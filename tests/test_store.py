@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from studies import hand_rows, written_before_ids_grew
+from studies import hand_rows
 
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
@@ -654,12 +654,16 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
 
 
 def write_legacy(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
-    """Write run `config` as bnstudy did before the run_id grew: under its legacy_run_id."""
+    """Write run `config` as bnstudy did before the run_id grew: its legacy_run_id (6 hex
+    digits) in every row, in every point and in the JSON, and so in the files' names."""
+    def renamed(row: dict) -> dict:
+        return {**row, "run_id": config.legacy_run_id}
+
     rows = hand_rows(config, [0.5] * epochs)
     points = points_of(config, rows) if config.evals_per_epoch > 1 else ()
     error = "RuntimeError: boom" if status == "failed" else None
-    metadata = run_metadata(config, status, "cpu", *TIMES, error, epochs_done=epochs, points=points)
-    store.write_run(*written_before_ids_grew(config, rows, metadata))
+    metadata = run_metadata(config, status, "cpu", *TIMES, error, epochs_done=epochs, points=list(map(renamed, points)))
+    store.write_run(list(map(renamed, rows)), renamed(metadata))
 
 
 def test_a_run_written_before_the_run_id_grew_is_found_under_its_old_id(tmp_path):
