@@ -251,9 +251,11 @@ def expected_grid(store: RunStore, configs: list[dict]) -> tuple[list[spec.RunCo
     return runs_present(configs), f"the runs in {store.runs_dir.name}/: {problem}", False
 
 
-def config_frame(configs: list[spec.RunConfig]) -> pd.DataFrame:
-    """One typed row per config: run_id, CONFIG_KEYS."""
-    return typed(pd.DataFrame([{"run_id": c.run_id, **c.identity()} for c in configs], columns=["run_id", *CONFIG_KEYS]))
+def config_frame(configs: list[spec.RunConfig], store: RunStore) -> pd.DataFrame:
+    """One typed row per config: run_id (the id of its files in `store`: RunStore.run_id_of),
+    CONFIG_KEYS."""
+    rows = [{"run_id": store.run_id_of(c), **c.identity()} for c in configs]
+    return typed(pd.DataFrame(rows, columns=["run_id", *CONFIG_KEYS]))
 
 
 def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyResults:
@@ -273,8 +275,9 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
     records = pd.DataFrame([record for _, record in loaded.values()])
     observed = records["config"].dropna().tolist() if "config" in records else []
     grid, grid_source, from_spec = expected_grid(store, observed)
+    expected = config_frame(grid, store)
     # Without a spec the grid is the runs themselves: nothing is extra.
-    in_spec = records["run_id"].isin([c.run_id for c in grid]) | (not from_spec)
+    in_spec = records["run_id"].isin(expected["run_id"]) | (not from_spec)
     extra = records.loc[~in_spec, ["run_id", "state"]].reset_index(drop=True)
     records = records[in_spec | (include_extra & records["reason"].isna())]
     skipped = records.loc[records["reason"].notna(), ["run_id", "state", "reason"]].reset_index(drop=True)
@@ -288,7 +291,7 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
                             done[["status", *RUN_INFO]].reset_index(drop=True)], axis=1))  # fmt: skip
     epochs = pd.concat([loaded[run_id][0] for run_id in done["run_id"]], ignore_index=True)
     epochs = typed(epochs[["run_id", "study", *CONFIG_KEYS, "status", "device", *METRIC_COLUMNS]])
-    return StudyResults(root, epochs, runs, skipped, config_frame(grid), grid_source, extra, include_extra,
+    return StudyResults(root, epochs, runs, skipped, expected, grid_source, extra, include_extra,
                         load_points(store, runs))  # fmt: skip
 
 

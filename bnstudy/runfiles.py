@@ -2,8 +2,8 @@
 not whole or do not agree with each other, why (RunStore.check uses it).
 
 A run is done when its JSON parses, every field of it has its type (`JSON_FIELDS`), its
-config gives back the file's run_id, and its CSV has a run's columns, the run's own id and
-config on every row, epochs 1..n, numbers in their ranges where numbers belong (accuracies
+config gives back the file's run_id (or its legacy_run_id: files written before the run_id
+grew), and its CSV has a run's columns, the file's run_id and the config on every row, epochs 1..n, numbers in their ranges where numbers belong (accuracies
 in [0, 1], losses and times non-negative), every epoch finite but a diverged run's last,
 whose training loss is not, and as many rows as the JSON says; a run with points has each
 of them, its own, at its epoch, point and step, the epoch's last equal to its row.
@@ -96,7 +96,8 @@ class RunCheck:
     state:    its RunState.
     reason:   why the run is not done, in a few words ("" when it is).
     metadata: the JSON's content, when it checks out; else None.
-    config:   the RunConfig rebuilt from the JSON (its run_id is the file name); else None.
+    config:   the RunConfig rebuilt from the JSON (its run_id or legacy_run_id is the file
+              name); else None.
     rows:     a done run's epoch rows: dicts with CSV_COLUMNS keys, the metric columns as
               numbers (epoch an int, an empty BN-diagnostic cell NaN); else None.
     """
@@ -149,9 +150,9 @@ JSON_FIELDS = {
 def read_metadata(text: str, run_id: str) -> tuple[dict, RunConfig]:
     """(the JSON's content, its config as a RunConfig) from a run's JSON text; Damage unless
     it is an object with a known status, each of JSON_FIELDS of its type, no error but for a
-    failed run (a string, or none), and a config that is a valid run whose id is
-    `run_id`, which the JSON names too. Settings added since the file was written take their
-    defaults, which keep old runs' ids."""
+    failed run (a string, or none), and a config that is a valid run whose id (or legacy
+    id, settings.RunConfig.legacy_run_id) is `run_id`, which the JSON names too. Settings
+    added since the file was written take their defaults, which keep old runs' ids."""
     try:
         metadata = json.loads(text)
     except ValueError:
@@ -164,7 +165,7 @@ def read_metadata(text: str, run_id: str) -> tuple[dict, RunConfig]:
         config = RunConfig(**metadata["config"], study=metadata.get("study"))
     except (TypeError, SettingError) as exc:
         raise Damage(f"JSON config is not a valid run ({exc})") from None
-    if config.run_id != run_id:
+    if run_id not in (config.run_id, config.legacy_run_id):
         raise Damage(f"JSON config is run {config.run_id}")
     if "epochs_done" not in metadata or not JSON_FIELDS["epochs_done"](metadata["epochs_done"]):
         raise Damage("JSON has no epochs_done")
@@ -182,10 +183,10 @@ def read_metadata(text: str, run_id: str) -> tuple[dict, RunConfig]:
 def read_rows(path: Path, metadata: dict, config: RunConfig) -> list[dict]:
     """A done run's CSV rows (RunCheck.rows), checked against its JSON: Damage unless the
     header is CSV_COLUMNS (or an older version's, settings.csv_layout_ok), every row is the
-    run's (its run_id and config) with epochs 1..n and numbers where numbers belong, every
-    epoch finite but a diverged run's last (`check_finite`), and n is the JSON's epochs_done
-    (for "complete" also the config's epochs; a diverged run stops early). One pass with the
-    csv module."""
+    run's (the JSON's run_id, which read_metadata checked, and its config) with epochs 1..n
+    and numbers where numbers belong, every epoch finite but a diverged run's last
+    (`check_finite`), and n is the JSON's epochs_done (for "complete" also the config's
+    epochs; a diverged run stops early). One pass with the csv module."""
     try:
         with open(path, newline="") as f:
             table = list(csv.reader(f))
@@ -198,7 +199,7 @@ def read_rows(path: Path, metadata: dict, config: RunConfig) -> list[dict]:
     header, *lines = table
     if not csv_layout_ok(header):
         raise Damage("CSV columns are not a run's")
-    rows = [read_row(header, line, epoch, config) for epoch, line in enumerate(lines, 1)]
+    rows = [read_row(header, line, epoch, metadata["run_id"], config) for epoch, line in enumerate(lines, 1)]
     expected = metadata["epochs_done"]
     status = RunStatus(metadata["status"])
     if status is RunStatus.COMPLETE and expected != config.epochs:
@@ -209,13 +210,13 @@ def read_rows(path: Path, metadata: dict, config: RunConfig) -> list[dict]:
     return rows
 
 
-def read_row(header: list[str], line: list[str], epoch: int, config: RunConfig) -> dict:
-    """Row `epoch` (1-based) of a run's CSV as RunCheck.rows has it; Damage when it is not.
-    A CSV written before a setting existed lacks its column: the row takes the config's value."""
+def read_row(header: list[str], line: list[str], epoch: int, run_id: str, config: RunConfig) -> dict:
+    """Row `epoch` (1-based) of run `run_id`'s CSV as RunCheck.rows has it; Damage when it is
+    not. A CSV written before a setting existed lacks its column: the row takes the config's value."""
     if len(line) != len(header):
         raise Damage(f"CSV row {epoch} has {len(line)} fields, not {len(header)}")
     row = {key: getattr(config, key) for key in CSV_COLUMNS if key not in header} | dict(zip(header, line))
-    if row["run_id"] != config.run_id:
+    if row["run_id"] != run_id:
         raise Damage(f"CSV row {epoch} is run {_shown(row['run_id'])}")
     for column in IDENTITY_COLUMNS[1:]:
         if column in header and not _same_setting(column, row[column], getattr(config, column)):
@@ -276,7 +277,7 @@ def check_finite(rows: list[dict], status: RunStatus) -> None:
 def check_points(path: Path, metadata: dict, config: RunConfig, rows: list[dict]) -> None:
     """Damage unless a run with evals_per_epoch k > 1 has its points file: the columns of
     settings.EVALS_COLUMNS and exactly k rows per epoch the JSON says it finished, each this
-    run's, at its epoch, point j, step (after round(j·S/k) of the epoch's S steps: train's
+    run's (the JSON's run_id), at its epoch, point j, step (after round(j·S/k) of the epoch's S steps: train's
     point_steps) and epoch fraction, with accuracies in [0, 1] (PreciseBN's empty without
     BN), the k-th of each epoch equal to its CSV row (`rows`, read_rows')."""
     try:
@@ -294,7 +295,7 @@ def check_points(path: Path, metadata: dict, config: RunConfig, rows: list[dict]
     for i, line in enumerate(lines):
         epoch, point = divmod(i, k)
         step = round((point + 1) * steps / k)
-        where = [config.run_id, str(epoch + 1), str(point + 1), str(epoch * steps + step)]
+        where = [metadata["run_id"], str(epoch + 1), str(point + 1), str(epoch * steps + step)]
         if len(line) != len(EVALS_COLUMNS) or line[:4] != where or not _number_is(line[4], epoch + step / steps):
             raise Damage(f"points file row {i + 1} is not this run's point {point + 1} of epoch {epoch + 1}")
         accuracies = [_accuracy(text, f"points file row {i + 1}") for text in line[5:7] if text or has_bn]
@@ -331,21 +332,21 @@ def format_status(configs: list[RunConfig], store) -> str:
     from bnstudy.store import check_no_links  # (store imports this module)
 
     check_no_links(store.root)
-    checks = {config.run_id: store.check(config) for config in configs}
+    located = [store.locate(config) for config in configs]  # (the id its files are under, their check)
     counts: dict[str, dict[RunState, int]] = {}
-    for config in configs:
+    for config, (_, check) in zip(configs, located):
         row = counts.setdefault(config.variant, dict.fromkeys(RunState, 0))
-        row[checks[config.run_id].state] += 1
+        row[check.state] += 1
     counts["all"] = {state: sum(row[state] for row in counts.values()) for state in RunState}
     header = ["variant", *("done" if state is RunState.COMPLETE else state for state in RunState), "total"]
     table = [header] + [[variant, *map(str, row.values()), str(sum(row.values()))] for variant, row in counts.items()]
     width = max(len(line[0]) for line in table)
     lines = [f"{line[0]:<{width}}" + "".join(f"{cell:>10}" for cell in line[1:]) for line in table]
-    damaged = [(run_id, check.reason) for run_id, check in checks.items() if check.state is RunState.DAMAGED]
+    damaged = [(run_id, check.reason) for run_id, check in located if check.state is RunState.DAMAGED]
     if damaged:
         lines.append("damaged (not counted as done; the next sweep sets their files aside and redoes them):")
         lines += format_damaged(damaged)
-    others = len(store.recorded_run_ids() - set(checks))
+    others = len(store.recorded_run_ids() - {run_id for run_id, _ in located})
     if others:
         lines.append(f"({others} more runs in {store.runs_dir} belong to other specs)")
     return "\n".join(lines)

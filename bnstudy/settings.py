@@ -1,10 +1,12 @@
 """The run settings, declared once (torch-free).
 
-Every setting a run has is one `Setting` in SETTINGS: name, type, default, allowed values
-or check, help text, and whether it is part of a run's identity. Everything else derives
-from this declaration:
+Every setting a run has is one field of RunConfig, the frozen record of one run, and the
+field declares its `Setting`: its name, type and default are the field's; its help text,
+allowed values or check, and whether it is part of a run's identity are the field's
+metadata (`setting`). SETTINGS holds them in the fields' order, and everything else
+derives from them:
 
-- RunConfig, the frozen record of one run: its fields, defaults and validation;
+- RunConfig's validation (`validate`);
 - its run_id: a readable name from the settings' `tag`s plus a hash of its identity;
 - the fusion key (identity minus the settings a fused group's members may differ in:
   seed and lr), RunConfig.fusion_key;
@@ -12,7 +14,7 @@ from this declaration:
 - `bnstudy run`'s flags (cli.py), the study spec's keys, types and checks (spec.py), the
   report's column types and words (aggregate.typed, wording.py).
 
-Adding a setting is adding its entry here, plus the code that uses its value (see
+Adding a setting is adding its field to RunConfig, plus the code that uses its value (see
 docs/DESIGN.md, "Adding a setting"). A setting added after bnstudy 0.1 has
 `hashed_at_default=False`: left out of the hash at its default, so every run written
 before it existed keeps its run_id and still counts as done.
@@ -24,7 +26,9 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from typing import Callable
 
 from bnstudy.errors import UserError
@@ -43,6 +47,12 @@ MAX_EPOCHS = 10_000
 # subnormal numbers, which lose digits (1e-320 reads back as 9.99989e-321 in a run id).
 MIN_POSITIVE = 1e-12
 REQUIRED = object()  # the default of a setting every run must give
+# The run_id's hash: 20 hex digits (80 bits) of a SHA-1. Only runs whose tags agree can share
+# an id, and n of them do with probability about n²/2^81: 4e-9 at 10^8 runs, where 16 digits
+# (64 bits) would leave 3e-4. bnstudy wrote 6 digits (24 bits) before: 10^5 runs under one
+# tag prefix held some 300 pairs sharing an id. Those files keep their ids (legacy_run_id).
+RUN_ID_DIGITS = 20
+LEGACY_RUN_ID_DIGITS = 6
 
 
 class SettingError(UserError):
@@ -121,12 +131,14 @@ NORM_TAGS = {"batch": "", "batchrenorm": "brn", "group": "gn", "layer": "ln"}
 # ---------------------------------------------------------------- the declaration
 @dataclass(frozen=True)
 class Setting:
-    """One run setting.
+    """One run setting, as its RunConfig field declares it (SETTINGS: all of them, in order).
 
-    kind: int, float or str (a float setting accepts an int and stores a float).
-    default: its value when not given, or REQUIRED. run_default: `bnstudy run`'s default
-    where the setting is REQUIRED in a study spec. optional: None is allowed (it means
-    "all", for the image limits). check(value) -> a problem in words, or None.
+    name: the field's name. kind: int, float or str, the field's type (a float setting
+    accepts an int and stores a float). optional: the type is `kind | None`, None allowed
+    (it means "all", for the image limits). default: the field's default, or REQUIRED when
+    it has none. The rest come from the field's metadata (`setting`): help; run_default:
+    `bnstudy run`'s default where the setting is REQUIRED in a study spec.
+    check(value) -> a problem in words, or None.
     identity: part of what makes the run (all but `study`). column: one of the CSV's
     identity columns. per_member: the members of one fused group may differ in it.
     hashed_at_default: the hash includes it at its default (True for bnstudy 0.1's
@@ -171,79 +183,77 @@ class Setting:
 
 
 TYPE_WORDS = {float: "a number", int: "an integer", str: "a string"}
-
-SETTINGS = (
-    Setting("study", str, "single", "the study's name: its results folder under results/", check=folder_name,
-            identity=False, column=True),
-    Setting("variant", str, REQUIRED, "where BatchNorm goes", choices=VARIANTS, column=True, tag=str),
-    Setting("norm", str, "batch", "the normalization layer where the variant puts BatchNorm: batch (BatchNorm), "
-            "batchrenorm (Batch Renormalization), group (GroupNorm), layer (LayerNorm)", choices=NORMS,
-            column=True, hashed_at_default=False, tag=NORM_TAGS.get, label="normalization",
-            inapplicable=_no_norm_slot),
-    Setting("activation", str, "sigmoid", "the activation of every [norm/act] block", choices=tuple(ACTIVATIONS),
-            column=True, hashed_at_default=False, tag=lambda v: "" if v == "sigmoid" else v),
-    Setting("pool", str, "max", "LeNet's 2x2 pooling: max (the notebook's) or avg", choices=("max", "avg"),
-            column=True, hashed_at_default=False, tag=lambda v: "" if v == "max" else "avgpool", label="pooling"),
-    Setting("bn_impl", str, "torch", "nn.BatchNorm or the textbook's from-scratch batch_norm",
-            choices=("torch", "scratch"), column=True, tag=lambda v: "scratch" if v == "scratch" else "",
-            inapplicable=_not_batch_norm),
-    Setting("bn_momentum", float, 0.1, "BatchNorm's momentum, PyTorch's convention: running = (1 - m) * running "
-            "+ m * batch; about 2/m recent batches dominate", check=positive(1.0), metavar="M", column=True,
-            hashed_at_default=False, tag=lambda v: "" if v == 0.1 else f"bnm{v:g}", label="BN momentum",
-            inapplicable=_no_running_stats),
-    Setting("ghost_batch_size", int, 0, "Ghost BatchNorm: training batches are normalised in sub-batches of this "
-            "many samples, each one update of the running statistics (0: off; must divide the batch size)",
-            check=ghost_size, metavar="N", column=True, hashed_at_default=False,
-            tag=lambda v: "" if v == 0 else f"gb{v}", label="ghost batch size", inapplicable=_no_batch_stats),
-    Setting("frozen_bn_epochs", int, 0, "for the last N epochs, BatchNorm normalises with its running statistics in "
-            "training too and stops updating them", check=integer(0, MAX_EPOCHS), metavar="N", column=True,
-            hashed_at_default=False, tag=lambda v: "" if v == 0 else f"fz{v}", label="frozen BN epochs",
-            inapplicable=_no_running_stats),
-    Setting("optimizer", str, "adam", "Adam (PyTorch's defaults) or plain SGD", choices=("adam", "sgd"),
-            column=True, tag=str),
-    Setting("lr", float, REQUIRED, "learning rate", check=positive(), run_default=1e-3, column=True,
-            per_member=True, tag=lambda v: f"lr{v:.0e}", label="learning rate"),
-    Setting("batch_size", int, REQUIRED, "training batch size (bounds: see validate)", run_default=256, column=True,
-            tag=lambda v: f"bs{v}", label="batch size"),
-    Setting("seed", int, 0, "fixes initialisation, data order and the PreciseBN sample", check=integer(0, MAX_SEED),
-            column=True, per_member=True, tag=lambda v: f"s{v}"),
-    Setting("epochs", int, REQUIRED, "training epochs", check=integer(1, MAX_EPOCHS), run_default=5),
-    Setting("limit_train", int, None, "use the first N training images", check=integer(2, TRAIN_SIZE),
-            optional=True, metavar="N"),
-    Setting("limit_test", int, None, "use the first M test images", check=integer(1, TEST_SIZE),
-            optional=True, metavar="M"),
-    Setting("precise_bn_samples", int, 8192, "training images that re-estimate BN statistics for the PreciseBN "
-            "diagnostic", check=integer(2, TRAIN_SIZE), metavar="K"),
-    Setting("evals_per_epoch", int, 1, "test accuracy (eval mode, and PreciseBN for BN variants) measured this "
-            "many times per epoch at evenly spaced steps, the last at the epoch's end, into runs/<run_id>.evals.csv "
-            "(1: only the per-epoch CSV)", check=integer(1, MAX_EVALS_PER_EPOCH), metavar="K",
-            hashed_at_default=False, tag=lambda v: "" if v == 1 else f"k{v}", label="evaluations per epoch"),
-)  # fmt: skip
-BY_NAME = {s.name: s for s in SETTINGS}
-RUN_SETTINGS = tuple(s.name for s in SETTINGS if s.identity)  # a run's identity, spec keys and [grid] axes
-IDENTITY_COLUMNS = ["run_id", *(s.name for s in SETTINGS if s.column)]
-METRIC_COLUMNS = [
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-    "test_acc_batch_stats", "test_acc_precise_bn",
-    "train_seconds", "eval_seconds", "samples_per_second",
-]  # fmt: skip
-CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
-# runs/<run_id>.evals.csv (runs with evals_per_epoch > 1): one row per point, `step` counts the
-# run's optimizer steps (1-based), epoch_fraction = (epoch - 1) + step in the epoch / its steps
-EVALS_COLUMNS = ["run_id", "epoch", "point", "step", "epoch_fraction", "test_acc", "test_acc_precise_bn"]
-# Identity columns a CSV written before its setting existed lacks (the setting was at its default then).
-LATER_COLUMNS = frozenset(s.name for s in SETTINGS if s.column and not s.hashed_at_default)
+SETTING = "setting"  # the key of a RunConfig field's metadata that holds its Setting's options
 
 
-def csv_layout_ok(columns: list[str]) -> bool:
-    """Whether a run CSV's header is this version's CSV_COLUMNS, or an older version's
-    (the same in the same order, without columns of settings added since)."""
-    return list(columns) == [c for c in CSV_COLUMNS if c in set(columns) or c not in LATER_COLUMNS]
+def setting(help: str, **options) -> dict:
+    """A RunConfig field's metadata: its Setting's help and other options (check, choices,
+    column, tag, ... as Setting names them); name, kind, optional and default are the
+    field's own."""
+    return {SETTING: {"help": help, **options}}
 
 
 # ---------------------------------------------------------------- one run
-class _RunConfigMethods:
-    """What every RunConfig can do; its fields are SETTINGS (see RunConfig below)."""
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that determines one training run's numbers (and so its run_id): one field
+    per run setting, each declaring its Setting (`setting`), in the order of SETTINGS: the
+    order of the run_id's tags and of the CSV's columns. `study` names the results folder
+    and is not part of the identity. Validated on creation (`validate`: SettingError)."""
+
+    study: str = field(default="single", metadata=setting(
+        "the study's name: its results folder under results/", check=folder_name, identity=False, column=True))
+    variant: str = field(metadata=setting("where BatchNorm goes", choices=VARIANTS, column=True, tag=str))
+    norm: str = field(default="batch", metadata=setting(
+        "the normalization layer where the variant puts BatchNorm: batch (BatchNorm), batchrenorm (Batch "
+        "Renormalization), group (GroupNorm), layer (LayerNorm)", choices=NORMS, column=True,
+        hashed_at_default=False, tag=NORM_TAGS.get, label="normalization", inapplicable=_no_norm_slot))
+    activation: str = field(default="sigmoid", metadata=setting(
+        "the activation of every [norm/act] block", choices=tuple(ACTIVATIONS), column=True, hashed_at_default=False,
+        tag=lambda v: "" if v == "sigmoid" else v))
+    pool: str = field(default="max", metadata=setting(
+        "LeNet's 2x2 pooling: max (the notebook's) or avg", choices=("max", "avg"), column=True,
+        hashed_at_default=False, tag=lambda v: "" if v == "max" else "avgpool", label="pooling"))
+    bn_impl: str = field(default="torch", metadata=setting(
+        "nn.BatchNorm or the textbook's from-scratch batch_norm", choices=("torch", "scratch"), column=True,
+        tag=lambda v: "scratch" if v == "scratch" else "", inapplicable=_not_batch_norm))
+    bn_momentum: float = field(default=0.1, metadata=setting(
+        "BatchNorm's momentum, PyTorch's convention: running = (1 - m) * running + m * batch; about 2/m recent "
+        "batches dominate", check=positive(1.0), metavar="M", column=True, hashed_at_default=False,
+        tag=lambda v: "" if v == 0.1 else f"bnm{v:g}", label="BN momentum", inapplicable=_no_running_stats))
+    ghost_batch_size: int = field(default=0, metadata=setting(
+        "Ghost BatchNorm: training batches are normalised in sub-batches of this many samples, each one update of "
+        "the running statistics (0: off; must divide the batch size)", check=ghost_size, metavar="N", column=True,
+        hashed_at_default=False, tag=lambda v: "" if v == 0 else f"gb{v}", label="ghost batch size",
+        inapplicable=_no_batch_stats))
+    frozen_bn_epochs: int = field(default=0, metadata=setting(
+        "for the last N epochs, BatchNorm normalises with its running statistics in training too and stops "
+        "updating them", check=integer(0, MAX_EPOCHS), metavar="N", column=True, hashed_at_default=False,
+        tag=lambda v: "" if v == 0 else f"fz{v}", label="frozen BN epochs", inapplicable=_no_running_stats))
+    optimizer: str = field(default="adam", metadata=setting(
+        "Adam (PyTorch's defaults) or plain SGD", choices=("adam", "sgd"), column=True, tag=str))
+    lr: float = field(metadata=setting(
+        "learning rate", check=positive(), run_default=1e-3, column=True, per_member=True,
+        tag=lambda v: f"lr{v:.0e}", label="learning rate"))
+    batch_size: int = field(metadata=setting(
+        "training batch size (bounds: see validate)", run_default=256, column=True, tag=lambda v: f"bs{v}",
+        label="batch size"))
+    seed: int = field(default=0, metadata=setting(
+        "fixes initialisation, data order and the PreciseBN sample", check=integer(0, MAX_SEED), column=True,
+        per_member=True, tag=lambda v: f"s{v}"))
+    epochs: int = field(metadata=setting("training epochs", check=integer(1, MAX_EPOCHS), run_default=5))
+    limit_train: int | None = field(default=None, metadata=setting(
+        "use the first N training images", check=integer(2, TRAIN_SIZE), metavar="N"))
+    limit_test: int | None = field(default=None, metadata=setting(
+        "use the first M test images", check=integer(1, TEST_SIZE), metavar="M"))
+    precise_bn_samples: int = field(default=8192, metadata=setting(
+        "training images that re-estimate BN statistics for the PreciseBN diagnostic", check=integer(2, TRAIN_SIZE),
+        metavar="K"))
+    evals_per_epoch: int = field(default=1, metadata=setting(
+        "test accuracy (eval mode, and PreciseBN for BN variants) measured this many times per epoch at evenly "
+        "spaced steps, the last at the epoch's end, into runs/<run_id>.evals.csv (1: only the per-epoch CSV)",
+        check=integer(1, MAX_EVALS_PER_EPOCH), metavar="K", hashed_at_default=False,
+        tag=lambda v: "" if v == 1 else f"k{v}", label="evaluations per epoch"))
 
     def __post_init__(self):
         validate(self)
@@ -280,10 +290,21 @@ class _RunConfigMethods:
 
     @property
     def run_id(self) -> str:
-        """Readable and stable, e.g. `bn_before-adam-lr1e-03-bs256-s0-3fa2c1`: the settings'
-        tags, then 6 hex digits of a hash that tells apart what the name leaves out."""
+        """Readable and stable, e.g. `bn_before-adam-lr1e-03-bs256-s0-02972c4b9e67acd32881`:
+        the settings' tags, then RUN_ID_DIGITS hex digits of a hash of hashed_identity(),
+        which tells apart what the tags leave out. The name of the files a run writes."""
+        return self._named(RUN_ID_DIGITS)
+
+    @property
+    def legacy_run_id(self) -> str:
+        """The run_id that bnstudy gave this run before its hash grew: the same tags, then
+        the hash's first LEGACY_RUN_ID_DIGITS digits, e.g. `bn_before-adam-lr1e-03-bs256-s0-02972c`.
+        Files under it are still this run's (store.RunStore.run_id_of)."""
+        return self._named(LEGACY_RUN_ID_DIGITS)
+
+    def _named(self, digits: int) -> str:
         canonical = json.dumps(self.hashed_identity(), sort_keys=True)
-        digest = hashlib.sha1(canonical.encode()).hexdigest()[:6]
+        digest = hashlib.sha1(canonical.encode()).hexdigest()[:digits]
         tags = (s.tag(getattr(self, s.name)) for s in SETTINGS if s.tag is not None)
         return "-".join([*(tag for tag in tags if tag), digest])
 
@@ -293,24 +314,41 @@ class _RunConfigMethods:
         return tuple((s.name, getattr(self, s.name)) for s in SETTINGS if s.identity and not s.per_member)
 
 
-def _field(setting: Setting) -> tuple:
-    kind = setting.kind | None if setting.optional else setting.kind
-    if setting.default is REQUIRED:
-        return setting.name, kind
-    return setting.name, kind, dataclasses.field(default=setting.default)
+def _declared(config_field: dataclasses.Field, annotation) -> Setting:
+    """The Setting that a RunConfig field declares: its name, its type (`kind | None`: an
+    optional setting), its default (REQUIRED without one) and its metadata's options.
+    TypeError for a type that is no setting's."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    kind = [k for k in kinds if k is not type(None)]
+    if len(kind) != 1 or kind[0] not in TYPE_WORDS:
+        raise TypeError(f"RunConfig.{config_field.name}: {annotation} is no setting's type (int, float or str)")
+    default = REQUIRED if config_field.default is dataclasses.MISSING else config_field.default
+    return Setting(name=config_field.name, kind=kind[0], default=default, optional=type(None) in kinds,
+                   **config_field.metadata[SETTING])  # fmt: skip
 
 
-# A frozen dataclass with one field per setting (those without a default first), so that a
-# new setting needs no edit here. RunConfig(variant=..., lr=..., ...) validates on creation.
-RunConfig = dataclasses.make_dataclass(
-    "RunConfig",
-    [_field(s) for s in SETTINGS if s.default is REQUIRED] + [_field(s) for s in SETTINGS if s.default is not REQUIRED],
-    bases=(_RunConfigMethods,),
-    frozen=True,
-)
-RunConfig.__module__ = __name__  # so that pickle (worker processes, dask) finds it here
-RunConfig.__doc__ = """Everything that determines one training run's numbers (and so its run_id): one
-field per entry of SETTINGS. `study` names the results folder and is not part of the identity."""
+_ANNOTATIONS = typing.get_type_hints(RunConfig)
+SETTINGS = tuple(_declared(f, _ANNOTATIONS[f.name]) for f in dataclasses.fields(RunConfig))
+BY_NAME = {s.name: s for s in SETTINGS}
+RUN_SETTINGS = tuple(s.name for s in SETTINGS if s.identity)  # a run's identity, spec keys and [grid] axes
+IDENTITY_COLUMNS = ["run_id", *(s.name for s in SETTINGS if s.column)]
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+    "test_acc_batch_stats", "test_acc_precise_bn",
+    "train_seconds", "eval_seconds", "samples_per_second",
+]  # fmt: skip
+CSV_COLUMNS = IDENTITY_COLUMNS + METRIC_COLUMNS
+# runs/<run_id>.evals.csv (runs with evals_per_epoch > 1): one row per point, `step` counts the
+# run's optimizer steps (1-based), epoch_fraction = (epoch - 1) + step in the epoch / its steps
+EVALS_COLUMNS = ["run_id", "epoch", "point", "step", "epoch_fraction", "test_acc", "test_acc_precise_bn"]
+# Identity columns a CSV written before its setting existed lacks (the setting was at its default then).
+LATER_COLUMNS = frozenset(s.name for s in SETTINGS if s.column and not s.hashed_at_default)
+
+
+def csv_layout_ok(columns: list[str]) -> bool:
+    """Whether a run CSV's header is this version's CSV_COLUMNS, or an older version's
+    (the same in the same order, without columns of settings added since)."""
+    return list(columns) == [c for c in CSV_COLUMNS if c in set(columns) or c not in LATER_COLUMNS]
 
 
 # bnstudy 0.1 ran `none` runs at other BN momenta, identical runs under their own ids: a

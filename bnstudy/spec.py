@@ -176,7 +176,8 @@ def _check_size(study: Study, problem: _Problems) -> None:
 
 def _check_distinct_ids(runs: list[RunConfig], problem: _Problems) -> None:
     """UserError when two of a study's runs (distinct configs: the axes' values are) share a
-    run_id, the rare collision of its short hash: one would count as the other's."""
+    run_id, a collision of its hash (settings.RUN_ID_DIGITS: unlikely in any study, but
+    one would count as the other's)."""
     seen: dict[str, RunConfig] = {}
     for config in runs:
         other = seen.setdefault(config.run_id, config)
@@ -185,7 +186,7 @@ def _check_distinct_ids(runs: list[RunConfig], problem: _Problems) -> None:
             differ = [key for key in a if a[key] != b[key]]
             words = [", ".join(f"{key} {values[key]}" for key in differ) for values in (a, b)]
             raise problem("grid", f"two runs share the run id {config.run_id} ({words[0]} and {words[1]}), a collision "
-                                  "of its 6-digit hash; change one of their values slightly")  # fmt: skip
+                                  "of its hash; change one of their values slightly")  # fmt: skip
 
 
 MAX_SPEC_BYTES = 1 << 20  # the largest spec read; the shipped ones are under 2 kB

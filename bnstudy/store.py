@@ -177,16 +177,43 @@ class RunStore:
     def evals_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.evals.csv"
 
+    def run_id_of(self, config: RunConfig) -> str:
+        """The id that `config`'s files are under here: its run_id, or its legacy_run_id when
+        only that has files and they are not another config's (`_legacy_check`). Every
+        lookup of a planned run goes through it (check, set_aside_damaged, the status
+        table, the report's grid), so a run written before the run_id grew keeps its id."""
+        return config.legacy_run_id if self._legacy_check(config) is not None else config.run_id
+
+    def _legacy_check(self, config: RunConfig) -> RunCheck | None:
+        """The check of `config`'s files under its legacy_run_id, or None when they are not
+        its files: it has files under its run_id (new runs go there), none under the legacy
+        id, or a JSON there whose config is another's (two configs share a short hash; one
+        whose JSON does not read is taken as this config's, and so damaged)."""
+        if self._has_files(config.run_id) or not self._has_files(config.legacy_run_id):
+            return None
+        check = self._check(config.legacy_run_id)
+        return check if check.config is None or check.config.identity() == config.identity() else None
+
+    def _has_files(self, run_id: str) -> bool:
+        return self.json_path(run_id).exists() or self.csv_path(run_id).exists()
+
     def check(self, run: str | RunConfig) -> RunCheck:
-        """What the files of `run` (a run_id, or the RunConfig a plan expects, whose id another
-        config's files do not match: damaged) amount to: its state, why it is not done, and
-        what was read. Reads the JSON and, for a done status, the CSV, once each."""
-        check = self._check(run.run_id if isinstance(run, RunConfig) else run)
-        if isinstance(run, RunConfig) and check.config is not None and check.config.identity() != run.identity():
-            theirs, ours = check.config.identity(), run.identity()
+        """What the files of `run` (a run_id, or the RunConfig a plan expects: `locate`'s
+        check) amount to: its state, why it is not done, and what was read."""
+        return self._check(run) if not isinstance(run, RunConfig) else self.locate(run)[1]
+
+    def locate(self, config: RunConfig) -> tuple[str, RunCheck]:
+        """(run_id_of(config), the check of the files under it), from one read of each file:
+        the JSON and, for a done status, the CSV. Files of another config under the run_id
+        (a collision of its hash) are damaged to this config."""
+        if (legacy := self._legacy_check(config)) is not None:
+            return config.legacy_run_id, legacy
+        check = self._check(config.run_id)
+        if check.config is not None and check.config.identity() != config.identity():
+            theirs, ours = check.config.identity(), config.identity()
             differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
-            return RunCheck(RunState.DAMAGED, f"JSON is another run's with this id ({differ}): a collision of its hash")
-        return check
+            check = RunCheck(RunState.DAMAGED, f"JSON is another run's with this id ({differ}): a collision of its hash")
+        return config.run_id, check
 
     def _check(self, run_id: str) -> RunCheck:
         try:

@@ -118,10 +118,10 @@ def check_runs(configs: list[RunConfig], store: RunStore) -> list[RunConfig]:
     """The runs of `configs` that are not done, from one check of each run's files; the
     damaged ones among them have their files set aside first (and it says so), to be redone
     as pending runs. Call it holding the store's lock, so that the check stays true."""
-    checks = {config.run_id: store.check(config) for config in configs}
-    if moved := store.set_aside_damaged(checks):
+    located = [store.locate(config) for config in configs]  # (the id its files are under, their check)
+    if moved := store.set_aside_damaged(dict(located)):
         print(format_set_aside(moved, store), flush=True)
-    return [config for config in configs if not checks[config.run_id].state.is_done()]
+    return [config for config, (_, check) in zip(configs, located) if not check.state.is_done()]
 
 
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
@@ -341,9 +341,9 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
 
 def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
-    states = {config.run_id: store.state(config) for config in configs}
-    pending = [config for config in configs if not states[config.run_id].is_done()]
-    lines = [f"{states[config.run_id]:9} {config.run_id}" for config in configs]
+    located = [store.locate(config) for config in configs]  # (the id its files are under, their check)
+    pending = [config for config, (_, check) in zip(configs, located) if not check.state.is_done()]
+    lines = [f"{check.state:9} {run_id}" for run_id, check in located]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip
     lines.append(format_cpu_estimate(pending, execution, len(execution.slots)))

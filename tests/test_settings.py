@@ -6,11 +6,14 @@ A run_id that ignored a setting would make a sweep with `--set epochs=10` find t
 import contextlib
 import dataclasses
 import json
+import pickle
+import typing
 from pathlib import Path
 
 import pytest
 
-from bnstudy.settings import BY_NAME, SETTINGS, RunConfig, SettingError, applicable, from_record
+from bnstudy.settings import (BY_NAME, REQUIRED, SETTINGS, RunConfig, SettingError, _declared, applicable, from_record,
+                              setting)  # fmt: skip
 
 BASE = RunConfig(variant="bn_before", lr=1e-3, batch_size=64, epochs=5)
 FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "v0_1_study" / "runs"
@@ -38,12 +41,33 @@ def test_changing_any_one_identity_setting_changes_the_run_id(setting):
     assert config.run_id != BASE.run_id, f"{setting.name} = {getattr(config, setting.name)!r} kept BASE's run_id"
 
 
-def test_runs_written_by_bnstudy_0_1_keep_their_run_ids():
-    paths = sorted(FIXTURE_RUNS.glob("*.json"))
-    assert len(paths) == 2
+@pytest.mark.parametrize("runs", [FIXTURE_RUNS, FIXTURE_RUNS.parents[1] / "v0_2_study" / "runs"], ids=["0.1", "0.2"])
+def test_runs_written_before_the_hash_grew_keep_their_run_ids_as_legacy_ids(runs):
+    paths = sorted(runs.glob("*.json"))
+    assert len(paths) in (2, 4)
     for path in paths:
         record = json.loads(path.read_text())
-        assert from_record(record["config"], record["study"]).run_id == record["run_id"] == path.stem
+        config = from_record(record["config"], record["study"])
+        assert config.legacy_run_id == record["run_id"] == path.stem
+        # the same tags, the same hash, more of its digits
+        assert config.run_id.startswith(config.legacy_run_id) and len(config.run_id) == len(path.stem) + 14
+
+
+def test_two_runs_whose_6_digit_hashes_collide_have_distinct_run_ids():
+    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    assert first.legacy_run_id == second.legacy_run_id and first.run_id != second.run_id  # issue 18's example
+
+
+def test_many_runs_with_the_same_tags_have_distinct_run_ids():
+    """n = 20,000 runs with the same tags (only such runs can share an id; 10^6 would take
+    minutes here): n²/2 pairs, each sharing a hash of b bits with chance 2^-b, so the 6-digit
+    hash gives about 12 pairs one id, and the 20-digit one a chance of 2e-16."""
+    n = 20_000
+    configs = [dataclasses.replace(BASE, lr=1e-3 * (1 + i / (4 * n))) for i in range(n)]
+    assert len({config.run_id.rsplit("-", 1)[0] for config in configs}) == 1  # all lr1e-03
+    assert len({config.run_id for config in configs}) == n
+    assert len({config.legacy_run_id for config in configs}) < n  # the collisions of issue 18
 
 
 def test_evals_per_epoch_is_tagged_and_bounded_by_the_steps_of_an_epoch():
@@ -92,3 +116,20 @@ def test_a_run_refuses_settings_that_do_not_apply_but_a_none_runs_old_bn_momentu
     assert dataclasses.replace(BASE, norm="layer", batch_size=1).batch_size == 1
     with pytest.raises(SettingError, match="^batch_size: must be between 2"):
         dataclasses.replace(BASE, norm="batchrenorm", batch_size=1)
+
+
+def test_each_fields_type_is_its_settings_kind():
+    annotations = typing.get_type_hints(RunConfig)
+    assert list(annotations) == [s.name for s in SETTINGS]  # declared once, in one order
+    assert all(annotations[s.name] == (s.kind | None if s.optional else s.kind) for s in SETTINGS)
+    assert (BY_NAME["lr"].kind, BY_NAME["lr"].optional) == (float, False)
+    assert (BY_NAME["limit_train"].kind, BY_NAME["limit_train"].optional) == (int, True)
+    assert [s.name for s in SETTINGS if s.default is REQUIRED] == ["variant", "lr", "batch_size", "epochs"]
+    with pytest.raises(TypeError, match="no setting's type"):
+        _declared(dataclasses.field(metadata=setting("a flag")), bool)
+
+
+def test_a_run_config_pickles_as_worker_processes_and_dask_send_it():
+    config = dataclasses.replace(BASE, activation="relu", limit_train=1000)
+    copy = pickle.loads(pickle.dumps(config))
+    assert type(copy) is RunConfig and copy == config and copy.run_id == config.run_id

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bnstudy import settings
 from bnstudy.cli import main
 from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig, load_study
@@ -247,16 +248,17 @@ lr = [0.001009, 0.001442]
 
 
 @pytest.mark.parametrize("command", [["sweep"], ["sweep", "--dry-run"], ["status"]])
-def test_a_spec_whose_runs_share_a_run_id_is_refused(tmp_path, capsys, command):
+def test_a_spec_whose_runs_share_a_run_id_is_refused(tmp_path, capsys, monkeypatch, command):
     spec, out = tmp_path / "collide.toml", tmp_path / "out"
     spec.write_text(COLLIDING)
+    monkeypatch.setattr(settings, "RUN_ID_DIGITS", settings.LEGACY_RUN_ID_DIGITS)  # a hash short enough to collide
     first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
                                precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
     assert first.run_id == second.run_id  # the collision this test is about
     assert main([command[0], str(spec), "--out", str(out), *command[1:]]) == 2
     assert capsys.readouterr().err == (
         f"bnstudy: error: {spec}: grid: two runs share the run id {first.run_id} (lr 0.001009 and lr 0.001442), "
-        "a collision of its 6-digit hash; change one of their values slightly\n")
+        "a collision of its hash; change one of their values slightly\n")
     assert not out.exists()
 
 

@@ -22,12 +22,16 @@ from bnstudy.errors import UserError
 from bnstudy.spec import RunConfig
 from bnstudy.runfiles import RunOutcome, RunState, RunStatus
 from bnstudy.runner import run_metadata
+from bnstudy import settings
 from bnstudy import store as store_module
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, steps_per_epoch
 from bnstudy.store import RunStore, atomic_write_text, check_writable, format_status, rows_to_csv
 
 CONFIGS = [RunConfig(variant=v, lr=1e-3, batch_size=64, epochs=2, seed=s) for v in ("none", "bn_after") for s in (0, 1)]
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_study"
+# Two runs whose 6-digit hashes (settings.LEGACY_RUN_ID_DIGITS) collide (issue 18).
+COLLIDING = tuple(RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
+                            precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
 TIMES = ("2026-11-27T05:21:35+00:00", "2026-11-27T05:21:36+00:00")  # a run's started and ended
 
 
@@ -43,7 +47,7 @@ def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> N
 
 def checked(store: RunStore, runs) -> dict:
     """run_id -> RunStore.check of each of `runs` (ids or configs), as a sweep checks them."""
-    return {getattr(run, "run_id", run): store.check(run) for run in runs}
+    return dict(store.locate(run) if isinstance(run, RunConfig) else (run, store.check(run)) for run in runs)
 
 
 def test_done_means_whole_files_that_agree(tmp_path):
@@ -85,7 +89,7 @@ def cut_short(lines):  # a complete run's CSV that lost its last epoch
 
 
 def cut_mid_row(lines):
-    return lines[:-1] + [lines[-1][:40]]
+    return lines[:-1] + [lines[-1][: lines[-1].index(",") + 3]]
 
 
 def renumbered(lines):
@@ -673,10 +677,10 @@ def test_tampering_with_one_cell_or_field_is_harmless_or_damage(tmp_path):
     assert min(outcomes.values()) > 50, outcomes  # both kinds were tried
 
 
-def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expects_the_other(tmp_path):
+def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expects_the_other(tmp_path, monkeypatch):
     store = RunStore(tmp_path)
-    first, second = (RunConfig(variant="none", lr=lr, batch_size=128, limit_train=512, limit_test=256,
-                               precise_bn_samples=256, seed=29, epochs=1) for lr in (0.001009, 0.001442))  # fmt: skip
+    monkeypatch.setattr(settings, "RUN_ID_DIGITS", settings.LEGACY_RUN_ID_DIGITS)  # a hash short enough to collide
+    first, second = COLLIDING
     assert first.run_id == second.run_id  # a collision of the 6-digit hash (tests/test_spec.py)
     write(store, first, "complete", epochs=1)
     assert store.state(first.run_id) == store.state(first) == "complete"
@@ -686,6 +690,64 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     assert store.set_aside_damaged(checked(store, [first])) == []
     assert store.set_aside_damaged(checked(store, [second])) == [(second.run_id, reason)]
     assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
+
+
+def write_legacy(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> None:
+    """Write run `config` as bnstudy did before the run_id grew: its legacy_run_id (6 hex
+    digits) in every row, in every point and in the JSON, and so in the files' names."""
+    def renamed(row: dict) -> dict:
+        return {**row, "run_id": config.legacy_run_id}
+
+    rows = hand_rows(config, [0.5] * epochs)
+    points = points_of(config, rows) if config.evals_per_epoch > 1 else ()
+    error = "RuntimeError: boom" if status == "failed" else None
+    old = outcome(config, status, rows, points, error)
+    store.write_run(RunOutcome(list(map(renamed, old.rows)), renamed(old.metadata), list(map(renamed, old.points))))
+
+
+def test_a_run_written_before_the_run_id_grew_is_found_under_its_old_id(tmp_path):
+    store = RunStore(tmp_path)
+    old, new = dataclasses.replace(CONFIGS[2], evals_per_epoch=2), CONFIGS[3]  # old: with a points file
+    write_legacy(store, old, "complete")
+    write(store, new, "complete")
+    assert [store.run_id_of(c) for c in (old, new)] == [old.legacy_run_id, new.run_id]
+    assert store.state(old) == store.state(old.legacy_run_id) == store.state(new) == "complete"
+    assert store.check(old).config == old and store.state(old.run_id) == "pending"
+    assert format_status([old, new], store).splitlines()[-1].split()[:3] == ["all", "2", "0"]  # and no other runs
+    assert store.set_aside_damaged(checked(store, [old, new])) == []
+
+
+def test_an_old_run_that_failed_or_is_damaged_is_redone_under_its_new_id(tmp_path):
+    store = RunStore(tmp_path)
+    failed, damaged = CONFIGS[:2]
+    write_legacy(store, failed, "failed", epochs=1)
+    write_legacy(store, damaged, "complete")
+    store.csv_path(damaged.legacy_run_id).write_text("run_id\n")
+    assert (store.state(failed), store.state(damaged)) == ("failed", "damaged")
+    assert store.set_aside_damaged(checked(store, [failed, damaged])) == [(damaged.legacy_run_id, "CSV columns are not a run's")]
+    assert store.run_id_of(damaged) == damaged.run_id and store.state(damaged) == "pending"
+    write(store, failed, "complete")  # the sweep's rerun, under the new id
+    assert store.run_id_of(failed) == failed.run_id and store.state(failed) == "complete"
+
+
+def test_rows_of_another_id_than_the_old_json_are_damaged(tmp_path):
+    store = RunStore(tmp_path)
+    config = CONFIGS[2]
+    write_legacy(store, config, "complete")
+    text = store.csv_path(config.legacy_run_id).read_text()
+    store.csv_path(config.legacy_run_id).write_text(text.replace(config.legacy_run_id, config.run_id))
+    assert store.check(config).reason == f"CSV row 1 is run {config.run_id}"
+
+
+def test_an_old_run_that_shares_its_6_digit_id_with_a_planned_one_stays_its_own(tmp_path):
+    store = RunStore(tmp_path)
+    first, second = COLLIDING
+    assert first.legacy_run_id == second.legacy_run_id and first.run_id != second.run_id
+    write_legacy(store, first, "complete", epochs=1)  # by bnstudy before the run_id grew
+    assert [store.run_id_of(c) for c in COLLIDING] == [first.legacy_run_id, second.run_id]
+    assert [store.state(c) for c in COLLIDING] == ["complete", "pending"] and store.set_aside_damaged(checked(store, COLLIDING)) == []
+    write(store, second, "complete", epochs=1)
+    assert [store.check(c).config for c in COLLIDING] == list(COLLIDING)
 
 
 @pytest.mark.parametrize("existed", [False, True])

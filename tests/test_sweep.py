@@ -392,8 +392,8 @@ def test_a_sweep_checks_each_runs_files_once_at_its_start(tmp_path, monkeypatch,
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
     store, configs = RunStore(out), load_study(spec).runs()
     store.csv_path(configs[0].run_id).write_text("")  # damaged
-    checked, check = [], RunStore.check
-    monkeypatch.setattr(RunStore, "check", lambda self, run: checked.append(getattr(run, "run_id", run)) or check(self, run))
+    checked, check, read = [], RunStore.check, RunStore._check  # _check: the one reader of a run's files
+    monkeypatch.setattr(RunStore, "_check", lambda self, run_id: checked.append(run_id) or read(self, run_id))
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
     assert "1 damaged run set aside" in capsys.readouterr().out
