@@ -33,7 +33,7 @@ from torch import nn
 
 from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches
-from bnstudy.models import activation_layer, bn_layers
+from bnstudy.models import activation_layer
 from bnstudy.norms import LayerSettings
 from bnstudy.settings import RunConfig, steps_per_epoch
 from bnstudy.train import (
@@ -106,7 +106,7 @@ class GroupFeatureNorm(nn.Module):
     normalises each (member, feature) over the member's B samples, as its solo
     BatchNorm1d does; a GroupNorm of G·groups groups each sample's groups within its
     member's features, as its solo GroupNorm or LayerNorm does. `norm` stays a submodule,
-    so models.bn_layers and train.preserved_state find it."""
+    so norms.running_stat_layers and train.preserved_state find it."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
@@ -243,7 +243,7 @@ def silence_member(model: nn.Module, optimizer: GroupOptimizer, member: int) -> 
     G = len(optimizer.lrs)
     for p in model.parameters():
         p.view(G, -1)[member].zero_()
-    for bn in bn_layers(model):
+    for bn in norms.running_stat_layers(model):
         bn.running_mean.view(G, -1)[member].zero_()
         bn.running_var.view(G, -1)[member].fill_(1.0)
     optimizer.silence(member)
@@ -300,7 +300,7 @@ def fit_group(
     orders = [torch.Generator().manual_seed(c.seed) for c in configs]
     n_train, n_test = len(data.train_x), len(data.test_x)
     subset = (torch.stack([precise_bn_subset(c, n_train, device) for c in configs], dim=1)  # (K, G)
-              if bn_layers(model) else None)  # fmt: skip
+              if norms.running_stat_layers(model) else None)  # fmt: skip
     grouped = group_data(data, G)
     steps = steps_per_epoch(n_train, first.batch_size)
     schedule = norms.step_schedule(model, steps)  # the members share every setting it reads

@@ -152,10 +152,3 @@ def build_lenet(variant: str, bn_impl: str = "torch", activation: str = "sigmoid
         nn.Linear(120, 84), *blocks.norm_act(84, 2),
         nn.Linear(84, 10),
     )  # fmt: skip
-
-
-def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """Every normalization layer of `model` that keeps running statistics (the registry's
-    flag: BatchNorm of either implementation, Batch Renormalization), in forward order:
-    the layers the BN diagnostics re-estimate and restore."""
-    return norms.running_stat_layers(model)

@@ -275,9 +275,14 @@ REGISTRY = {
     "layer": NormLayer(norm("layer"), lambda nf, nd, s: nn.GroupNorm(1, nf) if nd == 4 else nn.LayerNorm(nf),
                        lambda G, nf, nd, s: nn.GroupNorm(G, G * nf), (nn.GroupNorm, nn.LayerNorm)),
 }  # fmt: skip
-assert tuple(REGISTRY) == NORMS, "one registry entry per norm of variants.NORM_TABLE"
-RUNNING_STAT_CLASSES = tuple({c for e in REGISTRY.values() if e.keeps_running_stats for c in e.classes})
-NORM_CLASSES = tuple({c for e in REGISTRY.values() for c in e.classes})
+assert set(REGISTRY) == set(NORMS), "one registry entry per norm of variants.NORM_TABLE"
+
+
+def layer_classes(running_stats_only: bool = False) -> tuple[type, ...]:
+    """The module classes of the registry's layers (only those keeping running statistics):
+    read from REGISTRY at each call, so that a norm registered later is one of them."""
+    return tuple({c for e in REGISTRY.values() if e.keeps_running_stats or not running_stats_only for c in e.classes})
+
 # Attributes of the layers that the diagnostics change and train.preserved_state puts back.
 TUNABLE = ("momentum", "r_max", "d_max", "averaged")
 
@@ -298,7 +303,7 @@ def fused_layer(group_size: int, num_features: int, num_dims: int, settings: Lay
 
 def is_norm_layer(module: nn.Module) -> bool:
     """A layer of the registry, or a GhostBatch around one (what the "bn" slot holds)."""
-    return isinstance(module, (GhostBatch, *NORM_CLASSES))
+    return isinstance(module, (GhostBatch, *layer_classes()))
 
 
 def num_features(module: nn.Module) -> int:
@@ -308,12 +313,12 @@ def num_features(module: nn.Module) -> int:
 
 def running_stat_layers(model: nn.Module) -> list[nn.Module]:
     """Every layer of `model` that keeps running statistics, in forward order."""
-    return [m for m in model.modules() if isinstance(m, RUNNING_STAT_CLASSES)]
+    return [m for m in model.modules() if isinstance(m, layer_classes(running_stats_only=True))]
 
 
 def tunable_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose TUNABLE attributes the diagnostics may change."""
-    return [m for m in model.modules() if isinstance(m, (GhostBatch, *RUNNING_STAT_CLASSES))]
+    return [m for m in model.modules() if isinstance(m, (GhostBatch, *layer_classes(running_stats_only=True)))]
 
 
 def freeze(model: nn.Module) -> None:

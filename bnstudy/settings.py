@@ -29,10 +29,10 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 from bnstudy.errors import UserError
-from bnstudy.variants import ACTIVATIONS, NORMS, VARIANTS, norm, variant
+from bnstudy.variants import ACTIVATIONS, NORM_TABLE, NORMS, VARIANTS, norm, variant
 
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000  # Fashion-MNIST's training and test images
 MAX_SEED = 2**32 - 1  # numpy's range; torch takes more, but a seed must survive a CSV as int64
@@ -125,8 +125,6 @@ def _not_batch_norm(values: dict) -> str | None:
     return None if values["norm"] == "batch" else f"bn_impl chooses BatchNorm's code, and norm is {values['norm']}"
 
 
-NORM_TAGS = {"batch": "", "batchrenorm": "brn", "group": "gn", "layer": "ln"}
-
 
 # ---------------------------------------------------------------- the declaration
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ class Setting:
     default: object
     help: str
     check: Callable | None = None
-    choices: tuple[str, ...] | None = None
+    choices: Collection[str] | None = None  # a tuple, or a live view (variants.NORMS)
     optional: bool = False
     run_default: object = REQUIRED
     metavar: str | None = None
@@ -205,9 +203,9 @@ class RunConfig:
         "the study's name: its results folder under results/", check=folder_name, identity=False, column=True))
     variant: str = field(metadata=setting("where BatchNorm goes", choices=VARIANTS, column=True, tag=str))
     norm: str = field(default="batch", metadata=setting(
-        "the normalization layer where the variant puts BatchNorm: batch (BatchNorm), batchrenorm (Batch "
-        "Renormalization), group (GroupNorm), layer (LayerNorm)", choices=NORMS, column=True,
-        hashed_at_default=False, tag=NORM_TAGS.get, label="normalization", inapplicable=_no_norm_slot))
+        "the normalization layer where the variant puts BatchNorm: "
+        + ", ".join(f"{n.name} ({n.about})" for n in NORM_TABLE.values()), choices=NORMS, column=True,
+        hashed_at_default=False, tag=lambda v: norm(v).tag, label="normalization", inapplicable=_no_norm_slot))
     activation: str = field(default="sigmoid", metadata=setting(
         "the activation of every [norm/act] block", choices=tuple(ACTIVATIONS), column=True, hashed_at_default=False,
         tag=lambda v: "" if v == "sigmoid" else v))

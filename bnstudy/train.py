@@ -20,7 +20,7 @@ from torch import nn
 
 from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches, fixed_batches
-from bnstudy.models import bn_layers, build_lenet
+from bnstudy.models import build_lenet
 from bnstudy.runfiles import RunStatus
 from bnstudy.settings import EVALS_COLUMNS, IDENTITY_COLUMNS, RunConfig, steps_per_epoch
 
@@ -156,7 +156,7 @@ def recompute_population_stats(model, x: torch.Tensor, batch_size: int) -> None:
     ghost batches instead: norms.averaging); each layer normalises by its batch's
     statistics alone (norms.batch_statistics). Mutates the model's buffers and tunable
     attributes: call it inside `preserved_state`."""
-    layers = bn_layers(model)
+    layers = norms.running_stat_layers(model)
     for m in layers:
         m.reset_running_stats()
     model.train()
@@ -366,7 +366,7 @@ def fit(
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
     order = torch.Generator().manual_seed(config.seed)
     n_train, n_test = len(data.train_x), len(data.test_x)
-    subset = precise_bn_subset(config, n_train, device) if bn_layers(model) else None
+    subset = precise_bn_subset(config, n_train, device) if norms.running_stat_layers(model) else None
     steps = steps_per_epoch(n_train, config.batch_size)  # of `data`, which tests may cut unlike config's limits
     schedule = norms.step_schedule(model, steps)
     result = RunResult() if result is None else result

@@ -77,28 +77,31 @@ class Norm:
     BN momentum, frozen_bn_epochs and the PreciseBN and test-batch-statistics diagnostics
     apply; otherwise those CSV columns stay empty). batch_stats: training normalises
     over the batch (then ghost_batch_size applies, and a batch needs two samples).
+    tag: its part of a run_id ("" for BatchNorm, the default).
     """
 
     name: str
     about: str
     running_stats: bool
     batch_stats: bool
+    tag: str
 
 
-NORM_TABLE = (
-    Norm("batch", "BatchNorm (the notebook's)", running_stats=True, batch_stats=True),
-    Norm("batchrenorm", "Batch Renormalization (Ioffe 2017)", running_stats=True, batch_stats=True),
-    Norm("group", "GroupNorm", running_stats=False, batch_stats=False),
-    Norm("layer", "LayerNorm (GroupNorm with one group for the convolutions)", running_stats=False,
-         batch_stats=False),
-)  # fmt: skip
-NORMS = tuple(n.name for n in NORM_TABLE)
-_NORMS_BY_NAME = {n.name: n for n in NORM_TABLE}
+# The torch-free half of the norm registry (bnstudy.norms.REGISTRY is the other: how to
+# build each), by name. Adding a norm is one entry here and one there, plus its layer.
+NORM_TABLE = {n.name: n for n in (
+    Norm("batch", "BatchNorm, the notebook's", running_stats=True, batch_stats=True, tag=""),
+    Norm("batchrenorm", "Batch Renormalization, Ioffe 2017", running_stats=True, batch_stats=True, tag="brn"),
+    Norm("group", "GroupNorm", running_stats=False, batch_stats=False, tag="gn"),
+    Norm("layer", "LayerNorm: GroupNorm with one group for the convolutions", running_stats=False,
+         batch_stats=False, tag="ln"),
+)}  # fmt: skip
+NORMS = NORM_TABLE.keys()  # a live view, so that the `norm` setting's choices are every registered norm
 
 
 def norm(name: str) -> Norm:
     """The entry of norm `name` (KeyError for an unknown one)."""
-    return _NORMS_BY_NAME[name]
+    return NORM_TABLE[name]
 
 
 def variant(name: str) -> Variant:

@@ -23,7 +23,7 @@ from bnstudy.fused import (
     member_cross_entropy,
     silence_member,
 )
-from bnstudy.models import bn_layers
+from bnstudy import norms
 from bnstudy.norms import LayerSettings
 from bnstudy.settings import CSV_COLUMNS
 from bnstudy.spec import RunConfig
@@ -246,7 +246,7 @@ def test_silence_member_masks_that_members_state_and_no_other():
     state = model.state_dict()
     for name, p in model.named_parameters():
         assert member_part(before[name], 1).any() and not member_part(p, 1).any(), name
-    for bn in bn_layers(model):
+    for bn in norms.running_stat_layers(model):
         assert torch.all(member_part(bn.running_mean, 1) == 0) and torch.all(member_part(bn.running_var, 1) == 1)
     assert optimizer.lrs.tolist() == [group[0].lr, 0.0, group[2].lr]
     for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
@@ -257,7 +257,7 @@ def test_silence_member_masks_that_members_state_and_no_other():
                 assert torch.equal(member_part(value, other), member_part(before[name], other)), (name, other)
         for old, new in zip(moments, optimizer.exp_avgs + optimizer.exp_avg_sqs):
             assert torch.equal(member_part(new, other), member_part(old, other))
-    for bn in bn_layers(model):  # ... and was not (0, 1) already: the reset above is member 1's alone
+    for bn in norms.running_stat_layers(model):  # ... and was not (0, 1) already: the reset above is member 1's alone
         assert member_part(bn.running_mean, 0).any() and not torch.all(member_part(bn.running_var, 0) == 1)
     train(1)  # the silenced member no longer learns; the others do
     for name, p in model.named_parameters():

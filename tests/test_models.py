@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.models import BatchNorm, MaxPool2x2, bn_layers, build_lenet
+from bnstudy import norms
+from bnstudy.models import BatchNorm, MaxPool2x2, build_lenet
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
@@ -63,7 +64,7 @@ def test_scratch_and_torch_lenets_train_identically(variant, activation, momentu
     for impl in ("torch", "scratch"):
         torch.manual_seed(3)
         models.append(build_lenet(variant, impl, activation, momentum).double())
-    assert {m.momentum for model in models for m in bn_layers(model)} == {momentum}
+    assert {m.momentum for model in models for m in norms.running_stat_layers(model)} == {momentum}
     x, y = small_data.train_x[:256].double(), small_data.train_y[:256]
     optimizers = [torch.optim.SGD(m.parameters(), lr=lr) for m in models]
     for batch in torch.split(torch.arange(256), 64):
@@ -89,7 +90,7 @@ def test_scratch_and_torch_lenets_train_identically(variant, activation, momentu
 def test_variants_place_batch_norm_around_the_sigmoid(variant, first_block):
     model = build_lenet(variant)
     assert [type(m) for m in model[: len(first_block)]] == first_block
-    assert len(bn_layers(model)) == (0 if variant == "none" else 4)
+    assert len(norms.running_stat_layers(model)) == (0 if variant == "none" else 4)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     # the activation setting swaps every sigmoid, and only the sigmoids, for its own kind
     for activation, kind in (("relu", nn.ReLU), ("tanh", nn.Tanh)):
@@ -103,7 +104,7 @@ def test_lenet_has_the_notebook_layer_sizes():
     linears = [m for m in model if isinstance(m, nn.Linear)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 6, (5, 5)), (6, 16, (5, 5))]
     assert [(l.in_features, l.out_features) for l in linears] == [(256, 120), (120, 84), (84, 10)]
-    assert [m.weight.numel() for m in bn_layers(model)] == [6, 16, 120, 84]
+    assert [m.weight.numel() for m in norms.running_stat_layers(model)] == [6, 16, 120, 84]
     copy.deepcopy(model)  # scratch layers must copy like any module (fused groups rely on it)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bnstudy import norms, variants
-from bnstudy.models import bn_layers, build_lenet
+from bnstudy.models import build_lenet
 from bnstudy.norms import BatchRenorm, GhostBatch, LayerSettings, ghost_sizes, renorm_limits
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
@@ -212,7 +212,7 @@ def test_group_and_layer_norm_are_torchs_and_the_same_in_train_and_eval_mode(nor
 
 # ---------------------------------------------------------------- the registry
 def test_the_registry_has_one_entry_per_declared_norm_and_its_flags():
-    assert tuple(norms.REGISTRY) == variants.NORMS
+    assert tuple(norms.REGISTRY) == tuple(variants.NORMS)
     for name, entry in norms.REGISTRY.items():
         assert entry.kind is variants.norm(name) and entry.keeps_running_stats == variants.norm(name).running_stats
     # no module class belongs to both a norm with running statistics and one without
@@ -224,7 +224,7 @@ def test_the_registry_has_one_entry_per_declared_norm_and_its_flags():
 def test_bn_layers_are_the_layers_with_running_statistics(norm, count):
     for variant in ("bn_before", "bn_after"):
         model = build_lenet(variant, norm=norm, ghost_batch_size=32 if count else 0)
-        assert len(bn_layers(model)) == count
+        assert len(norms.running_stat_layers(model)) == count
         assert sum(norms.is_norm_layer(m) for m in model) == 4
         assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
@@ -275,3 +275,62 @@ def test_a_fused_norm_layer_is_its_members_solo_layers(settings, num_dims, chann
     for name, value in stacked_state(solos).items():  # running statistics updated as each member's
         if value.dim():
             torch.testing.assert_close(state[name if num_dims == 4 else f"norm.{name}"], value, **TIGHT)
+
+
+# ---------------------------------------------------------------- adding a norm
+class ToyAffine(nn.Module):
+    """A toy normalization layer: a per-channel affine map and nothing else (no statistics),
+    over (N, C) or (N, C, H, W)."""
+
+    def __init__(self, num_features: int, num_dims: int):
+        super().__init__()
+        self.shape = (1, num_features) + (1, 1) * (num_dims == 4)
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(self.shape) + self.bias.view(self.shape)
+
+
+@pytest.fixture
+def toy_norm(monkeypatch):
+    """The toy layer registered as norm "toy": its declaration and its builders, one line each."""
+    monkeypatch.setitem(variants.NORM_TABLE, "toy", variants.Norm("toy", "a per-channel affine map", False, False, "toy"))
+    monkeypatch.setitem(norms.REGISTRY, "toy", norms.NormLayer(variants.norm("toy"), lambda nf, nd, s: ToyAffine(nf, nd),
+                                                               lambda G, nf, nd, s: ToyAffine(G * nf, nd), (ToyAffine,)))
+
+
+def test_a_norm_added_by_its_two_registry_entries_builds_solo_and_fused_and_its_runs_are_done(toy_norm, tmp_path,
+                                                                                               capsys):
+    """Adding a normalization layer is its registry entries plus its layer: the model builder,
+    the fused engine (a group reproduces its members' solo runs in float64), the BN
+    diagnostics (none: it keeps no statistics) and the run-file checks (done, not damaged)
+    all take it from the registry."""
+    from bnstudy.cli import main
+    from bnstudy.data import load_fashion_mnist
+    from bnstudy.fused import fit_group
+    from bnstudy.settings import RunConfig
+    from bnstudy.spec import load_study
+    from bnstudy.store import RunStore
+    from bnstudy.train import fit
+    from studies import tiny_spec
+
+    model = build_lenet("bn_before", norm="toy")
+    assert sum(isinstance(m, ToyAffine) for m in model.modules()) == 4 and norms.running_stat_layers(model) == []
+    data = load_fashion_mnist(None, "cpu", 513, 256)
+    group = [RunConfig(variant="bn_before", norm="toy", lr=lr, seed=seed, batch_size=128, epochs=2, limit_train=513,
+                       limit_test=256, precise_bn_samples=128) for seed, lr in ((0, 1e-3), (1, 3e-3))]  # fmt: skip
+    for fused, config in zip(fit_group(group, data, dtype=torch.float64), group):
+        solo = fit(config, data, dtype=torch.float64)
+        assert [r["test_acc"] for r in fused.rows] == [r["test_acc"] for r in solo.rows]
+        assert [r["train_loss"] for r in fused.rows] == pytest.approx([r["train_loss"] for r in solo.rows], rel=1e-9)
+        assert all(r["test_acc_precise_bn"] is None for r in fused.rows)
+
+    spec, out = tmp_path / "toy.toml", tmp_path / "out"
+    spec.write_text(tiny_spec("toy", 'variant = ["bn_before"]\nnorm = ["toy"]\n', epochs=1))
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    (config,) = load_study(spec).runs()
+    assert "-toy-" in config.run_id and RunStore(out).state(config).is_done()
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
+    assert "nothing to run" in capsys.readouterr().out

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnstudy import norms
 from bnstudy.data import FashionMNIST, epoch_batches
-from bnstudy.models import bn_layers, build_lenet
+from bnstudy.models import build_lenet
 from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS, steps_per_epoch
 from bnstudy.spec import RunConfig
 from bnstudy.train import (
@@ -56,7 +57,7 @@ def precise_bn_accuracy(model, data, subset: torch.Tensor, batch_size: int) -> f
     """Test accuracy of a copy of `model` whose BN statistics are nn.BatchNorm's own
     cumulative average (momentum=None) over data.train_x[subset] in batches."""
     probe = copy.deepcopy(model).train()
-    for layer in bn_layers(probe):
+    for layer in norms.running_stat_layers(probe):
         layer.reset_running_stats()
         layer.momentum = None  # nn.BatchNorm: arithmetic mean over the batches
     for part in chunks(len(subset), batch_size):
@@ -95,7 +96,7 @@ def replay(cfg: RunConfig, data, at_steps=()) -> tuple[list[dict], dict]:
             hits += (logits.argmax(1) == data.train_y[idx]).tolist()
             step += 1
             if step in at_steps:
-                precise = precise_bn_accuracy(model, data, subset, cfg.batch_size) if bn_layers(model) else None
+                precise = precise_bn_accuracy(model, data, subset, cfg.batch_size) if norms.running_stat_layers(model) else None
                 points[step] = (eval_accuracy(model, data), precise)
         assert len(losses) == n  # exactly this epoch's samples
         with torch.no_grad():
@@ -107,7 +108,7 @@ def replay(cfg: RunConfig, data, at_steps=()) -> tuple[list[dict], dict]:
                 "test_loss": F.cross_entropy(logits, data.test_y).item(),
                 "test_acc": (logits.argmax(1) == data.test_y).float().mean().item(),
             }
-            if bn_layers(model):
+            if norms.running_stat_layers(model):
                 probe = copy.deepcopy(model).train()
                 hits = [(probe(data.test_x[part]).argmax(1) == data.test_y[part])
                         for part in chunks(len(data.test_x), cfg.batch_size)]  # fmt: skip
@@ -205,10 +206,10 @@ def partly_trained(bn_impl: str, data):
 def assert_unchanged(model, measure) -> None:
     """measure() leaves `model`'s state_dict (parameters, running statistics, counters),
     BN momenta and train/eval mode exactly as they were."""
-    before, momenta, mode = copy.deepcopy(model.state_dict()), [m.momentum for m in bn_layers(model)], model.training
+    before, momenta, mode = copy.deepcopy(model.state_dict()), [m.momentum for m in norms.running_stat_layers(model)], model.training
     measure()
     assert model.training == mode
-    assert [m.momentum for m in bn_layers(model)] == momenta
+    assert [m.momentum for m in norms.running_stat_layers(model)] == momenta
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
 
@@ -324,7 +325,7 @@ def test_frozen_epochs_keep_the_running_statistics_and_train_as_in_eval_mode(sma
 
         sums = real_train_epoch(model, optimizer, data, batches, criterion, after, before_step, frozen)
         moved = [not torch.equal(b, before[name]) for name, b in model.named_buffers()]
-        epochs.append((frozen, any(moved), all(same_as_eval), [m.training for m in bn_layers(model)]))
+        epochs.append((frozen, any(moved), all(same_as_eval), [m.training for m in norms.running_stat_layers(model)]))
         return sums
 
     monkeypatch.setattr(train, "train_epoch", spy)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from bnstudy import costs, models, variants
+from bnstudy import costs, models, norms, variants
 from bnstudy.fused import fit_group
 from bnstudy.spec import RunConfig
 from bnstudy.train import fit
@@ -37,7 +37,7 @@ def test_a_new_block_recipe_builds_trains_and_fuses_like_its_solo_runs(monkeypat
     both = variants.Variant("bn_after", ("bn", "act", "bn"), "#000000", "BN before and after")
     monkeypatch.setattr(models, "variant_entry", lambda name: both)
     model = models.build_lenet("bn_after", activation="tanh")
-    assert len(models.bn_layers(model)) == 8
+    assert len(norms.running_stat_layers(model)) == 8
     configs = [RunConfig(variant="bn_after", activation="tanh", lr=lr, batch_size=64, epochs=1, seed=seed,
                          limit_train=256, limit_test=128, precise_bn_samples=64)
                for seed, lr in ((0, 1e-3), (1, 3e-3))]  # fmt: skip
