@@ -144,6 +144,8 @@ def study(tmp_path):
 
 
 def sweep_on(backend: str, request, study, flags=None) -> list[str]:
+    """The argv of a sweep of `study` on `backend`: with its SETUPS flags, or `flags`. (A
+    backend registered without a setup here is a KeyError: the contract runs on every one.)"""
     argv, _, _ = study
     return [*argv, "--backend", backend, *(SETUPS[backend].flags(request) if flags is None else flags)]
 
@@ -154,6 +156,7 @@ def states(study) -> dict[str, str]:
 
 
 def failing_run(study):
+    """The RunConfig of run FAILING."""
     return next(config for config in study[2] if (config.variant, config.seed) == FAILING)
 
 
