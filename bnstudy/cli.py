@@ -111,22 +111,16 @@ def results_dir(study, out: str | None) -> str:
 
 
 def add_sweep_parser(commands) -> None:
+    from bnstudy.backends import BACKENDS, DEFAULT_BACKEND  # no torch, no joblib: every command builds this parser
+
     p = commands.add_parser("sweep", help="run a study's grid, skipping the runs already done",
                             description="Run every run of a TOML study spec that is not done yet, writing each "
                                         "run's CSV and JSON as it finishes; a killed sweep resumes where it "
                                         "stopped.")  # fmt: skip
     p.add_argument("spec", type=check_path, metavar="SPEC", help="study spec, e.g. experiments/quick.toml")
     add_study_location_args(p, "override a spec setting, e.g. --set epochs=2 --set grid.seed=[0] (repeatable)")
-    p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="CPU worker processes (default: the cores) or GPUs to use (default: all); "
-                        "a dask cluster uses all its workers")
-    p.add_argument("--backend", default="local", choices=("local", "dask"), help="default: local")
-    p.add_argument("--scheduler", default=None, metavar="ADDR",
-                   help="the dask scheduler, e.g. tcp://127.0.0.1:8786, or tls://HOST:8786 with certificates")
-    for name, what in (("ca-file", "the dask cluster's CA certificate"), ("cert", "this client's certificate"),
-                       ("key", "this client's private key (if not in --tls-cert's file)")):  # fmt: skip
-        p.add_argument(f"--tls-{name}", type=check_path, default=None, metavar="FILE",
-                       help=f"for a tls:// scheduler: {what} (default: dask's configuration)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=tuple(BACKENDS),
+                   help=f"where the runs train (default: {DEFAULT_BACKEND}; each one's flags below)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="default: the spec's device, else auto (CUDA when available)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
@@ -137,19 +131,20 @@ def add_sweep_parser(commands) -> None:
                         "command's (default: record such runs failed)")
     p.add_argument("--data", type=check_path, default=None, metavar="DIR",
                    help="folder with the Fashion-MNIST *-ubyte[.gz] files")
+    for name, backend in BACKENDS.items():
+        backend.add_flags(p.add_argument_group(f"--backend {name}", backend.summary))
     p.set_defaults(handler=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
+    from bnstudy.backends import chosen_options
     from bnstudy.sweep import SweepOptions, sweep
     from bnstudy.spec import load_study
 
     study = load_study(args.spec, args.overrides)
-    options = SweepOptions(out=results_dir(study, args.out), jobs=args.jobs, backend=args.backend,
-                           scheduler=args.scheduler, device=args.device or study.device or "auto",
-                           data_dir=args.data, dry_run=args.dry_run, fuse=args.fuse,
-                           allow_mixed_workers=args.allow_mixed_workers, tls_ca_file=args.tls_ca_file,
-                           tls_cert=args.tls_cert, tls_key=args.tls_key)  # fmt: skip
+    options = SweepOptions(out=results_dir(study, args.out), backend=args.backend, backend_options=chosen_options(args),
+                           device=args.device or study.device or "auto", data_dir=args.data, dry_run=args.dry_run,
+                           fuse=args.fuse, allow_mixed_workers=args.allow_mixed_workers)  # fmt: skip
     return sweep(study, options)
 
 

@@ -24,7 +24,6 @@ import torch
 
 import bnstudy
 from bnstudy import costs
-from bnstudy.backends import claimed_device, resolve_device
 from bnstudy.data import FashionMNIST, load_fashion_mnist
 from bnstudy.fused import fit_group, max_group_size
 from bnstudy.runfiles import RunOutcome, RunStatus
@@ -158,18 +157,19 @@ def worker_dataset(data_dir: str | None, device: str, limit_train: int | None, l
 _one_task_at_a_time = threading.Lock()
 
 
-def worker_task(configs: list[RunConfig], device: str | None, data_dir: str | None = None) -> list[RunOutcome]:
-    """Run one task wherever it lands (the driver, a worker process, a dask worker): on
-    `device`, or on this worker's claimed slot when None (bnstudy.backends' task function). Never raises: when the worker
-    cannot set up (no dataset, no such device) the task's runs come back "failed"."""
+def worker_task(configs: list[RunConfig], device: str, data_dir: str | None = None) -> list[RunOutcome]:
+    """Run one task wherever it lands (the driver, a worker process, a dask worker) on
+    `device`, the torch device name its backend picked for this worker ("cpu", "cuda",
+    "cuda:1"): bnstudy.backends' task function. Never raises: when the worker cannot set up
+    (no dataset, no such device) the task's runs come back "failed"."""
     with _one_task_at_a_time:
         return _run_task(configs, data_dir, device)
 
 
-def _run_task(configs: list[RunConfig], data_dir: str | None, device: str | None) -> list[RunOutcome]:
+def _run_task(configs: list[RunConfig], data_dir: str | None, device: str) -> list[RunOutcome]:
     started = now()
     try:
-        where = torch.device(claimed_device()) if device is None else resolve_device(device)
+        where = torch.device(device)
         if where.type == "cpu":
             torch.set_num_threads(1)  # the cores run parallel runs, not parallel kernels
         data = worker_dataset(data_dir, str(where), configs[0].limit_train, configs[0].limit_test)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from bnstudy.backends import Execution, TaskFailure, open_backend, plan_execution
+from bnstudy.backends import DEFAULT_BACKEND, Backend, TaskFailure, plan_backend
 from bnstudy import costs
 from bnstudy.costs import REFERENCE, Eta, Speed, estimate_seconds, format_duration, own_seconds
 from bnstudy.runfiles import RunCheck, RunOutcome, RunState, RunStatus
@@ -58,17 +58,13 @@ class SweepOptions:
     """The sweep command's execution flags (spec settings live in the Study)."""
 
     out: str | os.PathLike
-    jobs: int | None = None
-    backend: str = "local"
-    scheduler: str | None = None
+    backend: str = DEFAULT_BACKEND  # a name in backends.BACKENDS
+    backend_options: object = None  # that backend's Options (backends.chosen_options; None: its defaults)
     device: str = "auto"
     data_dir: str | None = None
     dry_run: bool = False
     fuse: bool = True
     allow_mixed_workers: bool = False  # accept results from workers on another bnstudy version or commit
-    tls_ca_file: str | None = None  # a tls:// scheduler's certificates (None: dask's configuration's)
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 @dataclass
@@ -92,16 +88,15 @@ def sweep(study: Study, options: SweepOptions) -> int:
     configs = study.runs()
     store = RunStore(options.out)
     check_no_links(store.root)
-    execution = plan_execution(options.backend, options.scheduler, options.device, options.jobs, options.fuse,
-                               (options.tls_ca_file, options.tls_cert, options.tls_key))  # fmt: skip
+    execution = plan_backend(options.backend, options.backend_options, options.device, options.fuse)  # a Backend
     if options.dry_run:
         print(format_dry_run(study, configs, store, execution))
         return 0
     check_writable(store.root, store.runs_dir)
-    if execution.backend == "local":  # a missing or corrupt dataset is one error now, not one per run
-        check_dataset(options.data_dir)  # (dask workers find theirs on their own machines)
+    if execution.local_workers:  # a missing or corrupt dataset is one error now, not one per run
+        check_dataset(options.data_dir)  # (a cluster's workers find theirs on their own machines)
     task_fn = functools.partial(worker_task, data_dir=options.data_dir)
-    with open_backend(execution, task_fn) as (run_tasks, workers), store.lock():
+    with execution.open(task_fn) as (run_tasks, workers), store.lock():
         with writing(store.root):
             store.write_spec(study.to_toml())
             store.remove_stale_temps()
@@ -127,13 +122,13 @@ def check_runs(configs: list[RunConfig], store: RunStore) -> list[RunConfig]:
 CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of measurement
 
 
-def machine_speed(pending: list[RunConfig], execution: Execution, workers: int, data_dir=None) -> Speed:
+def machine_speed(pending: list[RunConfig], execution: Backend, workers: int, data_dir=None) -> Speed:
     """This machine's Speed for the first estimate: measured (runner.calibrate, about a
     second, on the costliest pending run's model at the pending runs' batch sizes, at most
     MAX_CALIBRATED_SIZES of them) for a local CPU sweep predicted to take over
     CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
     whose machines are elsewhere)."""
-    if execution.backend != "local" or execution.device != "cpu" or not pending:
+    if not execution.local_workers or execution.device != "cpu" or not pending:
         return REFERENCE
     if sum(map(estimate_seconds, pending)) / min(workers, len(pending)) <= CALIBRATE_ABOVE:
         return REFERENCE
@@ -149,7 +144,7 @@ def machine_speed(pending: list[RunConfig], execution: Execution, workers: int, 
 MAX_CALIBRATED_SIZES = 4  # batch sizes calibrate times; a run of another takes the nearest one's factor
 
 
-def run_pending(pending: list[RunConfig], execution: Execution, run_tasks: Callable, workers: int,
+def run_pending(pending: list[RunConfig], execution: Backend, run_tasks: Callable, workers: int,
                 store: RunStore, name: str, mixed_ok: bool = False, speed: Speed = REFERENCE) -> Tally:  # fmt: skip
     """Run `pending` and write each run to `store` as it arrives, with a progress bar on
     stderr (runs done/total, failures, ETA). Each result is vetted against the driver's own
@@ -289,7 +284,7 @@ QUICK_SPEC = "experiments/quick.toml"
 QUICK_HINT_SECONDS = 600  # suggest the quick study when a CPU sweep would take longer
 
 
-def format_header(study: Study, total: int, pending: list[RunConfig], store: RunStore, execution: Execution,
+def format_header(study: Study, total: int, pending: list[RunConfig], store: RunStore, execution: Backend,
                   workers: int, speed: Speed = REFERENCE) -> str:  # fmt: skip
     lines = [f"study {study.name}: {total} runs from {study.source}, {total - len(pending)} already done, "
              f"{len(pending)} to run -> {store.root}",
@@ -303,7 +298,7 @@ def runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
 
 
-def format_cpu_estimate(pending: list[RunConfig], execution: Execution, workers: int, speed: Speed = REFERENCE) -> str:
+def format_cpu_estimate(pending: list[RunConfig], execution: Backend, workers: int, speed: Speed = REFERENCE) -> str:
     """On the CPU, how long the pending runs should take (the cost model at `speed` over the
     workers), with a pointer to the quick study when that is long; "" elsewhere."""
     if execution.device != "cpu" or not pending or not workers:
@@ -339,12 +334,12 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
     return "\n".join(lines)
 
 
-def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Execution) -> str:
+def format_dry_run(study: Study, configs: list[RunConfig], store: RunStore, execution: Backend) -> str:
     """Every run with its state in the store, then what a sweep would run and how."""
     located = [store.locate(config) for config in configs]  # (the id its files are under, their check)
     pending = [config for config, (_, check) in zip(configs, located) if not check.state.is_done()]
     lines = [f"{check.state:9} {run_id}" for run_id, check in located]
     lines.append(f"dry run of {study.name} ({study.source} -> {store.root}): {len(configs)} runs, "
                  f"{len(pending)} to run on {execution.describe()}; nothing trained or written")  # fmt: skip
-    lines.append(format_cpu_estimate(pending, execution, len(execution.slots)))
+    lines.append(format_cpu_estimate(pending, execution, execution.local_workers))
     return "\n".join(line for line in lines if line)

@@ -82,13 +82,13 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
 
 def test_the_sweep_calibrates_a_long_local_cpu_sweep_on_its_costliest_run(monkeypatch):
     from bnstudy import costs, sweep
-    from bnstudy.backends import Execution
+    from bnstudy.backends import Dask, InProcess, LocalProcesses
 
     runs = [RunConfig(variant=v, lr=1e-3, batch_size=b, epochs=5) for v in ("none", "bn_after") for b in (256, 32)]
     timed = []
     monkeypatch.setattr(runner, "calibrate", lambda config, data_dir=None, batch_sizes=(): timed.append(
         (config, batch_sizes)) or costs.Speed(0.5, 0.25, measured=True))  # fmt: skip
-    local = Execution("local", "cpu", ("cpu", "cpu"))
+    local = LocalProcesses("cpu", ("cpu", "cpu"))
     speed = sweep.machine_speed(runs, local, 2, "DIR")
     assert timed == [(max(runs, key=estimate_seconds), (32, 256))] == [(runs[3], (32, 256))]
     assert speed == costs.Speed(0.5, 0.25, True)
@@ -101,8 +101,7 @@ def test_the_sweep_calibrates_a_long_local_cpu_sweep_on_its_costliest_run(monkey
     assert eta.seconds() == pytest.approx(expected)
     # not for a short sweep, a GPU or a dask cluster (its machines are elsewhere): the model's own costs
     short = [RunConfig(variant="none", lr=1e-3, batch_size=256, epochs=1, limit_train=2048)]
-    for pending, execution in ((short, local), (runs, Execution("local", "cuda", ("cuda",))),
-                               (runs, Execution("dask", "cpu", scheduler="tcp://x:1"))):  # fmt: skip
+    for pending, execution in ((short, local), (runs, InProcess("cuda")), (runs, Dask("cpu", "tcp://x:1"))):
         assert sweep.machine_speed(pending, execution, 2) == costs.REFERENCE
     assert len(timed) == 1
     assert "measured on the project's 2-core machine" in sweep.format_cpu_estimate(runs, local, 2)

@@ -1,7 +1,8 @@
-"""Sweeps on a real dask cluster, started as README's "More machines" starts one (the
-`dask` command: a scheduler, then worker processes): a worker process killed mid-sweep
-costs at most the runs it held, which are recorded "failed" and rerun by the next sweep;
-a scheduler killed mid-sweep ends it with one line. Either way the sweep finishes."""
+"""What only the dask backend does, beyond the contract every backend keeps
+(tests/test_backends.py), on a real cluster started as README's "More machines" starts one
+(the `dask` command: a scheduler, then worker processes) where it matters: a scheduler
+killed mid-sweep ends it with one line; a task whose workers kept dying fails with a reason;
+a sweep started before any worker joins waits; TLS."""
 
 import contextlib
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from studies import tiny_spec
 
-from bnstudy.backends import Execution, open_backend
+from bnstudy.backends import _outcome
 from bnstudy.cli import main
 from bnstudy.spec import load_study
 from bnstudy.store import RunStore
@@ -30,7 +31,6 @@ NO_GIT_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
 DASK = Path(sys.executable).with_name("dask")  # the console script installed beside this Python
 SPEC = tiny_spec("tiny", 'variant = ["none", "bn_before", "bn_after"]\nseed = [0, 1, 2]\n', epochs=1, batch_size=32)
 needs_dask_command = pytest.mark.skipif(not DASK.exists(), reason=f"no dask command at {DASK}")
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes in /proc")
 
 
 def wait_for(condition, what: str, timeout: float = 120) -> None:
@@ -56,32 +56,21 @@ def started(command: list[str], log: Path, **env: str):
 
 
 @contextlib.contextmanager
-def dask_cluster(folder: Path, workers: int, **scheduler_env: str):
+def dask_cluster(folder: Path, workers: int):
     """`dask scheduler` and `dask worker ADDR --nthreads 1 --nworkers N` on localhost, the
-    workers importing this checkout; yields (address, the scheduler's process, `dask worker`'s)."""
+    workers importing this checkout; yields (address, the scheduler's process)."""
     scheduler_file = folder / "scheduler.json"
     scheduler_command = [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                          "--scheduler-file", str(scheduler_file)]  # fmt: skip
-    with started(scheduler_command, folder / "scheduler.log", **scheduler_env) as scheduler:
+    with started(scheduler_command, folder / "scheduler.log") as scheduler:
         wait_for(lambda: scheduler_file.exists() and scheduler_file.read_text().strip(), "the scheduler")
         address = json.loads(scheduler_file.read_text())["address"]
         with started([str(DASK), "worker", address, "--nthreads", "1", "--nworkers", str(workers), "--no-dashboard",
                       "--local-directory", str(folder / "workers")], folder / "workers.log",
-                     PYTHONPATH=str(ROOT), **NO_GIT_LOCKS) as nannies:  # fmt: skip
+                     PYTHONPATH=str(ROOT), **NO_GIT_LOCKS):  # fmt: skip
             with distributed.Client(address, timeout=60) as client:
                 client.wait_for_workers(workers, timeout=120)
-            yield address, scheduler, nannies
-
-
-def worker_processes(nannies: subprocess.Popen) -> list[int]:
-    """The worker processes that `dask worker --nworkers N` has spawned (one per nanny)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == nannies.pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                pids.append(int(stat.parent.name))
-    return pids
+            yield address, scheduler
 
 
 def sweep_in_thread(argv: list[str], status: list) -> threading.Thread:
@@ -92,45 +81,11 @@ def sweep_in_thread(argv: list[str], status: list) -> threading.Thread:
 
 
 @needs_dask_command
-@needs_proc
-def test_a_worker_killed_mid_sweep_fails_only_its_runs_and_the_next_sweep_reruns_them(tmp_path, capsys):
-    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
-    spec.write_text(SPEC)
-    store, configs = RunStore(out), load_study(spec).runs()
-    # allowed-failures 0: the first death of a task's worker gives the task up (KilledWorker),
-    # so the sweep must record its runs failed (the default, 3, would retry them elsewhere).
-    with dask_cluster(tmp_path, 2, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0") as (address, _, nannies):
-        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", address]
-        status = []
-        first = sweep_in_thread(argv, status)
-        # Both workers are busy from the first run on: each holds a run and has the next queued.
-        wait_for(lambda: list(store.runs_dir.glob("*.json")) or not first.is_alive(), "a first run")
-        os.kill(worker_processes(nannies)[0], signal.SIGKILL)  # the worker process, not its nanny
-        first.join(timeout=120)
-        assert not first.is_alive(), "the sweep hangs"
-        printed = capsys.readouterr()
-        states = {config.run_id: store.state(config.run_id) for config in configs}
-        errors = {run_id: json.loads(store.json_path(run_id).read_text())["error"]
-                  for run_id, state in states.items() if state == "failed"}  # fmt: skip
-        second = main(argv)
-        resumed = capsys.readouterr().out
-    assert status == [1] and "Traceback" not in printed.err, printed.err
-    failed = list(errors)
-    assert failed and len(failed) + list(states.values()).count("complete") == len(configs), states
-    for run_id, error in errors.items():
-        assert error.startswith("KilledWorker: the dask worker running this task died once on tcp://")
-        assert f"{run_id}: KilledWorker: " in printed.out
-    assert second == 0
-    assert f"{len(configs) - len(failed)} already done, {len(failed)} to run" in resumed
-    assert all(store.state(config.run_id) == "complete" for config in configs)
-
-
-@needs_dask_command
 def test_a_scheduler_killed_mid_sweep_ends_it_with_one_line_keeping_the_finished_runs(tmp_path):
     spec, out = tmp_path / "tiny.toml", tmp_path / "out"
     spec.write_text(SPEC)
     store = RunStore(out)
-    with dask_cluster(tmp_path, 1) as (address, scheduler, _):
+    with dask_cluster(tmp_path, 1) as (address, scheduler):
         # A process of its own, so that all it prints is read, distributed's logging included.
         sweep = subprocess.Popen([sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--backend",
                                   "dask", "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -149,16 +104,26 @@ def test_a_scheduler_killed_mid_sweep_ends_it_with_one_line_keeping_the_finished
     assert done and all(store.state(run_id) == "complete" for run_id in done)
 
 
-def test_a_task_that_raises_on_a_dask_worker_comes_back_as_a_failure_of_its_runs():
-    def cannot_run(task, device):  # what a worker without bnstudy does with the sweep's task
-        raise ModuleNotFoundError("No module named 'bnstudy'")
+def test_a_task_whose_workers_kept_dying_is_a_failure_saying_how_often_and_where():
+    """What the scheduler's KilledWorker (the task given up: allowed-failures reached) becomes."""
+    from distributed.scheduler import KilledWorker
 
-    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
-        with open_backend(Execution("dask", "cpu", scheduler=cluster.scheduler_address), cannot_run) as (run, _):
-            ((index, outcome),) = run([["run a", "run b"]])
-    assert index == 0
-    assert outcome.task == ["run a", "run b"]
-    assert outcome.error.splitlines()[0] == "ModuleNotFoundError on a dask worker: No module named 'bnstudy'"
+    class Finished:  # a future whose task the scheduler gave up
+        def __init__(self, exc):
+            self.exc = exc
+
+        def cancelled(self):
+            return False
+
+        def exception(self):
+            return self.exc
+
+    last = type("WorkerState", (), {"address": "tcp://10.0.0.7:4100"})()
+    for allowed, died in ((0, "died once"), (2, "died 3 times, the last")):
+        failure = _outcome(Finished(KilledWorker("key", last, allowed)), ["run a"], "tcp://10.0.0.5:8786")
+        assert failure.task == ["run a"]
+        assert failure.error.splitlines()[0] == (f"KilledWorker: the dask worker running this task {died} on "
+                                                 "tcp://10.0.0.7:4100; see its log")  # fmt: skip
 
 
 def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys):
