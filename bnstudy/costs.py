@@ -1,11 +1,11 @@
 """The sweep's cost model: predicted CPU seconds of a run, and the ETA of a sweep.
 
-Torch-free at import (`calibrate` imports torch when called). The per-image costs come from
+Torch-free (the engine's runner.time_model does the timing). The per-image costs come from
 each variant's entry in bnstudy.variants (measured on the project's 2-core machine, or the
 fallback for a variant not measured yet). A machine is faster or slower than that one, so
-before a long local CPU sweep `calibrate` times a few training steps and an evaluation pass
+before a long local CPU sweep runner.time_model times a few training steps and an evaluation pass
 of its costliest run here, and the first estimate scales the costs by what it found
-(`Speed`); the ETA then rescales them by how long the finished runs actually took.
+(`measured_speed`: a `Speed`); the ETA then rescales them by how long the finished runs actually took.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ SCRATCH_SLOWDOWN = 1.0  # bn_impl = "scratch" against nn.BatchNorm
 @dataclasses.dataclass(frozen=True)
 class Speed:
     """How this machine's per-image costs compare with the cost model's: the factors on its
-    training and its evaluation (forward) costs; `measured` when `calibrate` found them.
-    `by_batch`: (batch size, training factor) where calibrate timed training at several
+    training and its evaluation (forward) costs; `measured` when timed on this machine (measured_speed).
+    `by_batch`: (batch size, training factor) where runner.time_model timed training at several
     batch sizes (the factor differs: 0.9 at 256 and 1.4 at 32 on one busy machine)."""
 
     train: float = 1.0
@@ -40,6 +40,17 @@ class Speed:
 
 
 REFERENCE = Speed()  # the machine the costs were measured on
+
+
+def measured_speed(config: RunConfig, train_us: dict[int, float], forward_us: float) -> Speed:
+    """The Speed of a machine on which `config`'s model trained in train_us[batch size] and
+    evaluated in `forward_us` microseconds per image (runner.time_model): each against the
+    cost model's per-image costs for that run; the training factor at the run's batch size
+    (or the largest timed)."""
+    factors = tuple((size, us / per_image_us(dataclasses.replace(config, batch_size=size))[0])
+                    for size, us in sorted(train_us.items()))  # fmt: skip
+    train = dict(factors).get(config.batch_size, factors[-1][1])
+    return Speed(train, forward_us / per_image_us(config)[1], measured=True, by_batch=factors)
 
 
 def _per_image_us(table: dict[int, float], batch_size: int) -> float:

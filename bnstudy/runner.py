@@ -23,7 +23,6 @@ from typing import Callable
 import torch
 
 import bnstudy
-from bnstudy import costs
 from bnstudy.data import FashionMNIST, load_fashion_mnist
 from bnstudy.fused import fit_group, max_group_size
 from bnstudy.runfiles import RunOutcome, RunStatus
@@ -180,16 +179,17 @@ def _run_task(configs: list[RunConfig], data_dir: str | None, device: str) -> li
 
 
 # ---------------------------------------------------------------- timing this machine (the sweep's first estimate)
-CALIBRATION_SECONDS = (0.8, 0.3)  # the time `calibrate` spends training (all batch sizes), then evaluating
+CALIBRATION_SECONDS = (0.8, 0.3)  # the time `time_model` spends training (all batch sizes), then evaluating
 
 
-def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> costs.Speed:
-    """This machine's Speed, from timing `config`'s model (variant, activation, BN, optimizer)
-    here, on one torch thread as a CPU worker runs: training steps on the real training
-    images at each of `batch_sizes` (default: the run's) for CALIBRATION_SECONDS[0] in all,
-    then evaluation batches for [1], each after one untimed step; about a second. The
-    run's own training and results are untouched (a model of its own; torch's global RNG
-    restored)."""
+def time_model(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = ()) -> tuple[dict[int, float], float]:
+    """This machine's microseconds per image for `config`'s model (variant, activation, BN,
+    optimizer), timed here on one torch thread as a CPU worker runs: ({batch size: training
+    us per image} for each of `batch_sizes` (default: the run's), evaluation us per image).
+    Training steps on the real training images for CALIBRATION_SECONDS[0] in all, then
+    evaluation batches for [1], each after one untimed step; about a second. The run's own
+    training and results are untouched (a model of its own; torch's global RNG restored).
+    What the times mean against the cost model is costs.measured_speed's business."""
     sizes = sorted(set(batch_sizes or (config.batch_size,)))
     data = load_fashion_mnist(data_dir, "cpu", limit_train=max(4096, *sizes), limit_test=2000)
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
@@ -197,21 +197,19 @@ def calibrate(config: RunConfig, data_dir=None, batch_sizes: tuple[int, ...] = (
     try:
         model = build_model(config, torch.device("cpu"))
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-        factors = []
+        train_us = {}
         for size in sizes:
             batch = max(2, min(size, len(data.train_x)))
             batches = torch.randperm(len(data.train_x))[: len(data.train_x) // batch * batch].view(-1, batch)
-            train_us = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
-                              CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
-            factors.append((size, train_us / costs.per_image_us(dataclasses.replace(config, batch_size=size))[0]))
+            train_us[size] = _timed(lambda i: train_epoch(model, optimizer, data, [batches[i % len(batches)]]), batch,
+                                    CALIBRATION_SECONDS[0] / len(sizes))  # fmt: skip
         model.eval()
         forward_us = _timed(lambda i: evaluate(model, data.test_x, data.test_y, 500), len(data.test_x),
                             CALIBRATION_SECONDS[1])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
-    train = dict(factors).get(config.batch_size, factors[-1][1])
-    return costs.Speed(train, forward_us / costs.per_image_us(config)[1], measured=True, by_batch=tuple(factors))
+    return train_us, forward_us
 
 
 def _timed(step, images: int, seconds: float) -> float:

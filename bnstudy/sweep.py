@@ -123,7 +123,7 @@ CALIBRATE_ABOVE = 60.0  # s: a sweep predicted shorter is not worth a second of 
 
 
 def machine_speed(pending: list[RunConfig], execution: Backend, workers: int, data_dir=None) -> Speed:
-    """This machine's Speed for the first estimate: measured (runner.calibrate, about a
+    """This machine's Speed for the first estimate: measured (runner.time_model, about a
     second, on the costliest pending run's model at the pending runs' batch sizes, at most
     MAX_CALIBRATED_SIZES of them) for a local CPU sweep predicted to take over
     CALIBRATE_ABOVE; else the cost model's own (a short sweep, GPUs, a dask cluster,
@@ -136,12 +136,13 @@ def machine_speed(pending: list[RunConfig], execution: Backend, workers: int, da
     if len(batch_sizes) > MAX_CALIBRATED_SIZES:  # the smallest, the largest and some between
         step = (len(batch_sizes) - 1) / (MAX_CALIBRATED_SIZES - 1)
         batch_sizes = [batch_sizes[round(i * step)] for i in range(MAX_CALIBRATED_SIZES)]
-    from bnstudy.runner import calibrate  # the engine times the model: torch, loaded only here
+    from bnstudy.runner import time_model  # the engine times the model: torch, loaded only here
 
-    return calibrate(max(pending, key=estimate_seconds), data_dir, tuple(batch_sizes))
+    costliest = max(pending, key=estimate_seconds)
+    return costs.measured_speed(costliest, *time_model(costliest, data_dir, tuple(batch_sizes)))
 
 
-MAX_CALIBRATED_SIZES = 4  # batch sizes calibrate times; a run of another takes the nearest one's factor
+MAX_CALIBRATED_SIZES = 4  # batch sizes time_model times; a run of another takes the nearest one's factor
 
 
 def run_pending(pending: list[RunConfig], execution: Backend, run_tasks: Callable, workers: int,

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from bnstudy import runner
+from bnstudy import costs, runner
 from bnstudy.costs import Eta, estimate_seconds, own_seconds
 from bnstudy.spec import RunConfig
 from bnstudy.variants import variant
@@ -55,7 +55,6 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
 
     import torch
 
-    from bnstudy import costs
     from bnstudy.data import load_fashion_mnist
     from bnstudy.runner import execute
 
@@ -66,7 +65,7 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
     expected_draw, threads = torch.rand(1), torch.get_num_threads()
     torch.manual_seed(123)
     start = time.perf_counter()
-    speed = runner.calibrate(config, batch_sizes=(64, 128, 512))
+    speed = costs.measured_speed(config, *runner.time_model(config, batch_sizes=(64, 128, 512)))
     assert time.perf_counter() - start < 8  # about a second alone; a busy 2-core box stretches it
     assert torch.equal(torch.rand(1), expected_draw) and torch.get_num_threads() == threads  # nothing else moved
     assert speed.measured and speed.train > 0 and speed.forward > 0
@@ -81,17 +80,19 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
 
 
 def test_the_sweep_calibrates_a_long_local_cpu_sweep_on_its_costliest_run(monkeypatch):
-    from bnstudy import costs, sweep
+    from bnstudy import sweep
     from bnstudy.backends import Dask, InProcess, LocalProcesses
 
     runs = [RunConfig(variant=v, lr=1e-3, batch_size=b, epochs=5) for v in ("none", "bn_after") for b in (256, 32)]
     timed = []
-    monkeypatch.setattr(runner, "calibrate", lambda config, data_dir=None, batch_sizes=(): timed.append(
-        (config, batch_sizes)) or costs.Speed(0.5, 0.25, measured=True))  # fmt: skip
+    per_image = {size: costs.per_image_us(dataclasses.replace(runs[3], batch_size=size))[0] for size in (32, 256)}
+    monkeypatch.setattr(runner, "time_model", lambda config, data_dir=None, batch_sizes=(): timed.append(
+        (config, batch_sizes)) or ({s: 0.5 * per_image[s] for s in batch_sizes}, 0.25 * costs.per_image_us(config)[1]))
+    # (half the cost model's training time at each batch size, a quarter of its evaluation time)
     local = LocalProcesses("cpu", ("cpu", "cpu"))
     speed = sweep.machine_speed(runs, local, 2, "DIR")
     assert timed == [(max(runs, key=estimate_seconds), (32, 256))] == [(runs[3], (32, 256))]
-    assert speed == costs.Speed(0.5, 0.25, True)
+    assert (speed.train, speed.forward, speed.measured) == (pytest.approx(0.5), pytest.approx(0.25), True)
     line = sweep.format_cpu_estimate(runs, local, 2, speed)
     expected = sum(estimate_seconds(c, costs.Speed(0.5, 0.25)) for c in runs) / 2
     assert line.startswith(f"on this CPU: about {costs.format_duration(expected)} with 2 worker(s) (per-image costs "
