@@ -61,7 +61,7 @@ reference: $(STAMP)
 	  for file in report.md summary.csv cells.csv claims.csv comparisons.csv; do cp results/$$study/$$file results/reference/$$study/; done; \
 	  cp results/$$study/figures/*.png results/reference/$$study/figures/; \
 	done; du -sh results/reference
-	$(BIN)/python -m bnstudy.answer README.md results/reference $(REFERENCE_STUDIES)
+	$(BIN)/python -m bnstudy.report.answer README.md results/reference $(REFERENCE_STUDIES)
 
 bench: $(STAMP) data
 	$(BIN)/python bench/bench_cpu.py

@@ -34,11 +34,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bnstudy.data import load_fashion_mnist  # noqa: E402
-from bnstudy.fused import fit_group, max_group_size, member_memory_bytes  # noqa: E402
-from bnstudy.spec import RunConfig  # noqa: E402
-from bnstudy.runner import device_name  # noqa: E402
-from bnstudy.train import fit  # noqa: E402
+from bnstudy.engine.data import load_fashion_mnist  # noqa: E402
+from bnstudy.engine.fused import fit_group, max_group_size, member_memory_bytes  # noqa: E402
+from bnstudy.config.spec import RunConfig  # noqa: E402
+from bnstudy.engine.runner import device_name  # noqa: E402
+from bnstudy.engine.train import fit  # noqa: E402
 
 CONFIG = dict(variant="bn_before", optimizer="adam", lr=1e-3, batch_size=256)
 

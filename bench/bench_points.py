@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bnstudy.data import load_fashion_mnist  # noqa: E402
-from bnstudy.settings import RunConfig  # noqa: E402
-from bnstudy.train import (  # noqa: E402
+from bnstudy.engine.data import load_fashion_mnist  # noqa: E402
+from bnstudy.config.settings import RunConfig  # noqa: E402
+from bnstudy.engine.train import (  # noqa: E402
     EVAL_BATCH_SIZE,
     accuracy_with_batch_stats,
     accuracy_with_precise_bn,

@@ -1,4 +1,4 @@
-"""The CPU cost model's figures (each bnstudy.variants entry's train_us, forward_us), measured from sweeps.
+"""The CPU cost model's figures (each bnstudy.config.variants entry's train_us, forward_us), measured from sweeps.
 
     python bench/cost_table.py results/default results/quick [--quantile 0.25]
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bnstudy.aggregate import load_results  # noqa: E402
-from bnstudy.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
-from bnstudy.variants import BN_VARIANTS  # noqa: E402
+from bnstudy.results.aggregate import load_results  # noqa: E402
+from bnstudy.config.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.config.variants import BN_VARIANTS  # noqa: E402
 
 
 def epoch_costs(epochs: pd.DataFrame) -> pd.DataFrame:

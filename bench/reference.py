@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bnstudy.data import FILES, find_data_dir  # noqa: E402  (the same dataset bnstudy reads)
+from bnstudy.engine.data import FILES, find_data_dir  # noqa: E402  (the same dataset bnstudy reads)
 
 TORCHVISION_ROOT = Path("data/torchvision")
 

@@ -18,8 +18,8 @@ import threading
 
 from bnstudy import __version__
 from bnstudy.errors import Terminated, UserError, printable
-from bnstudy.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
-from bnstudy.store import check_path
+from bnstudy.config.settings import REQUIRED, RUN_SETTINGS, SETTINGS, RunConfig, SettingError
+from bnstudy.results.store import check_path
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,7 +50,7 @@ def add_run_parser(commands) -> None:
 
 
 def add_setting_flags(p) -> None:
-    """One flag per run setting of the declaration (bnstudy.settings), with its type,
+    """One flag per run setting of the declaration (bnstudy.config.settings), with its type,
     choices, default and help; `study` is --out's business."""
     for setting in SETTINGS:
         if not setting.identity:
@@ -72,11 +72,11 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 
 def cmd_run(args) -> int:
-    from bnstudy.data import load_fashion_mnist
-    from bnstudy.backends import resolve_device
-    from bnstudy.runfiles import RunStatus
-    from bnstudy.runner import execute
-    from bnstudy.store import RunStore, check_writable, writing
+    from bnstudy.engine.data import load_fashion_mnist
+    from bnstudy.sweep.backends import resolve_device
+    from bnstudy.results.runfiles import RunStatus
+    from bnstudy.engine.runner import execute
+    from bnstudy.results.store import RunStore, check_writable, writing
 
     try:
         config = RunConfig(**{key: getattr(args, key) for key in RUN_SETTINGS})
@@ -111,7 +111,7 @@ def results_dir(study, out: str | None) -> str:
 
 
 def add_sweep_parser(commands) -> None:
-    from bnstudy.backends import BACKENDS, DEFAULT_BACKEND  # no torch, no joblib: every command builds this parser
+    from bnstudy.sweep.backends import BACKENDS, DEFAULT_BACKEND  # no torch, no joblib: every command builds this parser
 
     p = commands.add_parser("sweep", help="run a study's grid, skipping the runs already done",
                             description="Run every run of a TOML study spec that is not done yet, writing each "
@@ -137,9 +137,9 @@ def add_sweep_parser(commands) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from bnstudy.backends import chosen_options
-    from bnstudy.sweep import SweepOptions, sweep
-    from bnstudy.spec import load_study
+    from bnstudy.sweep.backends import chosen_options
+    from bnstudy.sweep.driver import SweepOptions, sweep
+    from bnstudy.config.spec import load_study
 
     study = load_study(args.spec, args.overrides)
     options = SweepOptions(out=results_dir(study, args.out), backend=args.backend, backend_options=chosen_options(args),
@@ -160,8 +160,8 @@ def add_status_parser(commands) -> None:
 
 
 def cmd_status(args) -> int:
-    from bnstudy.spec import load_study
-    from bnstudy.store import RunStore, format_status
+    from bnstudy.config.spec import load_study
+    from bnstudy.results.store import RunStore, format_status
 
     target = args.target
     if target.is_dir():
@@ -189,7 +189,7 @@ def add_report_parser(commands) -> None:
 
 
 def cmd_report(args) -> int:
-    from bnstudy.publish import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
+    from bnstudy.report.publish import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
     print(format_outputs(write_report(args.dir, args.include_extra)))
     return 0
@@ -208,9 +208,9 @@ def add_plan_parser(commands) -> None:
 
 
 def cmd_plan(args) -> int:
-    from bnstudy.aggregate import load_results
-    from bnstudy.analysis import analyze
-    from bnstudy.plan import format_plan, parse_difference
+    from bnstudy.results.aggregate import load_results
+    from bnstudy.report.analysis import analyze
+    from bnstudy.report.plan import format_plan, parse_difference
 
     detect = parse_difference(args.detect)  # before the study loads: a typo costs nothing
     print(format_plan(analyze(load_results(args.dir)), detect))

@@ -9,11 +9,11 @@ import pytest
 import torch
 from studies import VARIANTS, cfg, hand_rows, write_hand_run
 
-from bnstudy import aggregate
-from bnstudy.data import load_fashion_mnist
-from bnstudy.runner import execute
-from bnstudy.spec import RunConfig
-from bnstudy.store import RunStore
+from bnstudy.results import aggregate
+from bnstudy.engine.data import load_fashion_mnist
+from bnstudy.engine.runner import execute
+from bnstudy.config.spec import RunConfig
+from bnstudy.results.store import RunStore
 
 SMALL_TRAIN, SMALL_TEST = 1024, 512
 
@@ -83,6 +83,6 @@ def real_tables(real_study):
 @pytest.fixture(scope="session")
 def real_analysis(real_study):
     """The report's Analysis of real_study."""
-    from bnstudy.analysis import analyze
+    from bnstudy.report.analysis import analyze
 
     return analyze(aggregate.load_results(real_study))

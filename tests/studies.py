@@ -1,5 +1,5 @@
 """Hand-made run files for the report's tests: rows with chosen accuracies, written
-through bnstudy.store as a sweep writes them, so the expected metrics can be computed by
+through bnstudy.results.store as a sweep writes them, so the expected metrics can be computed by
 hand. (The real runs live in conftest.py's real_study.)"""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import math
 
 import pandas as pd
 
-from bnstudy.spec import RunConfig
-from bnstudy.runfiles import RunOutcome
-from bnstudy.runner import now, run_metadata
-from bnstudy.store import RunStore
-from bnstudy.settings import CSV_COLUMNS
-from bnstudy.train import identity_fields
+from bnstudy.config.spec import RunConfig
+from bnstudy.results.runfiles import RunOutcome
+from bnstudy.engine.runner import now, run_metadata
+from bnstudy.results.store import RunStore
+from bnstudy.config.settings import CSV_COLUMNS
+from bnstudy.engine.train import identity_fields
 
 VARIANTS = ["none", "bn_before", "bn_after"]
 

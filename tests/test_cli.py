@@ -12,7 +12,7 @@ import pytest
 from studies import tiny_spec
 
 from bnstudy.cli import main
-from bnstudy.settings import CSV_COLUMNS, EVALS_COLUMNS
+from bnstudy.config.settings import CSV_COLUMNS, EVALS_COLUMNS
 
 TINY = ["--limit-train", "512", "--limit-test", "256", "--precise-bn-samples", "128", "--device", "cpu"]
 
@@ -55,7 +55,7 @@ def test_every_setting_has_its_run_flag_with_its_default():
 
 
 def test_a_group_norm_run_writes_empty_diagnostic_fields_and_is_done(tmp_path, capsys):
-    from bnstudy.store import RunStore
+    from bnstudy.results.store import RunStore
 
     argv = ["run", "--variant", "bn_before", "--norm", "group", "--pool", "avg", "--epochs", "1",
             "--evals-per-epoch", "2", *TINY, "--out", str(tmp_path)]  # fmt: skip
@@ -200,7 +200,7 @@ def files_under(path) -> dict:
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if a run starts training (the check must come first)."""
-    from bnstudy import runner
+    from bnstudy.engine import runner
 
     trained = []
 

@@ -4,6 +4,7 @@ run here and by `make test`)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bnstudy"
 
 @pytest.mark.parametrize("code", [
     "from bnstudy.cli import main; main(['--help'])",
-    "import bnstudy.report, bnstudy.spec, bnstudy.store, bnstudy.sweep, bnstudy.costs",
+    "import bnstudy.report.render, bnstudy.config.spec, bnstudy.results.store, bnstudy.sweep.driver, bnstudy.sweep.costs",
 ])  # fmt: skip
 def test_the_commands_that_do_not_train_do_not_import_torch(code):
     probe = f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
@@ -33,8 +34,29 @@ def test_status_runs_without_torch(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_the_import_contract_holds():
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` on the package and pyproject.toml under `root`."""
     lint = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run([str(lint)], capture_output=True, text=True, cwd=PACKAGE.parent)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    return subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=root, env=env)
+
+
+def test_the_import_contracts_hold():
+    result = lint_imports(PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module, line, broken", [
+    ("report/wording.py", "import torch", "never import torch"),  # the torch boundary
+    ("config/spec.py", "from bnstudy.engine import train", "never import torch"),  # ... through the engine
+    ("results/store.py", "from bnstudy.report import wording", "downward only"),  # an upward import
+])  # fmt: skip
+def test_the_import_contracts_fail_on_a_forbidden_import(tmp_path, module, line, broken):
+    shutil.copytree(PACKAGE, tmp_path / "bnstudy", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PACKAGE.parent / "pyproject.toml", tmp_path)
+    path = tmp_path / "bnstudy" / module
+    path.write_text(path.read_text() + f"\n{line}  # planted by the test\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert any(line.endswith(" BROKEN") and broken in line for line in result.stdout.splitlines()), result.stdout

@@ -1,0 +1,348 @@
+"""The report's figures (FIGURES), drawn from a study's tables with seaborn, saved as PNG and SVG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: the report runs headless
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+
+from bnstudy.results.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults  # noqa: E402
+from bnstudy.stats.claims import Verdict  # noqa: E402
+from bnstudy.results.metrics import METRICS  # noqa: E402
+from bnstudy.report.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
+from bnstudy.results.runfiles import RunStatus  # noqa: E402
+
+if TYPE_CHECKING:
+    from bnstudy.report.analysis import Analysis
+from bnstudy.config.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
+from bnstudy.config.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
+from bnstudy.report.wording import extra_axes, plural, setting_text  # noqa: E402
+
+# One colour per variant in every figure, from its entry in bnstudy.config.variants.
+PALETTE = palette(VARIANTS)
+
+FIGURES = {  # name: (heading, what it shows)
+    "accuracy_curves": ("Test accuracy per epoch", "One panel per learning rate and batch size, one line per "
+                        "variant (mean over seeds), band: lowest to highest seed."),
+    "stability_mean_abs_change": ("Volatility: mean |change| per epoch", "Per variant, the cells' mean over "
+                                  "seeds of the mean absolute change of test accuracy between consecutive epochs."),
+    "stability_worst_drop": ("Volatility: worst drop", "Per variant, the cells' mean over seeds of the largest "
+                             "fall of test accuracy below an earlier best."),
+    "accuracy_vs_volatility": ("Final accuracy against volatility", "One point per cell (mean over seeds, bars from "
+                               "the lowest to the highest seed): up and to the left is accurate and steady."),
+    "eval_modes": ("Which BN statistics the test accuracy uses", "The BN variants' test accuracy with the running "
+                   "statistics (what eval mode uses), PreciseBN statistics and each test batch's own statistics."),
+    "train_vs_test": ("Train against test accuracy", "Train accuracy (train mode, during the epoch) and test "
+                      "accuracy (eval mode) per epoch, mean over seeds: the distance between them is the "
+                      "generalization gap."),
+    "comparisons": ("Paired differences between variants", "One panel per metric, each on its own scale, one row "
+                    "per pair of variants: the mean difference (first minus second) over runs that differ in the "
+                    "variant only, same cell and seed, with its paired t 95% interval; runs stuck at chance are "
+                    "left out. Red: the first clearly higher, blue: clearly lower (Holm-adjusted sign-flip p below "
+                    "0.05), grey: no claim. The colour is the test's verdict, the bar the t interval's: near the edge "
+                    "they can disagree."),
+    "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
+                        "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy best match "
+                        "the log's first and last), at "
+                        "every point of its fine curve where it has one, else at the epoch ends: eval mode and "
+                        "PreciseBN, one line per seed; black stars: the log's own test accuracy."),
+}  # fmt: skip
+# Why a figure can be left out of a report: it would have nothing to show.
+NO_CHANGE = ("no run that left chance has two finite epochs, so there is no change from one epoch to the next "
+             "to show")  # fmt: skip
+UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_CHANGE,
+           "stability_worst_drop": "every run is stuck at chance (best test accuracy below 20%)",
+           "eval_modes": "the study has no BN run",
+           "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)",
+           "notebook_window": "no bn_before run at the notebook's setting, or no run there reaches "
+                              "the train accuracy of either of its logs"}  # fmt: skip
+
+
+def with_facets(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(frame plus `facet_row` = learning rate and any other varying setting, `facet_col` =
+    batch size, as labels; the row and column label orders, sorted by value)."""
+    extra = extra_axes(frame)
+    frame = frame.sort_values(["lr", *extra, "batch_size"])
+    rows = frame[["lr", *extra]].apply(lambda r: ", ".join(setting_text(k, r[k]) for k in r.index), axis=1)
+    frame = frame.assign(facet_row=rows, facet_col=frame["batch_size"].map(lambda b: setting_text("batch_size", b)))
+    return frame, list(dict.fromkeys(frame["facet_row"])), list(dict.fromkeys(frame["facet_col"]))
+
+
+def variants_in(frame: pd.DataFrame) -> list[str]:
+    """The variants present in frame, in VARIANTS order (the order of every legend)."""
+    present = set(frame["variant"].astype(str))
+    return [v for v in VARIANTS if v in present]
+
+
+def data_note(study: StudyResults) -> str:
+    """What every figure's title says about the data: "study demo: 3,000 training / 1,000 test images"."""
+
+    def images(column: str, full: int) -> str:
+        values = study.runs[column].unique()
+        return "varying" if len(values) > 1 else f"{full if pd.isna(values[0]) else int(values[0]):,}"
+
+    train, test = images("limit_train", TRAIN_SIZE), images("limit_test", TEST_SIZE)
+    return f"study {study.name}: {train} training / {test} test images"
+
+
+MARGIN_TITLE_CHARS = 24  # the longest row name drawn in the right margin
+
+
+def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, title: str, style: str | None = None,
+               errorbar=None) -> plt.Figure:  # fmt: skip
+    """Accuracy (in %) against epoch: a facet per (learning rate [+ other settings], batch
+    size), colour = variant, optional line style; each line the mean over seeds, with
+    `errorbar` (seaborn's spec) drawn as a band. `long`: one row per (run, epoch[, style]);
+    `title`: the first line of the title, followed by what the data and lines are."""
+    frame, row_order, col_order = with_facets(long.assign(variant=long["variant"].astype(str)))
+    single = len(row_order) * len(col_order) == 1  # one panel: draw it larger, the legend and title need the room
+    # Row names in the right margin read well while short ("learning rate 0.001"); rotated,
+    # a longer one (other settings vary too) squeezes the panels, so it goes above each panel.
+    margin = max(map(len, row_order)) <= MARGIN_TITLE_CHARS
+    grid = sns.relplot(data=frame, kind="line", x="epoch", y=y, hue="variant", hue_order=variants_in(frame),
+                       palette=PALETTE, style=style, row="facet_row", col="facet_col", row_order=row_order,
+                       col_order=col_order, errorbar=errorbar, marker="o", markersize=4,
+                       height=3.6 if single else 2.8, aspect=1.4 if single else 1.3,
+                       facet_kws={"margin_titles": margin})  # fmt: skip
+    if margin:
+        grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    else:
+        grid.set_titles(template="{row_name}\n{col_name}")
+    grid.set_axis_labels("epoch", ylabel)
+    epochs = sorted(frame["epoch"].unique())
+    for ax in grid.axes.flat:  # whole epochs; one epoch gets one tick (its tiny range would get fractions)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True) if len(epochs) > 1 else FixedLocator(epochs))
+    lines = f"line: mean over {seeds_note(frame)}" + ("; band: lowest to highest seed" if errorbar else "")
+    diverged = int((study.runs["status"] == RunStatus.DIVERGED).sum())
+    if diverged:  # else a line that stops early looks like a plotting fault
+        lines += f"; {plural(diverged, 'diverged run')} {'ends at its' if diverged == 1 else 'end at their'} last finite epoch"
+    grid.figure.suptitle(f"{title}\n{data_note(study)}\n{lines}", y=1.0, va="bottom")
+    return grid.figure
+
+
+def seeds_note(frame: pd.DataFrame) -> str:
+    """ "2 seeds" or "1-3 seeds": how many seeds the curves average over."""
+    n = frame.groupby(CELL_KEYS, dropna=False, observed=True)["seed"].nunique()
+    return f"{n.min()} seed{'s' if n.max() > 1 else ''}" if n.min() == n.max() else f"{n.min()}-{n.max()} seeds"
+
+
+def plot_accuracy_curves(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
+    """Figure 1: test accuracy per epoch, band = min-max over seeds. `epochs`: counted rows."""
+    frame = epochs.assign(test_acc=100 * epochs["test_acc"])
+    return plot_lines(study, frame, "test_acc", "test accuracy (%)", "Test accuracy per epoch", errorbar=("pi", 100))
+
+
+def plot_eval_modes(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
+    """Figure 4: the BN variants' test accuracy with running statistics, PreciseBN and
+    test-batch statistics (line style), mean over seeds; None without BN runs."""
+    bn = epochs[epochs["variant"].isin(BN_VARIANTS)]
+    if bn.empty:
+        return None
+    long = bn.melt(id_vars=[*CONFIG_KEYS, "epoch"], value_vars=list(EVAL_MODES), var_name="BN statistics",
+                   value_name="accuracy").dropna(subset=["accuracy"])  # fmt: skip
+    long = long.assign(**{"accuracy": 100 * long["accuracy"], "BN statistics": long["BN statistics"].map(EVAL_MODES)})
+    title = "Test accuracy of the BN variants by the BN statistics used to measure it"
+    return plot_lines(study, long, "accuracy", "test accuracy (%)", title, style="BN statistics")
+
+
+def plot_train_vs_test(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure:
+    """Figure 5: train accuracy (train mode, over the epoch) and test accuracy (eval mode)
+    per epoch, mean over seeds: the gap between them is the generalization gap."""
+    long = epochs.melt(id_vars=[*CONFIG_KEYS, "epoch"], value_vars=["train_acc", "test_acc"], var_name="data",
+                       value_name="accuracy")  # fmt: skip
+    names = {"train_acc": "train (train mode, during the epoch)", "test_acc": "test (eval mode)"}
+    long = long.assign(accuracy=100 * long["accuracy"], data=long["data"].map(names))
+    title = "Train vs test accuracy: the generalization gap"
+    return plot_lines(study, long, "accuracy", "accuracy (%)", title, style="data")
+
+
+def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figure | None:
+    """The notebook's window: per notebook log (row) and variant (column), each run's test accuracy in
+    its window (notebook.window_curves), eval mode and PreciseBN, one line per seed, with the
+    log's own test accuracy as black stars. None without the notebook's cell or when no run
+    reaches a log's window."""
+    long = window_curves(epochs, study.points) if has_notebook_cell(epochs) else pd.DataFrame()
+    if long.empty:
+        return None
+    grid = sns.relplot(data=long, kind="line", x="position", y="accuracy", hue="variant", palette=PALETTE,
+                       hue_order=variants_in(long), style="statistics", style_order=list(EVAL_MODES.values())[:2],
+                       units="run_id", estimator=None, row="log", col="variant", col_order=variants_in(long),
+                       height=2.8, aspect=1.3, linewidth=1)  # fmt: skip
+    logs = {log.name: log for log in LOGS}
+    for (name, _), ax in grid.axes_dict.items():
+        ax.plot(range(1, WINDOW + 1), [100 * a for a in logs[name].test_acc], "k*", markersize=8)
+    grid.set_titles(template="log {row_name}: {col_name}")
+    grid.set_axis_labels("epochs into the window", "test accuracy (%)")
+    grid.figure.suptitle(f"Test accuracy in the notebook's window, aligned by train accuracy\n{data_note(study)}\n"
+                         f"one line per seed; black stars: the notebook's log", y=1.0, va="bottom")  # fmt: skip
+    return grid.figure
+
+
+def metric_axis(metric: str) -> str:
+    """An axis title from the metric's declaration: "worst drop of test accuracy ... (pp)"."""
+    m = METRICS[metric]
+    return f"{m.label}: {m.measures} ({m.unit})"
+
+
+def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.Figure | None:
+    """Figure 2: a learning rate x batch size heat map of the cells' mean `metric` (in pp)
+    per variant (and per combination of other varying settings), annotated, one shared
+    colour scale; cells without a value (no finished run, or one epoch only) stay grey.
+    None when no cell has a value (see UNDRAWN)."""
+    values = 100 * cells[f"{metric}_mean"]
+    if values.isna().all():
+        return None
+    extra, variants = extra_axes(cells), variants_in(cells)
+    blocks = list(cells.groupby(extra, dropna=False, observed=True)) if extra else [((), cells)]
+    lrs, batches = sorted(cells["lr"].unique(), reverse=True), sorted(cells["batch_size"].unique())
+    vmax = values.max() if values.max() > 0 else 1.0
+    # inches: about square cells, and panels wide enough for their titles
+    size = (1.5 + max(2.2, 1.2 * len(batches)) * len(variants), 1.7 + 0.7 * len(lrs) * len(blocks))
+    fig, axes = plt.subplots(len(blocks), len(variants), squeeze=False, layout="constrained", figsize=size)
+    for (key, block), row in zip(blocks, axes):
+        for variant, ax in zip(variants, row):
+            cell = block[block["variant"] == variant]
+            table = 100 * cell.set_index(["lr", "batch_size"])[f"{metric}_mean"].unstack()
+            table = table.reindex(index=lrs, columns=batches)  # every panel shows the whole grid
+            sns.heatmap(table, ax=ax, annot=True, fmt=".1f", vmin=0, vmax=vmax, cmap="rocket_r", cbar=False,
+                        linewidths=1, linecolor="white", yticklabels=[f"{lr:g}" for lr in lrs])  # fmt: skip
+            ax.set_facecolor("0.85")
+            label = ", ".join(setting_text(k, v) for k, v in zip(extra, key))
+            ax.set_title(variant + (f" ({label})" if label else ""), color=PALETTE[variant], fontweight="bold")
+            ax.set(xlabel="", ylabel="")  # one label per figure (below), not one per panel
+            ax.tick_params(axis="y", rotation=0)
+    fig.supxlabel("batch size (images)")
+    fig.supylabel("learning rate")
+    fig.colorbar(axes[0, 0].collections[0], ax=axes, label="pp", shrink=0.9)
+    missing = " (grey: not measured)" if values.isna().any() else ""
+    fig.suptitle(f"{metric_axis(metric).capitalize()}, mean over seeds{missing}\n{data_note(study)}")
+    return fig
+
+
+def plot_accuracy_vs_volatility(study: StudyResults, summary: pd.DataFrame, cells: pd.DataFrame) -> plt.Figure | None:
+    """Figure 3: one point per cell with a mean |change|, final accuracy against mean
+    |change|, both means over seeds, with bars from the lowest to the highest seed (a std
+    bar would reach below 0 for a metric that cannot); colour = variant, marker = learning
+    rate, size = batch size. None when no cell has a mean |change| (see UNDRAWN)."""
+    metrics = ["mean_abs_change", "final_acc"]
+    # A stuck run's flat curve is no evidence of steadiness: its |change| stays out of the bars, as out of the means.
+    summary = summary.assign(mean_abs_change=summary["mean_abs_change"].mask(summary["stuck"]))
+    spread = summary.groupby(CELL_KEYS, dropna=False, observed=True)[metrics].agg(["min", "max"])
+    spread.columns = [f"{m}_{stat}" for m, stat in spread.columns]
+    measured = cells.join(spread, on=CELL_KEYS, how="inner").astype({"variant": str})
+    frame = measured[measured["mean_abs_change_mean"].notna()]  # a single finite epoch has no change
+    if frame.empty:
+        return None
+    frame = frame.assign(x=100 * frame["mean_abs_change_mean"], y=100 * frame["final_acc_mean"],
+                         **{"learning rate": frame["lr"].map("{:g}".format),
+                            "batch size": frame["batch_size"].astype(str)})  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    for variant, points in frame.groupby("variant"):
+        # Clipped at 0: the mean of equal seeds can exceed their max by a rounding error
+        # (three runs stuck at 10% average to 10.000000000000002%), which errorbar refuses.
+        bars = {axis: np.maximum(0, [points[axis] - 100 * points[f"{m}_min"], 100 * points[f"{m}_max"] - points[axis]])
+                for axis, m in zip("xy", metrics)}  # fmt: skip
+        ax.errorbar(points["x"], points["y"], xerr=bars["x"], yerr=bars["y"], fmt="none", ecolor=PALETTE[variant],
+                    alpha=0.4, lw=1)  # fmt: skip
+    batches = sorted(frame["batch size"].unique(), key=int)
+    sns.scatterplot(data=frame, x="x", y="y", hue="variant", hue_order=variants_in(frame), palette=PALETTE,
+                    style="learning rate", style_order=sorted(frame["learning rate"].unique(), key=float),
+                    size="batch size", size_order=batches, sizes=dict(zip(batches, np.linspace(40, 160, len(batches)))),
+                    ax=ax, zorder=3)  # fmt: skip
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.set_xlabel(metric_axis("mean_abs_change") + ", mean over seeds")
+    ax.set_ylabel(f"{METRICS['final_acc'].header}, mean over seeds")
+    unplotted = len(measured) - len(frame)
+    left_out = (f"; {plural(unplotted, 'cell')} with a single finite epoch or only stuck runs left out"
+                if unplotted else "")  # fmt: skip
+    ax.set_title(f"Final accuracy vs volatility, one point per grid cell{left_out}; bars: lowest to highest seed\n"
+                 f"{data_note(study)}")  # fmt: skip
+    return fig
+
+
+VERDICT_COLOURS = {Verdict.HIGHER: "tab:red", Verdict.LOWER: "tab:blue"}  # any other verdict: grey, no claim
+NO_CLAIM_COLOUR = "0.6"
+
+
+def plot_comparisons(study: StudyResults, comparisons: pd.DataFrame) -> plt.Figure | None:
+    """Figure 7: a forest plot of comparisons.csv, one panel per metric (each on its own
+    scale: final accuracy differs by tens of pp, the volatility by a few): per pair of
+    variants the mean paired difference (pp) with its interval, a line at 0, colour by
+    verdict. None without a pair of runs (see UNDRAWN)."""
+    if comparisons.empty:
+        return None
+    metrics = list(dict.fromkeys(comparisons["metric"]))
+    pairs = list(dict.fromkeys(zip(comparisons["a"], comparisons["b"])))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 + 2.6 * len(metrics), 1.4 + 0.45 * len(pairs)),
+                             sharey=True, squeeze=False, layout="constrained")  # fmt: skip
+    for metric, ax in zip(metrics, axes[0]):
+        rows = comparisons[comparisons["metric"] == metric]
+        for row in rows.itertuples():
+            y = pairs.index((row.a, row.b))
+            colour = VERDICT_COLOURS.get(Verdict(row.verdict), NO_CLAIM_COLOUR)
+            ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
+            ax.plot(100 * row.mean, y, "o", color=colour)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(METRICS[metric].label, fontsize=10)
+        ax.set_xlabel("pp")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # narrow panels: few ticks, none overlapping
+    axes[0, 0].set_yticks(range(len(pairs)), [f"{a} − {b}" for a, b in pairs])
+    axes[0, 0].set_ylim(len(pairs) - 0.5, -0.5)  # the table's order, top to bottom
+    legend = [("first clearly higher", VERDICT_COLOURS[Verdict.HIGHER]),
+              ("first clearly lower", VERDICT_COLOURS[Verdict.LOWER]), ("no claim", NO_CLAIM_COLOUR)]  # fmt: skip
+    fig.legend(handles=[Line2D([], [], color=c, lw=2, marker="o", label=text) for text, c in legend],
+               loc="outside lower center", ncols=3, frameon=False)  # fmt: skip
+    n = comparisons["n_pairs"]
+    count = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+    fig.suptitle(f"Paired differences between variants, first minus second ({count} pairs of runs: same cell and "
+                 f"seed), mean and 95% interval\n{data_note(study)}")  # fmt: skip
+    return fig
+
+
+def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
+    """The figures of FIGURES by name for the analysis `a`, those with something to show
+    (UNDRAWN says why the others are not drawn); none when no run has a counted epoch."""
+    study, summary, cells, epochs = a.study, a.summary, a.cells, a.epochs
+    if epochs.empty:  # every run diverged in its first epoch: nothing to draw
+        return {}
+    with plt.rc_context(sns.axes_style("whitegrid")):
+        figures = {
+            "accuracy_curves": plot_accuracy_curves(study, epochs),
+            "stability_mean_abs_change": plot_heatmaps(study, cells, "mean_abs_change"),
+            "stability_worst_drop": plot_heatmaps(study, cells, "worst_drop"),
+            "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
+            "eval_modes": plot_eval_modes(study, epochs),
+            "train_vs_test": plot_train_vs_test(study, epochs),
+            "comparisons": plot_comparisons(study, a.comparisons),
+            "notebook_window": plot_notebook_window(study, epochs),
+        }
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
+    """Write each figure as directory/<name>.png (150 dpi) and .svg; the PNG paths. Closes
+    every figure, also when a save fails. The SVGs carry no date and fixed ids, so an
+    unchanged study rewrites identical files."""
+    try:
+        if figures:
+            directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        with plt.rc_context({"svg.hashsalt": "bnstudy"}):
+            for name, fig in figures.items():
+                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
+                fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+                paths.append(directory / f"{name}.png")
+        return paths
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
