@@ -173,7 +173,7 @@ def remedy_bullets(claims: pd.DataFrame) -> list[str]:
         worse = steady[steady["verdict"] == Verdict.HIGHER.value]
         still = join_words(list(worse["a"])) if len(worse) else "none"
         out.append(f"**Still less steady than PreciseBN on BatchNorm** (worst drop clearly higher): {still}.")
-    pooling = claims[(claims["family"] == POOLING) & (claims["axis"] == "pool")]
+    pooling = claims[(claims["family"] == POOLING) & (claims["axis"] == "pool") & (claims["n_pairs"] > 0)]
     for _, row in pooling.iterrows():
         out.append(f"**The pooling confound**: bn_before's gain over none in final accuracy, average minus max "
                    f"pooling, {contrast_text(row)}: {verdict_text(row)}.")  # fmt: skip
@@ -264,7 +264,7 @@ def claims_md(rows: pd.DataFrame, subject) -> str:
         "compared": [subject(r) for _, r in rows.iterrows()],
         "metric": [label(m) for m in rows["metric"]],
         "n": rows["n_pairs"].astype(str),
-        "mean (pp)": [f"{100 * m:+.1f}" for m in rows["mean"]],
+        "mean (pp)": ["–" if pd.isna(m) else f"{100 * m:+.1f}" for m in rows["mean"]],  # NaN: no pairs
         "95% CI (pp)": ["–" if pd.isna(lo) else f"{100 * lo:+.1f} to {100 * hi:+.1f}"
                         for lo, hi in zip(rows["low"], rows["high"])],
         "p": [p_text(p) for p in rows["p"]],

@@ -84,3 +84,17 @@ def test_a_study_of_momentum_alone_is_the_momentum_studys_not_a_remedies_one():
     momentum_only = summary[(summary["norm"] == "batch") & (summary["pool"] == "max") & (summary["variant"] == "bn_before")]
     assert remedies.remedy_claims(momentum_only) == [] and len(axis_findings.momentum_claims(momentum_only)) == 2
     assert axis_findings.momentum_claims(summary) == []  # in a remedies study, momentum is one remedy among others
+
+
+def test_a_pooling_confound_without_pairs_is_no_bullet_and_no_nan():
+    """A remedies study whose `none` runs are all missing: the pooling claims have no pairs;
+    the summary says nothing of them and the table shows a dash, not "nan"."""
+    from bnstudy.report.render import claims_md, remedy_bullets
+
+    summary = study()
+    summary = summary[summary["variant"] != "none"]
+    claims = decide([*remedies.remedy_claims(summary), *remedies.pooling_claims(summary)])
+    pooling = claims[claims["family"] == remedies.POOLING]
+    assert len(pooling) and (pooling["n_pairs"] == 0).all()
+    assert not any("pooling confound" in bullet for bullet in remedy_bullets(claims))
+    assert "nan" not in claims_md(pooling, lambda r: r["a"]).lower()
