@@ -53,7 +53,7 @@ report: $(STAMP)
 # The published answer: each study's report, tables and PNG figures (no run files), made
 # from results/<study>/ by this code, into results/reference/<study>/ (committed); then the
 # README's answer, rendered from those reports' summaries.
-REFERENCE_STUDIES ?= notebook default momentum activation
+REFERENCE_STUDIES ?= notebook default momentum activation remedies
 reference: $(STAMP)
 	@for study in $(REFERENCE_STUDIES); do \
 	  $(BIN)/bnstudy report results/$$study || exit 2; \

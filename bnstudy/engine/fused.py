@@ -9,7 +9,7 @@ builders), batched matmuls
 (torch.baddbmm) and one optimizer step over stacked parameters with per-member learning
 rates. Each member keeps its own seed, initialisation (its solo model's, copied), data
 order and PreciseBN subset, and reproduces its solo `train.fit` run within float
-tolerance (tests/test_fused.py).
+tolerance (tests/engine/test_fused.py).
 
 Layouts (G members, batch B):
 

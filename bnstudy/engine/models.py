@@ -12,7 +12,7 @@ the run's `pool` (max, the notebook's, or avg).
 Where a convolutional block ends in the activation (none, bn_before), a max-pooling
 goes *before* it: max-pooling commutes with a non-decreasing function, so the network
 computes the same function while the activation runs on a quarter of the values (about
-a tenth of a CPU training step with the sigmoid; tests/test_models.py checks outputs and
+a tenth of a CPU training step with the sigmoid; tests/engine/test_models.py checks outputs and
 gradients against the notebook's order).
 """
 
@@ -54,7 +54,7 @@ class _MaxPool2x2Function(torch.autograd.Function):
     bottom-left, bottom-right), then builds max_pool2d's own int64 indices (the first
     maximum in row-major order wins, as in ATen), so backward is ATen's
     max_pool2d_with_indices_backward: values and gradients are those of F.max_pool2d,
-    ties included (tests/test_models.py). NaN inputs propagate to the values; their
+    ties included (tests/engine/test_models.py). NaN inputs propagate to the values; their
     indices may differ from ATen's (such a run is diverged anyway).
     """
 

@@ -18,7 +18,7 @@ Each statistical choice has one home here, and scipy computes it:
   Ties (d = 0) flip to themselves: they add nothing to the evidence, and with k non-zero
   differences the smallest p is 2 / 2^k. With 5 pairs it is 0.0625: no claim can stand.
 - The interval (`t_interval`): the paired t 95% interval of the mean difference
-  (scipy.stats.ttest_1samp). Checked by simulation at n = 3..27 (tests/test_contrasts.py):
+  (scipy.stats.ttest_1samp). Checked by simulation at n = 3..27 (tests/stats/test_contrasts.py):
   coverage 95-97% for normal and t(3) differences, and 91-96% for skewed ones with many
   zeros (the lowest at n = 3). The percentile bootstrap this replaced covered 75% at n = 3. The interval
   describes the size; the decision is the test's (the two can disagree near the edge).

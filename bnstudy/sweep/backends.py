@@ -19,7 +19,7 @@ backend picked for the worker that runs it ("cpu", "cuda", "cuda:1"). A backend 
 nothing of training, and training nothing of backends.
 
 Adding a backend (Ray, SLURM): a Backend subclass with its Options, flags, plan, describe
-and open, and one line in BACKENDS; tests/test_backends.py's contract suite then runs on it.
+and open, and one line in BACKENDS; tests/sweep/test_backends.py's contract suite then runs on it.
 """
 
 from __future__ import annotations

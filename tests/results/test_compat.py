@@ -5,7 +5,7 @@ with a setting added since 0.1 (activation) and points files. Both carry 6-digit
 written before the run_id's hash grew (settings.RunConfig.legacy_run_id). Their runs keep
 their ids, count as done, are not run again, and report as that code reported them (the
 settings added since at their defaults): tests/fixtures/summaries/ holds the summary.csv it
-wrote for each. (tests/test_settings.py checks that their ids are rebuilt from their configs.)"""
+wrote for each. (tests/config/test_settings.py checks that their ids are rebuilt from their configs.)"""
 
 from __future__ import annotations
 

@@ -681,7 +681,7 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     store = RunStore(tmp_path)
     monkeypatch.setattr(settings, "RUN_ID_DIGITS", settings.LEGACY_RUN_ID_DIGITS)  # a hash short enough to collide
     first, second = COLLIDING
-    assert first.run_id == second.run_id  # a collision of the 6-digit hash (tests/test_spec.py)
+    assert first.run_id == second.run_id  # a collision of the 6-digit hash (tests/config/test_spec.py)
     write(store, first, "complete", epochs=1)
     assert store.state(first.run_id) == store.state(first) == "complete"
     reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"

@@ -1,5 +1,5 @@
 """What only the dask backend does, beyond the contract every backend keeps
-(tests/test_backends.py), on a real cluster started as README's "More machines" starts one
+(tests/sweep/test_backends.py), on a real cluster started as README's "More machines" starts one
 (the `dask` command: a scheduler, then worker processes) where it matters: a scheduler
 killed mid-sweep ends it with one line; a task whose workers kept dying fails with a reason;
 a sweep started before any worker joins waits; TLS."""
