@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 from seaborn.utils import relative_luminance  # noqa: E402
 
 from bnstudy.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults  # noqa: E402
@@ -111,7 +112,8 @@ Legend = dict[str, list[tuple[str, dict]]]  # per section title, its entries: (l
 def panel_grid(n_rows: int, n_cols: int, panel: tuple[float, float], legend: Legend) -> tuple[plt.Figure, np.ndarray]:
     """A figure of n_rows x n_cols panels (`axes`, shape (n_rows, n_cols)) sharing both axes,
     tick labels on the outer panels only, each panel about `panel` (width, height) inches, with
-    `legend` at its right. Constrained layout fits titles and legend into the figure."""
+    `legend` at its right. Constrained layout fits titles and legend into the figure (once:
+    `freeze_layout`)."""
     longest = max(len(text) for title, entries in legend.items() for text in (title, *(e[0] for e in entries)))
     size = (n_cols * panel[0] + 0.4 + 0.07 * longest, n_rows * panel[1] + TITLE_INCHES)  # ~0.07 in a character
     fig, axes = plt.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False, figsize=size,
@@ -408,18 +410,32 @@ def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
+def freeze_layout(fig: plt.Figure) -> Bbox:
+    """Place fig's panels, titles and legends once, with its layout engine (constrained layout,
+    which every figure here uses), and keep them there; the box (inches) of all it draws, with
+    savefig's padding: what savefig's bbox_inches="tight" would crop to, a title wider than the
+    figure included. With a layout engine set (even matplotlib's placeholder for "none") or
+    "tight", savefig would draw the figure once more, to lay it out, for each file it writes."""
+    fig.get_layout_engine().execute(fig)
+    with plt.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)  # no engine at all (these settings would pick one)
+    return fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+
+
 def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
-    """Write each figure as directory/<name>.png (150 dpi) and .svg; the PNG paths. Closes
-    every figure, also when a save fails. The SVGs carry no date and fixed ids, so an
-    unchanged study rewrites identical files."""
+    """Write each figure as directory/<name>.png (150 dpi) and .svg, laid out and measured
+    once (freeze_layout), each file one draw. The PNG paths. Closes every figure, also when a
+    save fails. The SVGs carry no date and fixed ids, so an unchanged study rewrites identical
+    files."""
     try:
         if figures:
             directory.mkdir(parents=True, exist_ok=True)
         paths = []
         with plt.rc_context({"svg.hashsalt": "bnstudy"}):
             for name, fig in figures.items():
-                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches="tight")
-                fig.savefig(directory / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
+                box = freeze_layout(fig)
+                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches=box)
+                fig.savefig(directory / f"{name}.svg", bbox_inches=box, metadata={"Date": None})
                 paths.append(directory / f"{name}.png")
         return paths
     finally:

@@ -12,13 +12,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
 
 from bnstudy import aggregate, cli  # noqa: E402
 from bnstudy.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.analysis import analyze  # noqa: E402
-from bnstudy.figures import PALETTE, draw_figures  # noqa: E402
+from bnstudy.figures import PALETTE, draw_figures, save_figures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,21 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
     plt.close(fig)
+
+
+def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_path, monkeypatch):
+    """Speed without loss: a figure is laid out once, each of its files is one draw (no
+    second draw for a tight bounding box), and each PNG shows all that is drawn, a title
+    wider than the figure included, with savefig's padding (what bbox_inches="tight" did)."""
+    drawn = draw_figures(real_analysis)
+    draws, real_draw = {}, Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.update({fig: draws.get(fig, 0) + 1})
+                        or real_draw(fig, renderer))  # fmt: skip
+    save_figures(drawn, tmp_path)
+    pad = plt.rcParams["savefig.pad_inches"]
+    for name, fig in drawn.items():
+        assert draws[fig] == len(list(tmp_path.glob(f"{name}.*"))), name
+        box = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())  # inches, as laid out (closed: a new canvas)
+        height, width = plt.imread(tmp_path / f"{name}.png").shape[:2]
+        assert width == pytest.approx(150 * (box.width + 2 * pad), abs=2), name
+        assert height == pytest.approx(150 * (box.height + 2 * pad), abs=2), name
