@@ -1,5 +1,5 @@
 """The report's figures (FIGURES), drawn from a study's tables with matplotlib (in seaborn's
-style; the scatter plot is seaborn's), saved as PNG and SVG. Grids of panels and heat maps are
+style; the scatter plot is seaborn's), saved as PNG. Grids of panels and heat maps are
 plain matplotlib axes: seaborn's relplot and heatmap draw the whole figure while building it
 (to lay out its legend, to check its tick labels), up to four draws before the report's own."""
 
@@ -415,7 +415,7 @@ def freeze_layout(fig: plt.Figure) -> Bbox:
     which every figure here uses), and keep them there; the box (inches) of all it draws, with
     savefig's padding: what savefig's bbox_inches="tight" would crop to, a title wider than the
     figure included. With a layout engine set (even matplotlib's placeholder for "none") or
-    "tight", savefig would draw the figure once more, to lay it out, for each file it writes."""
+    "tight", savefig would draw the figure once more, to lay it out, before drawing the file."""
     fig.get_layout_engine().execute(fig)
     with plt.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
         fig.set_layout_engine(None)  # no engine at all (these settings would pick one)
@@ -423,20 +423,16 @@ def freeze_layout(fig: plt.Figure) -> Bbox:
 
 
 def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
-    """Write each figure as directory/<name>.png (150 dpi) and .svg, laid out and measured
-    once (freeze_layout), each file one draw. The PNG paths. Closes every figure, also when a
-    save fails. The SVGs carry no date and fixed ids, so an unchanged study rewrites identical
-    files."""
+    """Write each figure as directory/<name>.png at 150 dpi, laid out and measured once
+    (freeze_layout) and drawn once; the paths. PNG only: report.md shows the PNGs, and an SVG
+    beside each cost a second draw of every figure (about 15% of the report's time) for a file
+    nothing read. Closes every figure, also when a save fails."""
     try:
         if figures:
             directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        with plt.rc_context({"svg.hashsalt": "bnstudy"}):
-            for name, fig in figures.items():
-                box = freeze_layout(fig)
-                fig.savefig(directory / f"{name}.png", dpi=150, bbox_inches=box)
-                fig.savefig(directory / f"{name}.svg", bbox_inches=box, metadata={"Date": None})
-                paths.append(directory / f"{name}.png")
+        paths = [directory / f"{name}.png" for name in figures]
+        for path, fig in zip(paths, figures.values()):
+            fig.savefig(path, dpi=150, bbox_inches=freeze_layout(fig))
         return paths
     finally:
         for fig in figures.values():
