@@ -267,17 +267,19 @@ def plot_heatmaps(study: StudyResults, cells: pd.DataFrame, metric: str) -> plt.
     blocks = list(cells.groupby(extra, dropna=False, observed=True)) if extra else [((), cells)]
     lrs, batches = sorted(cells["lr"].unique(), reverse=True), sorted(cells["batch_size"].unique())
     vmax = values.max() if values.max() > 0 else 1.0
-    # inches: about square cells, and panels wide enough for their titles
-    size = (1.5 + max(2.2, 1.2 * len(batches)) * len(variants), 1.7 + 0.7 * len(lrs) * len(blocks))
+    labels = [", ".join(setting_text(k, v) for k, v in zip(extra, key)) for key, _ in blocks]
+    titles = [[variant + (f" ({label})" if label else "") for variant in variants] for label in labels]
+    # inches: about square cells, and panels wide enough for their tick labels and bold titles (~0.11 a character)
+    panel = max(2.2, 1.2 * len(batches), 0.6 + 0.11 * max(len(title) for row in titles for title in row))
+    size = (1.5 + panel * len(variants), 1.7 + 0.7 * len(lrs) * len(blocks))
     fig, axes = plt.subplots(len(blocks), len(variants), squeeze=False, layout="constrained", figsize=size)
-    for (key, block), row in zip(blocks, axes):
-        for variant, ax in zip(variants, row):
+    for (_, block), row_titles, row in zip(blocks, titles, axes):
+        for variant, title, ax in zip(variants, row_titles, row):
             cell = block[block["variant"] == variant]
             table = 100 * cell.set_index(["lr", "batch_size"])[f"{metric}_mean"].unstack()
             table = table.reindex(index=lrs, columns=batches)  # every panel shows the whole grid
             heat_panel(ax, table, vmax)
-            label = ", ".join(setting_text(k, v) for k, v in zip(extra, key))
-            ax.set_title(variant + (f" ({label})" if label else ""), color=PALETTE[variant], fontweight="bold")
+            ax.set_title(title, color=PALETTE[variant], fontweight="bold")
     fig.supxlabel("batch size (images)")
     fig.supylabel("learning rate")
     fig.colorbar(axes[0, 0].collections[0], ax=axes, label="pp", shrink=0.9)

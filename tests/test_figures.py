@@ -3,6 +3,8 @@ the study's tables."""
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
@@ -20,7 +22,7 @@ from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
 from bnstudy import aggregate, cli  # noqa: E402
 from bnstudy.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.analysis import analyze  # noqa: E402
-from bnstudy.figures import PALETTE, draw_figures, save_figures  # noqa: E402
+from bnstudy.figures import PALETTE, draw_figures, freeze_layout, save_figures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +178,23 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
+    plt.close(fig)
+
+
+def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
+    """One batch size and a varying BN momentum: narrow cells under long titles, "bn_before (BN
+    momentum 0.01)" beside "bn_after (BN momentum 0.01)" (they overlapped)."""
+    for variant, momentum in itertools.product(("bn_before", "bn_after"), (0.01, 0.1)):
+        config = cfg(variant, bn_momentum=momentum)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
+    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    freeze_layout(fig)
+    panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
+    assert {ax.get_title() for ax in panels} >= {"bn_before (BN momentum 0.01)", "bn_after (BN momentum 0.01)"}
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((ax.title.get_window_extent(renderer) for ax in panels), key=lambda box: (box.y0, box.x0))
+    for left, right in zip(boxes, boxes[1:]):  # side by side in a row: apart
+        assert left.y0 != right.y0 or left.x1 < right.x0, (left, right)
     plt.close(fig)
 
 
