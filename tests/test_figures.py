@@ -187,7 +187,8 @@ def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     for variant, momentum in itertools.product(("bn_before", "bn_after"), (0.01, 0.1)):
         config = cfg(variant, bn_momentum=momentum)
         write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
-    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    drawn = draw_figures(hand_analysis(tmp_path))
+    fig = drawn["stability_worst_drop"]
     freeze_layout(fig)
     panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
     assert {ax.get_title() for ax in panels} >= {"bn_before (BN momentum 0.01)", "bn_after (BN momentum 0.01)"}
@@ -195,7 +196,8 @@ def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     boxes = sorted((ax.title.get_window_extent(renderer) for ax in panels), key=lambda box: (box.y0, box.x0))
     for left, right in zip(boxes, boxes[1:]):  # side by side in a row: apart
         assert left.y0 != right.y0 or left.x1 < right.x0, (left, right)
-    plt.close(fig)
+    for each in drawn.values():
+        plt.close(each)
 
 
 def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_path, monkeypatch):
