@@ -25,6 +25,15 @@ from bnstudy.analysis import analyze  # noqa: E402
 from bnstudy.figures import PALETTE, draw_figures, freeze_layout, save_figures  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _close_new_figures():
+    """Close the figures a test opened (the module's `figures` stay open for the next tests)."""
+    before = set(plt.get_fignums())
+    yield
+    for number in set(plt.get_fignums()) - before:
+        plt.close(number)
+
+
 @pytest.fixture(scope="module")
 
 def figures(real_analysis):
@@ -165,8 +174,6 @@ def test_a_one_epoch_study_draws_what_one_epoch_shows(tmp_path):
     assert sorted(drawn) == sorted(["accuracy_curves", "stability_worst_drop", "eval_modes", "train_vs_test"])
     for name in ("accuracy_curves", "eval_modes", "train_vs_test"):
         assert [t.get_text() for t in drawn[name].axes[0].get_xticklabels()] == ["1"], name
-    for fig in drawn.values():
-        plt.close(fig)
 
 
 def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
@@ -178,7 +185,6 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
-    plt.close(fig)
 
 
 def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
@@ -187,8 +193,7 @@ def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     for variant, momentum in itertools.product(("bn_before", "bn_after"), (0.01, 0.1)):
         config = cfg(variant, bn_momentum=momentum)
         write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
-    drawn = draw_figures(hand_analysis(tmp_path))
-    fig = drawn["stability_worst_drop"]
+    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
     freeze_layout(fig)
     panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
     assert {ax.get_title() for ax in panels} >= {"bn_before (BN momentum 0.01)", "bn_after (BN momentum 0.01)"}
@@ -196,8 +201,6 @@ def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     boxes = sorted((ax.title.get_window_extent(renderer) for ax in panels), key=lambda box: (box.y0, box.x0))
     for left, right in zip(boxes, boxes[1:]):  # side by side in a row: apart
         assert left.y0 != right.y0 or left.x1 < right.x0, (left, right)
-    for each in drawn.values():
-        plt.close(each)
 
 
 def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_path, monkeypatch):
