@@ -1,7 +1,9 @@
 """The report's figures (FIGURES), drawn from a study's tables with matplotlib (in seaborn's
-style; the scatter plot is seaborn's), saved as PNG. Grids of panels and heat maps are
-plain matplotlib axes: seaborn's relplot and heatmap draw the whole figure while building it
-(to lay out its legend, to check its tick labels), up to four draws before the report's own."""
+style; the scatter plot is seaborn's), saved as PNG, each laid out once and drawn once.
+Grids of panels and heat maps are plain matplotlib axes: seaborn's relplot and heatmap draw
+the whole figure while building it (to lay out its legend, to check its tick labels), up to
+four draws before the report's own. The grids of line panels are spaced by hand
+(finish_grid), the other figures by constrained layout (freeze_layout runs it once)."""
 
 from __future__ import annotations
 
@@ -105,27 +107,47 @@ MARGIN_TITLE_CHARS = 24  # the longest row name drawn in the right margin
 LINE_STYLES = ("-", (0, (4, 1.5)), (0, (1, 1)))
 STYLE_COLOUR = "0.2"  # a line style's legend sample: no variant's colour
 MEAN_MARKERS = {"marker": "o", "markersize": 4, "markeredgecolor": "w", "markeredgewidth": 0.75}  # a mean's points
-TITLE_INCHES = 0.7  # a figure's three-line title
 Legend = dict[str, list[tuple[str, dict]]]  # per section title, its entries: (label, Line2D properties of the sample)
+PANEL, LONE_PANEL = (3.2, 2.3), (4.6, 3.1)  # inches: a panel's axes in a grid, and when it is the whole figure
+PANEL_GAP = 0.15  # inches between panels, and between the panels and the legend or the figure's title
 
 
-def panel_grid(n_rows: int, n_cols: int, panel: tuple[float, float], legend: Legend) -> tuple[plt.Figure, np.ndarray]:
+def panel_grid(n_rows: int, n_cols: int) -> tuple[plt.Figure, np.ndarray]:
     """A figure of n_rows x n_cols panels (`axes`, shape (n_rows, n_cols)) sharing both axes,
-    tick labels on the outer panels only, each panel about `panel` (width, height) inches, with
-    `legend` at its right. Constrained layout fits titles and legend into the figure (once:
-    `freeze_layout`)."""
-    longest = max(len(text) for title, entries in legend.items() for text in (title, *(e[0] for e in entries)))
-    size = (n_cols * panel[0] + 0.4 + 0.07 * longest, n_rows * panel[1] + TITLE_INCHES)  # ~0.07 in a character
-    fig, axes = plt.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False, figsize=size,
-                             layout="constrained")  # fmt: skip
+    tick labels on the outer panels only; finish_grid sizes and spaces them once they have
+    their titles."""
+    fig, axes = plt.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False, layout="none")
     for ax in axes.flat:
         ax.spines[["top", "right"]].set_visible(False)
-    handles, labels = [], []
-    for title, entries in legend.items():
-        handles += [Line2D([], [], visible=False), *(Line2D([], [], **props) for _, props in entries)]
-        labels += [title, *(label for label, _ in entries)]  # the title's row: text without a sample
-    fig.legend(handles, labels, loc="outside right center", frameon=False)
     return fig, axes
+
+
+def finish_grid(fig: plt.Figure, axes: np.ndarray, panel: tuple[float, float], legend: Legend, title: str) -> None:
+    """Make the panels of `fig` (panel_grid) `panel` (width, height) inches, spaced for the
+    titles they have, then put `legend` at their right (past any row names in the margin) and
+    `title` above both, from those texts' own extents. No layout engine: constrained layout's
+    two passes over every panel's ticks cost as much as drawing the figure. The panels fill
+    the canvas; tick labels, axis labels, legend and title lie outside it, and the box that
+    freeze_layout measures keeps them in the file."""
+    renderer = fig.canvas.get_renderer()
+    inches = fig.dpi_scale_trans.inverted()
+    above = [max((ax.title.get_window_extent(renderer).height / fig.dpi for ax in row if ax.get_title()), default=0.0)
+             for row in axes]  # fmt: skip
+    title_pad = plt.rcParams["axes.titlepad"] / 72
+    (n_rows, n_cols), (width, height) = axes.shape, panel
+    row_gap = PANEL_GAP + (max(above[1:]) + title_pad if max(above[1:], default=0.0) else 0.0)
+    size = (n_cols * width + (n_cols - 1) * PANEL_GAP, n_rows * height + (n_rows - 1) * row_gap)
+    fig.set_size_inches(size)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=PANEL_GAP / width, hspace=row_gap / height)
+    right = max((text.get_window_extent(renderer).transformed(inches).x1 for ax in axes[:, -1] for text in ax.texts),
+                default=size[0])  # past the row names in the right margin, if any  # fmt: skip
+    handles, labels = [], []
+    for heading, entries in legend.items():
+        handles += [Line2D([], [], visible=False), *(Line2D([], [], **props) for _, props in entries)]
+        labels += [heading, *(label for label, _ in entries)]  # the heading's row: text without a sample
+    box = fig.legend(handles, labels, loc="center left", bbox_to_anchor=((right + PANEL_GAP) / size[0], 0.5),
+                     frameon=False).get_window_extent(renderer).transformed(inches)  # fmt: skip
+    fig.suptitle(title, x=box.x1 / 2 / size[0], y=1 + (above[0] + title_pad + PANEL_GAP) / size[1], va="bottom")
 
 
 def label_grid(axes: np.ndarray, xlabel: str, ylabel: str) -> None:
@@ -165,8 +187,7 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
     legend = {"variant": [(v, {"color": PALETTE[v], **MEAN_MARKERS}) for v in variants]}
     if style:
         legend[style] = [(s, {"color": STYLE_COLOUR, "linestyle": ls, **MEAN_MARKERS}) for s, ls in styles.items()]
-    single = len(row_order) * len(col_order) == 1  # one panel: draw it larger, the legend and title need the room
-    fig, axes = panel_grid(len(row_order), len(col_order), (5.0, 3.6) if single else (3.6, 2.8), legend)
+    fig, axes = panel_grid(len(row_order), len(col_order))
     for (i, row), (j, col) in itertools.product(enumerate(row_order), enumerate(col_order)):
         for variant, (level, dashes) in itertools.product(variants, styles.items()):
             if (curve := curves.get((row, col, variant, level))) is not None:
@@ -182,7 +203,8 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
     diverged = int((study.runs["status"] == "diverged").sum())
     if diverged:  # else a line that stops early looks like a plotting fault
         lines += f"; {plural(diverged, 'diverged run')} {'ends at its' if diverged == 1 else 'end at their'} last finite epoch"
-    fig.suptitle(f"{title}\n{data_note(study)}\n{lines}")
+    panel = LONE_PANEL if axes.size == 1 else PANEL
+    finish_grid(fig, axes, panel, legend, f"{title}\n{data_note(study)}\n{lines}")
     return fig
 
 
@@ -232,9 +254,7 @@ def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figur
         return None
     names, variants = list(dict.fromkeys(long["log"])), variants_in(long)
     styles = dict(zip(list(EVAL_MODES.values())[:2], LINE_STYLES))
-    fig, axes = panel_grid(len(names), len(variants), (3.6, 2.8), {
-        "variant": [(v, {"color": PALETTE[v], "lw": 1}) for v in variants],
-        "statistics": [(s, {"color": STYLE_COLOUR, "lw": 1, "linestyle": dashes}) for s, dashes in styles.items()]})
+    fig, axes = panel_grid(len(names), len(variants))
     curves = long.sort_values("position").groupby(["log", "variant", "run_id", "statistics"], observed=True)
     for (name, variant, _, stat), curve in curves:  # one line per run and statistics
         ax = axes[names.index(name), variants.index(variant)]
@@ -244,8 +264,11 @@ def plot_notebook_window(study: StudyResults, epochs: pd.DataFrame) -> plt.Figur
         axes[i, j].set_title(f"log {name}: {variant}", fontsize="medium")
         axes[i, j].plot(range(1, WINDOW + 1), [100 * a for a in logs[name].test_acc], "k*", markersize=8)
     label_grid(axes, "epochs into the window", "test accuracy (%)")
-    fig.suptitle(f"Test accuracy in the notebook's window, aligned by train accuracy\n{data_note(study)}\n"
-                 f"one line per seed; black stars: the notebook's log")  # fmt: skip
+    legend = {"variant": [(v, {"color": PALETTE[v], "lw": 1}) for v in variants],
+              "statistics": [(s, {"color": STYLE_COLOUR, "lw": 1, "linestyle": ls}) for s, ls in styles.items()]}
+    title = (f"Test accuracy in the notebook's window, aligned by train accuracy\n{data_note(study)}\n"
+             "one line per seed; black stars: the notebook's log")
+    finish_grid(fig, axes, PANEL, legend, title)
     return fig
 
 
@@ -413,14 +436,16 @@ def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
 
 
 def freeze_layout(fig: plt.Figure) -> Bbox:
-    """Place fig's panels, titles and legends once, with its layout engine (constrained layout,
-    which every figure here uses), and keep them there; the box (inches) of all it draws, with
-    savefig's padding: what savefig's bbox_inches="tight" would crop to, a title wider than the
-    figure included. With a layout engine set (even matplotlib's placeholder for "none") or
-    "tight", savefig would draw the figure once more, to lay it out, before drawing the file."""
-    fig.get_layout_engine().execute(fig)
-    with plt.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
-        fig.set_layout_engine(None)  # no engine at all (these settings would pick one)
+    """Place fig's panels, titles and legends once and keep them there (a grid of panels is
+    placed already, by finish_grid; the others by constrained layout, run here); the box
+    (inches) of all it draws, with savefig's padding: what savefig's bbox_inches="tight" would
+    crop to, what lies outside the canvas included. With a layout engine set (even
+    matplotlib's placeholder for "none") or "tight", savefig would draw the figure once more,
+    to lay it out, before drawing the file."""
+    if (engine := fig.get_layout_engine()) is not None:
+        engine.execute(fig)
+        with plt.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)  # no engine at all (these settings would pick one)
     return fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
 
 

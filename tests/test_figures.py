@@ -22,7 +22,7 @@ from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
 from bnstudy import aggregate, cli  # noqa: E402
 from bnstudy.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.analysis import analyze  # noqa: E402
-from bnstudy.figures import PALETTE, draw_figures, freeze_layout, save_figures  # noqa: E402
+from bnstudy.figures import PALETTE, PANEL, draw_figures, freeze_layout, save_figures  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -185,6 +185,30 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
+
+
+@pytest.mark.parametrize("rows", [[{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}],
+                                  [{"bn_momentum": 0.01}, {"bn_momentum": 0.1}]],
+                         ids=["row names in the margin", "row names in titles"])  # fmt: skip
+def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, rows):
+    """The line figures are laid out by hand (finish_grid): each panel PANEL inches, and no
+    panel, title, row name in the margin, legend or figure title on another. With a varying
+    BN momentum the row names are long, and each panel's two-line title names its row."""
+    for variant, row in itertools.product(("none", "bn_before"), rows):
+        config = cfg(variant, **row)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
+    for name, fig in draw_figures(hand_analysis(tmp_path)).items():
+        if name not in ("accuracy_curves", "eval_modes", "train_vs_test"):
+            continue
+        renderer = fig.canvas.get_renderer()
+        panels = [ax.patch.get_window_extent(renderer) for ax in fig.axes]
+        assert all((box.width, box.height) == pytest.approx((fig.dpi * PANEL[0], fig.dpi * PANEL[1])) for box in panels)
+        texts = [ax.title for ax in fig.axes if ax.get_title()] + [t for ax in fig.axes for t in ax.texts]
+        boxes = panels + [t.get_window_extent(renderer) for t in texts] + [fig.legends[0].get_window_extent(renderer),
+                                                                          fig._suptitle.get_window_extent(renderer)]
+        assert len(texts) >= len(fig.axes), name  # each panel titled, or named in the margin
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b), (name, a, b)
 
 
 def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
