@@ -211,6 +211,15 @@ def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, rows):
             assert not a.overlaps(b), (name, a, b)
 
 
+def test_heat_map_values_read_on_their_cells(tmp_path):
+    """The darkest cell (the largest value) is annotated in white, a light one in dark grey."""
+    for variant, acc in {"none": [0.5, 0.6, 0.7, 0.8], "bn_before": [0.6, 0.8, 0.5, 0.85]}.items():
+        write_hand_run(tmp_path, cfg(variant), hand_rows(cfg(variant), acc))  # worst drops 0 and 30 pp
+    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    colours = {ax.get_title(): [(t.get_text(), to_hex(t.get_color())) for t in ax.texts] for ax in fig.axes if ax.texts}
+    assert colours == {"none": [("0.0", to_hex("0.15"))], "bn_before": [("30.0", to_hex("white"))]}
+
+
 def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     """One batch size and a varying BN momentum: narrow cells under long titles, "bn_before (BN
     momentum 0.01)" beside "bn_after (BN momentum 0.01)" (they overlapped)."""
