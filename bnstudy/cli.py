@@ -181,7 +181,7 @@ def cmd_status(args) -> int:
 def add_report_parser(commands) -> None:
     p = commands.add_parser("report", help="stability metrics, tables, figures and report.md of a study",
                             description="Read a study's finished runs (DIR/runs/) and write DIR/summary.csv, "
-                                        "DIR/cells.csv, DIR/figures/*.png|svg and DIR/report.md.")  # fmt: skip
+                                        "DIR/cells.csv, DIR/figures/*.png and DIR/report.md.")  # fmt: skip
     p.add_argument("dir", type=check_path, metavar="DIR", help="a study's results folder, e.g. results/default")
     p.add_argument("--include-extra", action="store_true",
                    help="also report the done runs in DIR/runs/ that DIR/spec.toml does not hold (default: list them)")

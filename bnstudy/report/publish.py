@@ -8,7 +8,7 @@ report.md (bnstudy.report.render) and the tables, and publishes them in one atom
     DIR/.reports/lock           flock of the one report writing DIR/.reports
     DIR/report.md, summary.csv, cells.csv, claims.csv, comparisons.csv
                                 links to .reports/current/<name>
-    DIR/figures/<name>.png|svg  links to ../.reports/current/figures/<name>.png|svg (figures/ a
+    DIR/figures/<name>.png      links to ../.reports/current/figures/<name>.png (figures/ a
                                 folder of its own, as check_no_links requires)
 
 Every name a reader opens goes through `current`, so replacing that one link shows the new
@@ -46,7 +46,9 @@ from bnstudy.results.store import (atomic_write_text, check_no_links, check_writ
 
 REPORTS = ".reports"  # the versions, `current` and the lock
 TABLES = ("summary.csv", "cells.csv", "claims.csv", "comparisons.csv", "report.md")
-# Every name a report publishes in DIR, relative: what a reader opens.
+# Every name a report publishes in DIR, relative: what a reader opens. The SVGs are the ones earlier
+# reports wrote beside each PNG (a report writes PNGs only now): listed so that the next report
+# removes their links (or adopts, then removes, their files) as it does a figure it no longer draws.
 PUBLISHED = (*TABLES, *(f"figures/{name}{suffix}" for name in FIGURES for suffix in (".png", ".svg")))
 VERSION = re.compile(r"[0-9]+")
 LEGACY_STAGING_AGE = 3600  # s: a `.report-*` staging folder of bnstudy before this layout, surely dead by then
@@ -290,6 +292,6 @@ def format_outputs(out: Outputs) -> str:
     lines += [f"incomplete: {row['cell']}: missing {row['missing runs']}" for _, row in out.incomplete.iterrows()]
     lines.append(f"wrote {out.summary_csv}, {out.cells_csv}")
     if out.figures:  # none when every run diverged in its first epoch
-        lines.append(f"wrote {len(out.figures)} figures (PNG and SVG) in {out.figures[0].parent}")
+        lines.append(f"wrote {len(out.figures)} figures (PNG) in {out.figures[0].parent}")
     lines.append(f"wrote {out.report_md}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@
     DIR/cells.csv                   one row per grid cell (all settings but the seed)
     DIR/claims.csv                  every claim the report makes, decided together (bnstudy.stats.claims)
     DIR/comparisons.csv             its rows comparing the variants (bnstudy.report.comparisons)
-    DIR/figures/<name>.png + .svg   the figures of bnstudy.report.figures.FIGURES
+    DIR/figures/<name>.png          the figures of bnstudy.report.figures.FIGURES
     DIR/report.md                   the answer first, then what was run, tables, figures
 
 The stages: bnstudy.results.aggregate reads the runs and computes the metrics; bnstudy.report.analysis
@@ -383,8 +383,7 @@ def figures_part(figures: list[str], skip: str | None) -> list[str]:
     for i, name in enumerate(figures, 1):
         heading, caption = FIGURES[name]
         where = " (also in the summary)" if name == skip else ""
-        parts += [f"### {i}. {heading}{where}", f"![{heading}](figures/{name}.png)",
-                  f"{caption} Also as [SVG](figures/{name}.svg)."]  # fmt: skip
+        parts += [f"### {i}. {heading}{where}", f"![{heading}](figures/{name}.png)", caption]
     undrawn = [f"{FIGURES[name][0]}: {UNDRAWN[name]}" for name in FIGURES if figures and name not in figures]
     if undrawn:
         parts.append(f"Not drawn: {'; '.join(undrawn)}.")

@@ -3,6 +3,8 @@ the study's tables."""
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,15 +13,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
 
 from bnstudy.results import aggregate
 from bnstudy import cli  # noqa: E402
 from bnstudy.results.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.report.analysis import analyze  # noqa: E402
-from bnstudy.report.figures import PALETTE, draw_figures  # noqa: E402
+from bnstudy.report.figures import PALETTE, PANEL, draw_figures, freeze_layout, save_figures  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_new_figures():
+    """Close the figures a test opened (the module's `figures` stay open for the next tests)."""
+    before = set(plt.get_fignums())
+    yield
+    for number in set(plt.get_fignums()) - before:
+        plt.close(number)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +175,6 @@ def test_a_one_epoch_study_draws_what_one_epoch_shows(tmp_path):
     assert sorted(drawn) == sorted(["accuracy_curves", "stability_worst_drop", "eval_modes", "train_vs_test"])
     for name in ("accuracy_curves", "eval_modes", "train_vs_test"):
         assert [t.get_text() for t in drawn[name].axes[0].get_xticklabels()] == ["1"], name
-    for fig in drawn.values():
-        plt.close(fig)
 
 
 def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
@@ -175,4 +186,70 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
-    plt.close(fig)
+
+
+@pytest.mark.parametrize("rows", [[{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}],
+                                  [{"bn_momentum": 0.01}, {"bn_momentum": 0.1}]],
+                         ids=["row names in the margin", "row names in titles"])  # fmt: skip
+def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, rows):
+    """The line figures are laid out by hand (finish_grid): each panel PANEL inches, and no
+    panel, title, row name in the margin, legend or figure title on another. With a varying
+    BN momentum the row names are long, and each panel's two-line title names its row."""
+    for variant, row in itertools.product(("none", "bn_before"), rows):
+        config = cfg(variant, **row)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
+    for name, fig in draw_figures(hand_analysis(tmp_path)).items():
+        if name not in ("accuracy_curves", "eval_modes", "train_vs_test"):
+            continue
+        renderer = fig.canvas.get_renderer()
+        panels = [ax.patch.get_window_extent(renderer) for ax in fig.axes]
+        assert all((box.width, box.height) == pytest.approx((fig.dpi * PANEL[0], fig.dpi * PANEL[1])) for box in panels)
+        texts = [ax.title for ax in fig.axes if ax.get_title()] + [t for ax in fig.axes for t in ax.texts]
+        boxes = panels + [t.get_window_extent(renderer) for t in texts] + [fig.legends[0].get_window_extent(renderer),
+                                                                          fig._suptitle.get_window_extent(renderer)]
+        assert len(texts) >= len(fig.axes), name  # each panel titled, or named in the margin
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b), (name, a, b)
+
+
+def test_heat_map_values_read_on_their_cells(tmp_path):
+    """The darkest cell (the largest value) is annotated in white, a light one in dark grey."""
+    for variant, acc in {"none": [0.5, 0.6, 0.7, 0.8], "bn_before": [0.6, 0.8, 0.5, 0.85]}.items():
+        write_hand_run(tmp_path, cfg(variant), hand_rows(cfg(variant), acc))  # worst drops 0 and 30 pp
+    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    colours = {ax.get_title(): [(t.get_text(), to_hex(t.get_color())) for t in ax.texts] for ax in fig.axes if ax.texts}
+    assert colours == {"none": [("0.0", to_hex("0.15"))], "bn_before": [("30.0", to_hex("white"))]}
+
+
+def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
+    """One batch size and a varying BN momentum: narrow cells under long titles, "bn_before (BN
+    momentum 0.01)" beside "bn_after (BN momentum 0.01)" (they overlapped)."""
+    for variant, momentum in itertools.product(("bn_before", "bn_after"), (0.01, 0.1)):
+        config = cfg(variant, bn_momentum=momentum)
+        write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
+    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    freeze_layout(fig)
+    panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
+    assert {ax.get_title() for ax in panels} >= {"bn_before (BN momentum 0.01)", "bn_after (BN momentum 0.01)"}
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((ax.title.get_window_extent(renderer) for ax in panels), key=lambda box: (box.y0, box.x0))
+    for left, right in zip(boxes, boxes[1:]):  # side by side in a row: apart
+        assert left.y0 != right.y0 or left.x1 < right.x0, (left, right)
+
+
+def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_path, monkeypatch):
+    """Speed without loss: a figure is laid out once, each of its files is one draw (no
+    second draw for a tight bounding box), and each PNG shows all that is drawn, a title
+    wider than the figure included, with savefig's padding (what bbox_inches="tight" did)."""
+    drawn = draw_figures(real_analysis)
+    draws, real_draw = {}, Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.update({fig: draws.get(fig, 0) + 1})
+                        or real_draw(fig, renderer))  # fmt: skip
+    save_figures(drawn, tmp_path)
+    pad = plt.rcParams["savefig.pad_inches"]
+    for name, fig in drawn.items():
+        assert draws[fig] == len(list(tmp_path.glob(f"{name}.*"))), name
+        box = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())  # inches, as laid out (closed: a new canvas)
+        height, width = plt.imread(tmp_path / f"{name}.png").shape[:2]
+        assert width == pytest.approx(150 * (box.width + 2 * pad), abs=2), name
+        assert height == pytest.approx(150 * (box.height + 2 * pad), abs=2), name

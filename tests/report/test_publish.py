@@ -28,7 +28,8 @@ from bnstudy.report.figures import FIGURES, draw_figures, save_figures  # noqa: 
 from bnstudy.report.render import render_report  # noqa: E402
 from bnstudy.results.store import RunStore  # noqa: E402
 
-# What a reader opens: the tables and report.md, and every figure a report may draw.
+# What a reader opens: the tables and report.md, and every figure a report may draw (or an earlier
+# report drew as SVG).
 NAMES = ["summary.csv", "cells.csv", "claims.csv", "comparisons.csv", "report.md",
          *(f"figures/{name}{suffix}" for name in FIGURES for suffix in (".png", ".svg"))]  # fmt: skip
 MUTATIONS = ("replace", "rename", "symlink", "link", "unlink", "rmdir", "mkdir")  # every change of a name on disk
@@ -57,7 +58,7 @@ class Pipeline:
 
     study: aggregate.StudyResults
     analysis: object
-    figures: dict[str, tuple[bytes, bytes]]
+    figures: dict[str, bytes]  # each figure's PNG
     text: str
 
     @classmethod
@@ -65,8 +66,7 @@ class Pipeline:
         study = aggregate.load_results(root)
         a = analyze(study)
         with tempfile.TemporaryDirectory() as folder:
-            pngs = save_figures(draw_figures(a), Path(folder))
-            figures = {png.stem: (png.read_bytes(), png.with_suffix(".svg").read_bytes()) for png in pngs}
+            figures = {png.stem: png.read_bytes() for png in save_figures(draw_figures(a), Path(folder))}
         return cls(study, a, figures, render_report(a, list(figures)))
 
     def install(self, monkeypatch) -> None:
@@ -75,9 +75,8 @@ class Pipeline:
         def save(figures, directory: Path) -> list[Path]:
             if figures:
                 directory.mkdir(parents=True, exist_ok=True)
-            for name, (png, svg) in self.figures.items():
+            for name, png in self.figures.items():
                 (directory / f"{name}.png").write_bytes(png)
-                (directory / f"{name}.svg").write_bytes(svg)
             return [directory / f"{name}.png" for name in self.figures]
 
         monkeypatch.setattr(publish, "load_results", lambda root, include_extra=False: dataclasses.replace(
@@ -159,6 +158,13 @@ def legacy(root: Path) -> None:
     shutil.rmtree(root / ".reports", ignore_errors=True)
 
 
+def add_svgs(root: Path) -> None:
+    """Make the report in `root` what earlier bnstudy wrote: an SVG beside each PNG, shown by its link."""
+    for png in (root / ".reports" / "current" / "figures").glob("*.png"):
+        png.with_suffix(".svg").write_text(f"<svg>{png.stem}</svg>")
+        (root / "figures" / f"{png.stem}.svg").symlink_to(f"../.reports/current/figures/{png.stem}.svg")
+
+
 def assert_clean(root: Path) -> None:
     """One version under .reports, no link to a missing file, no staging folder of any kind."""
     entries = {p.name for p in (root / ".reports").iterdir()}
@@ -172,18 +178,21 @@ def assert_clean(root: Path) -> None:
 
 
 @pytest.mark.parametrize("scenario", ["figures added", "figures dropped", "from the layout before versions",
-                                      "first report"])  # fmt: skip
+                                      "first report", "after SVGs", "after SVGs, before versions"])  # fmt: skip
 def test_a_report_killed_at_any_step_shows_the_previous_report_or_the_new_one_whole(tmp_path, pipelines, monkeypatch,
                                                                                     scenario):  # fmt: skip
     before, after = {"figures added": ("none", "both"), "figures dropped": ("both", "none"),
-                     "from the layout before versions": ("none", "both"), "first report": (None, "both")}[scenario]
+                     "from the layout before versions": ("none", "both"), "first report": (None, "both"),
+                     "after SVGs": ("none", "both"), "after SVGs, before versions": ("none", "both")}[scenario]
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # for power cuts; a kill loses no written file
     template = tmp_path / "template"
     template.mkdir()
     if before:
         pipelines[before].install(monkeypatch)
         publish.write_report(template)
-        if scenario == "from the layout before versions":
+        if "SVGs" in scenario:
+            add_svgs(template)
+        if scenario.endswith("before versions"):
             legacy(template)
     old = view(template)
     pipelines[after].install(monkeypatch)
@@ -197,7 +206,7 @@ def test_a_report_killed_at_any_step_shows_the_previous_report_or_the_new_one_wh
     scratch = fresh("scratch")
     steps = count_steps(monkeypatch, lambda: publish.write_report(scratch))
     new = view(scratch)
-    assert new != old and steps > 10
+    assert new != old and steps > 10 and not [name for name in new if name.endswith(".svg")]  # PNGs only
     killed = {}
     for step in range(1, steps + 1):
         root = killed[step] = fresh(f"killed{step}")

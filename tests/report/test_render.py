@@ -112,14 +112,14 @@ def test_a_save_that_fails_midway_leaves_the_previous_report(reported, capsys, m
 
     def savefig_until_the_disk_is_full(fig, path, *args, **kwargs):
         saves.append(path)
-        if len(saves) == 5:  # the third figure's PNG
+        if len(saves) == 3:  # the third figure's PNG
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_savefig(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_until_the_disk_is_full)
     open_before = plt.get_fignums()
     assert_fails_and_changes_nothing(root, before, capsys, "cannot write the report (No space left on device: ")
-    assert len(saves) == 5 and plt.get_fignums() == open_before  # every figure closed, also after the failure
+    assert len(saves) == 3 and plt.get_fignums() == open_before  # every figure closed, also after the failure
 
 
 def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
@@ -127,14 +127,14 @@ def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
         config = cfg(variant)
         write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.6, 0.55, 0.7]))
     assert cli.main(["report", str(tmp_path)]) == 0
-    assert (tmp_path / "figures" / "eval_modes.svg").is_file()
+    assert (tmp_path / "figures" / "eval_modes.png").is_file()
     (tmp_path / "runs" / f"{cfg('bn_before').run_id}.json").unlink()  # the study has no BN run any more
     (tmp_path / "runs" / f"{cfg('bn_before').run_id}.csv").unlink()
     assert cli.main(["report", str(tmp_path)]) == 0
     names = sorted(p.name for p in (tmp_path / "figures").iterdir())
     # one variant left: no BN run, no pair of variants to compare; 4 epochs reach no notebook window
     undrawn = ("eval_modes", "comparisons", "notebook_window")
-    assert names == sorted(f"{name}.{ext}" for name in FIGURES if name not in undrawn for ext in ("png", "svg"))
+    assert names == sorted(f"{name}.png" for name in FIGURES if name not in undrawn)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_report_files_open_in_pandas_and_viewers(written):
     text = (written / "report.md").read_text()
     links = re.findall(r"\]\((figures/[^)]+)\)", text)
     drawn = {link.removeprefix("figures/").rsplit(".", 1)[0] for link in links}
-    assert len(links) == 2 * len(drawn)  # each figure embedded as PNG and linked as SVG
+    assert links and all(link.endswith(".png") for link in links)  # each figure shown as its PNG, nothing else
     # the tiny runs mostly stay at chance: the figures left out say why
     assert all(name in drawn or FIGURES[name][0] in text.split("Not drawn: ")[1] for name in FIGURES)
     for link in links:
