@@ -140,8 +140,9 @@ def finish_grid(fig: plt.Figure, axes: np.ndarray, panel: tuple[float, float], l
     size = (n_cols * width + (n_cols - 1) * PANEL_GAP, n_rows * height + (n_rows - 1) * row_gap)
     fig.set_size_inches(size)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=PANEL_GAP / width, hspace=row_gap / height)
-    right = max((text.get_window_extent(renderer).transformed(inches).x1 for ax in axes[:, -1] for text in ax.texts),
-                default=size[0])  # past the row names in the right margin, if any  # fmt: skip
+    # past the row names in the right margin and the last column's titles (a long one is wider than its panel)
+    right = max([size[0], *(text.get_window_extent(renderer).transformed(inches).x1 for ax in axes[:, -1]
+                            for text in [*ax.texts, ax.title] if text.get_text())])  # fmt: skip
     handles, labels = [], []
     for heading, entries in legend.items():
         handles += [Line2D([], [], visible=False), *(Line2D([], [], **props) for _, props in entries)]

@@ -188,14 +188,23 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     assert "1 cell with a single finite epoch or only stuck runs left out" in ax.get_title()
 
 
-@pytest.mark.parametrize("rows", [[{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}],
-                                  [{"bn_momentum": 0.01}, {"bn_momentum": 0.1}]],
-                         ids=["row names in the margin", "row names in titles"])  # fmt: skip
-def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, rows):
+BOTH = ("none", "bn_before")
+REMEDY_ROWS = [("none", {}), ("bn_before", {}), ("bn_before", {"norm": "group"}),  # a remedies study's 8 arms: titles wider
+               ("bn_before", {"ghost_batch_size": 32}), ("bn_before", {"frozen_bn_epochs": 2}),
+               ("bn_before", {"bn_momentum": 0.3}), ("bn_before", {"pool": "avg"}), ("bn_before", {"norm": "layer"}),
+               ("bn_before", {"norm": "batchrenorm"})]  # than panels
+
+
+@pytest.mark.parametrize("runs", [[(v, row) for v in BOTH for row in ({"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2})],
+                                  [(v, row) for v in BOTH for row in ({"bn_momentum": 0.01}, {"bn_momentum": 0.1})],
+                                  REMEDY_ROWS],
+                         ids=["row names in the margin", "row names in titles", "titles wider than a panel"])  # fmt: skip
+def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, runs):
     """The line figures are laid out by hand (finish_grid): each panel PANEL inches, and no
     panel, title, row name in the margin, legend or figure title on another. With a varying
-    BN momentum the row names are long, and each panel's two-line title names its row."""
-    for variant, row in itertools.product(("none", "bn_before"), rows):
+    BN momentum the row names are long, and each panel's two-line title names its row; in a
+    remedies study a title names five settings, wider than its panel (the legend sat on one)."""
+    for variant, row in runs:
         config = cfg(variant, **row)
         write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
     for name, fig in draw_figures(hand_analysis(tmp_path)).items():
