@@ -321,7 +321,9 @@ def remedies_section(a: Analysis) -> list[str]:
             "Each remedy changes one setting of bn_before (BatchNorm, momentum 0.1, max pooling) and pairs its runs "
             "with the baseline's by seed. 'with PreciseBN' compares the remedy's eval-mode worst drop with the "
             "baseline's after re-estimating its statistics: the steadiness a remedy could reach.",
-            claims_md(rows, pair_name), md_table(times)]  # fmt: skip
+            claims_md(rows, pair_name), md_table(times),
+            "Seconds per epoch from the runs' own rows, so an arm whose runs shared the machine with other work "
+            "reads slower than it is; bench/bench_remedies.py times the arms' training steps side by side."]  # fmt: skip
 
 
 def statistics_section(a: Analysis) -> list[str]:
