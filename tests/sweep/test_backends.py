@@ -330,6 +330,21 @@ def sigint_as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def signal_when(sweep: subprocess.Popen, ready, send, moment: str) -> str:
+    """Wait until `ready()` (the sweep still running), then `send()` it a signal and wait for
+    it to end; its stderr. Its process group is killed on the way out, whatever happened."""
+    try:
+        wait_for(lambda: ready() or sweep.poll() is not None, moment)
+        assert sweep.poll() is None, f"the sweep ended before {moment}"
+        send()
+        _, err = sweep.communicate(timeout=120)  # EOF on stderr: the workers, which hold it too, are gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    return err
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="watches the worker processes in /proc")
 @pytest.mark.parametrize("moment", ["workers starting", "training"])
 def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tmp_path, moment):
@@ -349,15 +364,7 @@ def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tm
                              preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
     reached = {"workers starting": lambda: any(map(sigint_set_up, loky_workers(sweep.pid))),
                "training": lambda: list(store.runs_dir.glob("*.json"))}[moment]  # fmt: skip
-    try:
-        wait_for(lambda: reached() or sweep.poll() is not None, moment)
-        assert sweep.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(sweep.pid, signal.SIGINT)
-        _, err = sweep.communicate(timeout=120)  # EOF on stderr: the workers, which hold it too, are gone
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sweep.pid, signal.SIGKILL)
-        sweep.wait()
+    err = signal_when(sweep, reached, lambda: os.killpg(sweep.pid, signal.SIGINT), moment)
     assert sweep.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.splitlines()[-1] == INTERRUPTED
@@ -379,16 +386,13 @@ def test_sigterm_to_a_two_job_sweep_is_one_line_stops_its_workers_and_the_sweep_
     command = [sys.executable, "-m", "bnstudy", "sweep", str(spec), "--out", str(out), "--jobs", "2"]
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # fmt: skip
-    try:
-        wait_for(lambda: list(store.runs_dir.glob("*.json")) or sweep.poll() is not None, "a finished run")
-        assert sweep.poll() is None, "the sweep ended before it could be terminated"
-        workers = loky_workers(sweep.pid)
+    workers = []
+
+    def terminate():
+        workers.extend(loky_workers(sweep.pid))
         os.kill(sweep.pid, signal.SIGTERM)
-        _, err = sweep.communicate(timeout=120)  # EOF on stderr: the workers, which hold it too, are gone
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sweep.pid, signal.SIGKILL)
-        sweep.wait()
+
+    err = signal_when(sweep, lambda: list(store.runs_dir.glob("*.json")), terminate, "a finished run")
     assert sweep.returncode == 143, err
     assert "Traceback" not in err and err.splitlines()[-1] == TERMINATED, err
     assert workers and not [pid for pid in workers if alive(pid)]
