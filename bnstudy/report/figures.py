@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bnstudy.report.analysis import Analysis
 from bnstudy.config.settings import TEST_SIZE, TRAIN_SIZE  # noqa: E402
 from bnstudy.config.variants import BN_VARIANTS, VARIANTS, palette  # noqa: E402
+from bnstudy.report.remedies import BASELINE_NAME, REMEDY  # noqa: E402
 from bnstudy.report.wording import extra_axes, plural, setting_text  # noqa: E402
 from bnstudy.results.runfiles import RunStatus  # noqa: E402
 
@@ -59,6 +60,10 @@ FIGURES = {  # name: (heading, what it shows)
                     "left out. Red: the first clearly higher, blue: clearly lower (Holm-adjusted sign-flip p below "
                     "0.05), grey: no claim. The colour is the test's verdict, the bar the t interval's: near the edge "
                     "they can disagree."),
+    "remedies": ("Which remedy removes the swings", "One row per remedy (one setting of bn_before changed), one "
+                 "panel per metric: the mean paired difference, remedy minus bn_before with BatchNorm (same seed), "
+                 "with its paired t 95% interval; the last panel compares the remedy's worst drop with the "
+                 "baseline's after PreciseBN. Colours as in the paired differences between variants."),
     "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
                         "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy best match "
                         "the log's first and last), at "
@@ -72,6 +77,8 @@ UNDRAWN = {"stability_mean_abs_change": NO_CHANGE, "accuracy_vs_volatility": NO_
            "stability_worst_drop": "every run is stuck at chance (best test accuracy below 20%)",
            "eval_modes": "the study has no BN run",
            "comparisons": "no two variants have runs that pair (same cell and seed, two finite epochs, not stuck)",
+           "remedies": "the study changes no remedy setting of bn_before (norm, ghost batch size, frozen BN epochs, "
+                       "pooling)",
            "notebook_window": "no bn_before run at the notebook's setting, or no run there reaches "
                               "the train accuracy of either of its logs"}  # fmt: skip
 
@@ -382,39 +389,58 @@ VERDICT_COLOURS = {Verdict.HIGHER: "tab:red", Verdict.LOWER: "tab:blue"}  # any 
 NO_CLAIM_COLOUR = "0.6"
 
 
-def plot_comparisons(study: StudyResults, comparisons: pd.DataFrame) -> plt.Figure | None:
-    """Figure 7: a forest plot of comparisons.csv, one panel per metric (each on its own
-    scale: final accuracy differs by tens of pp, the volatility by a few): per pair of
-    variants the mean paired difference (pp) with its interval, a line at 0, colour by
-    verdict. None without a pair of runs (see UNDRAWN)."""
-    if comparisons.empty:
-        return None
-    metrics = list(dict.fromkeys(comparisons["metric"]))
-    pairs = list(dict.fromkeys(zip(comparisons["a"], comparisons["b"])))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 + 2.6 * len(metrics), 1.4 + 0.45 * len(pairs)),
+def plot_forest(claims: pd.DataFrame, panel, row, title: str) -> plt.Figure:
+    """A forest plot of claims.csv rows: one panel per `panel(claim)` (each on its own scale:
+    final accuracy differs by tens of pp, the volatility by a few), one row per `row(claim)`,
+    in the rows' order; the mean paired difference (pp) with its interval, a line at 0,
+    colour by verdict; `title` above, then how many pairs."""
+    panels = list(dict.fromkeys(map(panel, claims.itertuples())))
+    rows = list(dict.fromkeys(map(row, claims.itertuples())))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 2.6 * len(panels), 1.4 + 0.45 * len(rows)),
                              sharey=True, squeeze=False, layout="constrained")  # fmt: skip
-    for metric, ax in zip(metrics, axes[0]):
-        rows = comparisons[comparisons["metric"] == metric]
-        for row in rows.itertuples():
-            y = pairs.index((row.a, row.b))
-            colour = VERDICT_COLOURS.get(Verdict(row.verdict), NO_CLAIM_COLOUR)
-            ax.plot([100 * row.low, 100 * row.high], [y, y], color=colour, lw=2)
-            ax.plot(100 * row.mean, y, "o", color=colour)
+    for claim in claims.itertuples():
+        ax, y = axes[0, panels.index(panel(claim))], rows.index(row(claim))
+        colour = VERDICT_COLOURS.get(Verdict(claim.verdict), NO_CLAIM_COLOUR)
+        ax.plot([100 * claim.low, 100 * claim.high], [y, y], color=colour, lw=2)
+        ax.plot(100 * claim.mean, y, "o", color=colour)
+    for name, ax in zip(panels, axes[0]):
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(METRICS[metric].label, fontsize=10)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("pp")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # narrow panels: few ticks, none overlapping
-    axes[0, 0].set_yticks(range(len(pairs)), [f"{a} − {b}" for a, b in pairs])
-    axes[0, 0].set_ylim(len(pairs) - 0.5, -0.5)  # the table's order, top to bottom
+    axes[0, 0].set_yticks(range(len(rows)), rows)
+    axes[0, 0].set_ylim(len(rows) - 0.5, -0.5)  # the table's order, top to bottom
     legend = [("first clearly higher", VERDICT_COLOURS[Verdict.HIGHER]),
               ("first clearly lower", VERDICT_COLOURS[Verdict.LOWER]), ("no claim", NO_CLAIM_COLOUR)]  # fmt: skip
     fig.legend(handles=[Line2D([], [], color=c, lw=2, marker="o", label=text) for text, c in legend],
                loc="outside lower center", ncols=3, frameon=False)  # fmt: skip
-    n = comparisons["n_pairs"]
+    n = claims["n_pairs"]
     count = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
-    fig.suptitle(f"Paired differences between variants, first minus second ({count} pairs of runs: same cell and "
-                 f"seed), mean and 95% interval\n{data_note(study)}")  # fmt: skip
+    fig.suptitle(title.format(pairs=count))
     return fig
+
+
+def plot_comparisons(study: StudyResults, comparisons: pd.DataFrame) -> plt.Figure | None:
+    """Figure 7: comparisons.csv as a forest plot, a panel per metric, a row per pair of
+    variants. None without a pair of runs (see UNDRAWN)."""
+    if comparisons.empty:
+        return None
+    return plot_forest(comparisons, lambda c: METRICS[c.metric].label, lambda c: f"{c.a} − {c.b}",
+                       "Paired differences between variants, first minus second ({pairs} pairs of runs: same cell "
+                       f"and seed), mean and 95% interval\n{data_note(study)}")  # fmt: skip
+
+
+def plot_remedies(study: StudyResults, claims: pd.DataFrame) -> plt.Figure | None:
+    """The remedies' claims (bnstudy.report.remedies) as a forest plot: a row per remedy, a
+    panel per metric against the baseline, and one for the worst drop against the baseline's
+    PreciseBN one. None unless it is a remedies study (see UNDRAWN)."""
+    rows = claims[claims["family"] == REMEDY]
+    if rows.empty:
+        return None
+    return plot_forest(rows, lambda c: METRICS[c.metric].label + (", against PreciseBN" if c.b.endswith("PreciseBN")
+                                                                  else ""), lambda c: c.a,
+                       f"Each remedy minus {BASELINE_NAME}, paired by seed ({{pairs}} pairs), mean and 95% "
+                       f"interval\n{data_note(study)}")  # fmt: skip
 
 
 def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
@@ -432,6 +458,7 @@ def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
             "eval_modes": plot_eval_modes(study, epochs),
             "train_vs_test": plot_train_vs_test(study, epochs),
             "comparisons": plot_comparisons(study, a.comparisons),
+            "remedies": plot_remedies(study, a.claims),
             "notebook_window": plot_notebook_window(study, epochs),
         }
     return {name: fig for name, fig in figures.items() if fig is not None}

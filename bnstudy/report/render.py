@@ -182,8 +182,8 @@ def remedy_bullets(claims: pd.DataFrame) -> list[str]:
 
 def lead_figure(a: Analysis, figures: list[str]) -> str | None:
     """The figure that shows the answer best: the notebook window when the study reaches it,
-    else the paired comparisons; None when neither is drawn."""
-    for name in ("notebook_window", "comparisons"):
+    else the remedies' (a remedies study), else the paired comparisons; None when none is drawn."""
+    for name in ("notebook_window", "remedies", "comparisons"):
         if name in figures:
             return name
     return None

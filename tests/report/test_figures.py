@@ -262,3 +262,30 @@ def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_
         height, width = plt.imread(tmp_path / f"{name}.png").shape[:2]
         assert width == pytest.approx(150 * (box.width + 2 * pad), abs=2), name
         assert height == pytest.approx(150 * (box.height + 2 * pad), abs=2), name
+
+
+def test_a_remedies_study_leads_with_its_remedies_forest_plot(tmp_path):
+    """Each remedy's claims drawn as their values: a row per remedy, a panel per metric plus
+    the worst drop against PreciseBN, each point the claim's mean (pp) and its bar the
+    interval; the report shows this figure first."""
+    from bnstudy.report.remedies import REMEDY
+    from bnstudy.report.render import lead_figure
+
+    for seed in range(6):
+        base, group = cfg("bn_before", seed=seed), cfg("bn_before", seed=seed, norm="group")
+        write_hand_run(tmp_path, base, hand_rows(base, [0.5, 0.8, 0.7 - 0.01 * seed, 0.85]))
+        no_stats = [None] * 4  # GroupNorm keeps no running statistics: no BN diagnostics
+        write_hand_run(tmp_path, group, hand_rows(group, [0.5, 0.7, 0.8, 0.84 - 0.01 * seed], precise=no_stats,
+                                                  batch_stats=no_stats))  # fmt: skip
+    a = hand_analysis(tmp_path)
+    fig = draw_figures(a)["remedies"]
+    claims = a.claims[a.claims["family"] == REMEDY]
+    assert [ax.get_title() for ax in fig.axes] == ["worst drop", "final accuracy", "best accuracy",
+                                                    "worst drop, against PreciseBN"]  # fmt: skip
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["normalization group"]
+    for ax, claim in zip(fig.axes, claims.itertuples()):
+        bar, point = ax.lines[0], ax.lines[1]
+        np.testing.assert_allclose(bar.get_xdata(), [100 * claim.low, 100 * claim.high])
+        np.testing.assert_allclose(point.get_xdata(), [100 * claim.mean])
+    assert lead_figure(a, list(draw_figures(a))) == "remedies"
+    plt.close("all")

@@ -133,12 +133,11 @@ def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
     assert cli.main(["report", str(tmp_path)]) == 0
     names = sorted(p.name for p in (tmp_path / "figures").iterdir())
     # one variant left: no BN run, no pair of variants to compare; 4 epochs reach no notebook window
-    undrawn = ("eval_modes", "comparisons", "notebook_window")
+    undrawn = ("eval_modes", "comparisons", "remedies", "notebook_window")  # and no remedy arm
     assert names == sorted(f"{name}.png" for name in FIGURES if name not in undrawn)
 
 
 @pytest.fixture(scope="module")
-
 def written(real_study):
     assert cli.main(["report", str(real_study)]) == 0
     return real_study
