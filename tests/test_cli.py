@@ -152,6 +152,7 @@ def _assert_one_line_error(capsys, argv, out, expected):
      "--frozen-bn-epochs: does not apply: norm layer keeps no running statistics"),
     (["--variant", "bn_before", "--norm", "batchrenorm", "--bn-impl", "scratch"], "--bn-impl: does not apply"),
     (["--variant", "bn_before", "--pool", "min"], "--pool: invalid choice: 'min'"),
+    (["--variant", "none", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),  # README: unknown flags
 ])  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags, expected):
     out = tmp_path / "out"

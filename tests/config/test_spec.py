@@ -277,6 +277,16 @@ def test_a_spec_that_is_no_small_regular_file_is_refused_before_it_is_read(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_spec_of_a_terabyte_is_refused_without_reading_it(tmp_path):
+    # README: over 1 MB is refused before reading: a sparse 1 TB file (no disk used) that a
+    # whole read would first have to allocate, and fail on, as it would on any huge spec
+    sparse = tmp_path / "sparse.toml"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 40)
+    with pytest.raises(UserError, match=r"1,099,511,627,776 bytes; a spec is a small TOML file \(at most 1 MB\)"):
+        load_study(sparse)
+
+
 @pytest.mark.parametrize("item", ["name=a\x1bb", "epochs=2\n", "grid.seed=[0,\r1]", "na\x00me=x", "lr=1e-3\u2028"])
 def test_a_control_character_in_a_set_item_is_refused(small, capsys, item):
     assert main(["sweep", str(small), "--dry-run", "--set", item]) == 2
