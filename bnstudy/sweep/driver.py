@@ -31,8 +31,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from bnstudy.sweep.backends import DEFAULT_BACKEND, Backend, TaskFailure, plan_backend
-from bnstudy.sweep import costs
-from bnstudy.sweep.costs import REFERENCE, Eta, Speed, estimate_seconds, format_duration, own_seconds
+from bnstudy.sweep.costs import REFERENCE, Eta, Speed, estimate_seconds, format_duration, measured_speed, own_seconds
 from bnstudy.results.runfiles import RunCheck, RunOutcome, RunState, RunStatus
 from bnstudy.config.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 from bnstudy.config.spec import Study
@@ -139,7 +138,7 @@ def machine_speed(pending: list[RunConfig], execution: Backend, workers: int, da
     from bnstudy.engine.runner import time_model  # the engine times the model: torch, loaded only here
 
     costliest = max(pending, key=estimate_seconds)
-    return costs.measured_speed(costliest, *time_model(costliest, data_dir, tuple(batch_sizes)))
+    return measured_speed(costliest, *time_model(costliest, data_dir, tuple(batch_sizes)))
 
 
 MAX_CALIBRATED_SIZES = 4  # batch sizes time_model times; a run of another takes the nearest one's factor
