@@ -250,10 +250,10 @@ class LocalProcesses(Backend):
         with tempfile.TemporaryDirectory(prefix="bnstudy-slots-") as lock_dir, parallel_config(
             backend="loky", initializer=claim_slot, initargs=(lock_dir, self.slots, os.getpid())
         ):
-            yield _joblib_runner(len(self.slots), task_fn), len(self.slots)
+            yield _joblib_runner(self.slots, task_fn), len(self.slots)
 
 
-def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
+def _joblib_runner(slots: tuple[str, ...], task_fn: TaskFn) -> RunTasks:
     from joblib import Parallel, delayed
 
     def run(tasks):
@@ -261,8 +261,11 @@ def _joblib_runner(n_jobs: int, task_fn: TaskFn) -> RunTasks:
         then drops every task in flight and queued: the same command reruns them)."""
         from concurrent.futures.process import BrokenProcessPool  # loky's TerminatedWorkerError is one
 
+        if len(tasks) == 1:  # joblib would run a lone task in this process, which claims no slot
+            yield 0, call_task(task_fn, tasks[0], slots[0], "in this process")
+            return
         # No more workers than tasks: each one costs a torch import and a dataset load.
-        parallel = Parallel(n_jobs=min(n_jobs, len(tasks)), return_as="generator_unordered", batch_size=1)
+        parallel = Parallel(n_jobs=min(len(slots), len(tasks)), return_as="generator_unordered", batch_size=1)
         with _workers_start_deaf_to_sigint():  # the workers start in this call
             outcomes = parallel(delayed(_in_worker)(task_fn, i, task) for i, task in enumerate(tasks))
         try:

@@ -197,6 +197,15 @@ def test_every_result_arrives_and_a_second_sweep_redoes_nothing(backend, request
     assert {path: file_identity(path) for path in store.runs_dir.iterdir()} == written
 
 
+def test_a_study_of_one_run_is_done(backend, request, study):
+    """One task: joblib runs a lone task in the driver's own process, which claims no worker
+    slot (a 1-run sweep on 2 local slots crashed with a traceback)."""
+    argv, store, configs = study
+    assert main([*sweep_on(backend, request, study), "--set", "grid.variant=['none']", "--set", "grid.seed=[0]"]) == 0
+    (config,) = [c for c in configs if (c.variant, c.seed) == ("none", 0)]
+    assert store.state(config) == "complete"
+
+
 def test_a_task_that_raises_fails_its_runs_and_the_others_are_done(backend, request, study, monkeypatch, capsys):
     _, store, _ = study
     monkeypatch.setattr(runner, "worker_task", raising_task)
