@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bnstudy.stats.contrasts import Contrast, detectable_difference, min_pairs, pairs_needed
+from bnstudy.stats.contrasts import Contrast, contrasts, detectable_difference, min_pairs, pairs_needed
 
 ALPHA = 0.05  # the family-wise error rate per report
 RESOLUTION = 0.0005  # a mean below this prints as 0.0 pp (fractions, one decimal of pp)
@@ -51,8 +51,9 @@ class Verdict(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Claim:
-    """One contrast and what it compares: metric(a) - metric(b), runs differing in `axis`
-    alone, within `scope` ("" or "activation relu"); `family` names the report section."""
+    """One comparison and its paired differences metric(a) - metric(b) (n,), indexed by
+    seed (contrasts.paired_differences), runs differing in `axis` alone, within `scope` (""
+    or "activation relu"); `family` names the report section. decide tests them."""
 
     family: str
     axis: str
@@ -60,7 +61,7 @@ class Claim:
     b: str
     metric: str
     scope: str
-    contrast: Contrast
+    differences: pd.Series
 
 
 COLUMNS = ["family", "axis", "a", "b", "scope", "metric", "n_pairs", "n_seeds", "mean", "sd", "low", "high", "above",
@@ -101,14 +102,15 @@ def seeds_needed(c: Contrast, alpha: float) -> float:
 
 
 def decide(claims: list[Claim]) -> pd.DataFrame:
-    """claims.csv: one row per claim (COLUMNS), Holm-adjusted over all of them together."""
-    p = np.array([c.contrast.p for c in claims], dtype=float)
+    """claims.csv: one row per claim (COLUMNS), each claim's contrast (contrasts.contrasts,
+    every test at once), Holm-adjusted over all of them together."""
+    tested = contrasts([claim.differences for claim in claims])
+    p = np.array([c.p for c in tested], dtype=float)
     adjusted = holm(p)
     m = int(np.count_nonzero(~np.isnan(p)))
     strictest = ALPHA / max(m, 1)
     rows = []
-    for claim, p_adj in zip(claims, adjusted):
-        c = claim.contrast
+    for claim, c, p_adj in zip(claims, tested, adjusted):
         v = verdict(c, p_adj)
         rows.append([claim.family, claim.axis, claim.a, claim.b, claim.scope, claim.metric, c.n, c.seeds, c.mean,
                      c.sd, c.low, c.high, c.above, c.below, c.ties, c.method, c.p, p_adj, v.value,

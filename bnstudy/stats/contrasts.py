@@ -126,21 +126,35 @@ def t_interval(differences: np.ndarray, axis: int = -1) -> tuple:
     return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
+def contrasts(differences: list[pd.Series]) -> list[Contrast]:
+    """The Contrast of each Series of paired differences (paired_differences: indexed by
+    seed), in order. The sign-flip tests of all series with the same number of pairs run as
+    one scipy call on their (series, n) stack: the sign patterns do not depend on the data,
+    so each p is the one a call of its own gives (tested), and a report's 15 tests of 18 or
+    27 pairs cost 2 calls instead of 15 (1.2 s of the report's 6.8 s)."""
+    values = [d.to_numpy(dtype=float) for d in differences]
+    p = [(math.nan, NO_TEST)] * len(values)
+    for n in {v.size for v in values if v.size > 1}:
+        where = [i for i, v in enumerate(values) if v.size == n]
+        stacked, method = sign_flip_p(np.stack([values[i] for i in where]))
+        for i, p_i in zip(where, np.atleast_1d(stacked)):
+            p[i] = (float(p_i), method)
+    return [_contrast(v, d.index, *p_i) for v, d, p_i in zip(values, differences, p)]
+
+
 def contrast(differences: pd.Series) -> Contrast:
-    """The Contrast of paired differences (paired_differences: indexed by seed)."""
-    values = differences.to_numpy(dtype=float)
+    """The Contrast of one Series of paired differences (see contrasts)."""
+    return contrasts([differences])[0]
+
+
+def _contrast(values: np.ndarray, seeds: pd.Index, p: float, method: str) -> Contrast:
+    """The Contrast of differences `values` (n,) of pairs from `seeds` (n,), with their test's p."""
     n = values.size
     mean = float(values.mean()) if n else math.nan
     sd = float(values.std(ddof=1)) if n > 1 else math.nan
     low, high = t_interval(values)
-    p, method = sign_flip_p(values) if n > 1 else (math.nan, NO_TEST)
-    return Contrast(n, int(pd.Index(differences.index).nunique()), mean, sd, low, high,
+    return Contrast(n, int(pd.Index(seeds).nunique()), mean, sd, low, high,
                     int((values > 0).sum()), int((values < 0).sum()), p, method)  # fmt: skip
-
-
-def compare(summary: pd.DataFrame, axis: str, a, b, metric: str) -> Contrast:
-    """The contrast of `metric` from axis = a to axis = b (see the module docstring)."""
-    return contrast(paired_differences(summary, axis, a, b, metric))
 
 
 # ---------------------------------------------------------------- planning

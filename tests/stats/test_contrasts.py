@@ -89,6 +89,18 @@ def test_monte_carlo_p_above_the_exact_range_agrees_with_the_exact_one(monkeypat
     assert drawn == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / contrasts.MC_RESAMPLES))
 
 
+@pytest.mark.parametrize("n", [9, 20])  # exact, and Monte Carlo (EXACT_UP_TO is 16)
+def test_contrasts_of_many_series_are_each_series_alone(n):
+    # decide tests every claim in one call per pair count: each p must be its own call's
+    rng = np.random.default_rng(n)
+    series = [pd.Series(rng.normal(0.3 * k, 1, size=n), index=range(n)) for k in range(5)]
+    series += [pd.Series(rng.normal(size=n + 3)), pd.Series([0.1]), pd.Series([], dtype=float)]
+    together = contrasts.contrasts(series)
+    alone = [contrasts.contrasts([d])[0] for d in series]
+    pd.testing.assert_frame_equal(pd.DataFrame(together), pd.DataFrame(alone), check_exact=True)  # NaN = NaN
+    assert [c.n for c in together] == [n] * 5 + [n + 3, 1, 0]
+
+
 def draw(kind: str, n: int, rng, shift: float = 0.0) -> np.ndarray:
     """(TRIALS, n) paired differences whose mean is `shift` standard deviations (normal,
     t3) or `shift` (floored: max(0, X + shift) - max(0, Y), X and Y ~ N(-0.5, 1))."""
