@@ -185,13 +185,18 @@ def add_report_parser(commands) -> None:
     p.add_argument("dir", type=check_path, metavar="DIR", help="a study's results folder, e.g. results/default")
     p.add_argument("--include-extra", action="store_true",
                    help="also report the done runs in DIR/runs/ that DIR/spec.toml does not hold (default: list them)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="processes that draw the figures (default: one per core, at most 4, on Linux; 1 elsewhere)")
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args) -> int:
+    from bnstudy.report.forked import check_jobs
     from bnstudy.report.publish import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
 
-    print(format_outputs(write_report(args.dir, args.include_extra)))
+    if args.jobs is not None:
+        check_jobs(args.jobs)
+    print(format_outputs(write_report(args.dir, args.include_extra, args.jobs)))
     return 0
 
 

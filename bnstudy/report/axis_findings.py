@@ -14,7 +14,7 @@ import pandas as pd
 
 from bnstudy.stats.claims import Claim, Verdict
 from bnstudy.report.comparisons import comparable_runs
-from bnstudy.stats.contrasts import compare
+from bnstudy.stats.contrasts import paired_differences
 from bnstudy.report.remedies import is_remedies_study
 from bnstudy.config.variants import BN_VARIANTS
 from bnstudy.report.wording import contrast_text, join_words, value_text, verdict_text
@@ -46,9 +46,9 @@ def momentum_claims(summary: pd.DataFrame) -> list[Claim]:
             continue
         low, high = momenta[0], momenta[-1]
         for metric in ("worst_drop", "worst_drop_precise_bn"):
-            c = compare(runs, "bn_momentum", low, high, metric)
+            d = paired_differences(runs, "bn_momentum", low, high, metric)
             claims.append(Claim(MOMENTUM, "bn_momentum", value_text("bn_momentum", high),
-                                value_text("bn_momentum", low), metric, f"variant {variant}", c))  # fmt: skip
+                                value_text("bn_momentum", low), metric, f"variant {variant}", d))  # fmt: skip
     return claims
 
 
@@ -81,7 +81,7 @@ def activation_claims(summary: pd.DataFrame) -> list[Claim]:
     if runs.empty or not varies(runs, "activation") or not set(BN_VARIANTS) <= set(runs["variant"].astype(str)):
         return []
     return [Claim(ACTIVATION, "variant", "bn_before", "bn_after", "worst_drop", f"activation {activation}",
-                  compare(block, "variant", "bn_after", "bn_before", "worst_drop"))
+                  paired_differences(block, "variant", "bn_after", "bn_before", "worst_drop"))
             for activation, block in runs.groupby("activation", observed=True)]  # fmt: skip
 
 

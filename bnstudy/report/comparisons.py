@@ -14,7 +14,7 @@ import itertools
 import pandas as pd
 
 from bnstudy.stats.claims import Claim
-from bnstudy.stats.contrasts import compare
+from bnstudy.stats.contrasts import paired_differences
 from bnstudy.config.variants import VARIANTS, variant
 
 COMPARISON = "comparison"  # the claims' family
@@ -40,9 +40,9 @@ def comparison_claims(summary: pd.DataFrame) -> list[Claim]:
     claims = []
     for a, b in VARIANT_PAIRS:
         for metric in COMPARED:
-            c = compare(runs, "variant", b, a, metric)  # compare gives metric(a) - metric(b) for (b, a)
-            if c.n:
-                claims.append(Claim(COMPARISON, "variant", a, b, metric, "", c))
+            d = paired_differences(runs, "variant", b, a, metric)  # metric(a) - metric(b) for (b, a)
+            if len(d):
+                claims.append(Claim(COMPARISON, "variant", a, b, metric, "", d))
     return claims
 
 

@@ -27,6 +27,7 @@ from seaborn.utils import relative_luminance  # noqa: E402
 from bnstudy.results.aggregate import CELL_KEYS, CONFIG_KEYS, EVAL_MODES, StudyResults  # noqa: E402
 from bnstudy.stats.claims import Verdict  # noqa: E402
 from bnstudy.results.metrics import METRICS  # noqa: E402
+from bnstudy.report.forked import map_forked  # noqa: E402
 from bnstudy.report.notebook import LOGS, WINDOW, has_notebook_cell, window_curves  # noqa: E402
 
 if TYPE_CHECKING:
@@ -443,25 +444,51 @@ def plot_remedies(study: StudyResults, claims: pd.DataFrame) -> plt.Figure | Non
                        f"interval\n{data_note(study)}")  # fmt: skip
 
 
-def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
-    """The figures of FIGURES by name for the analysis `a`, those with something to show
-    (UNDRAWN says why the others are not drawn); none when no run has a counted epoch."""
-    study, summary, cells, epochs = a.study, a.summary, a.cells, a.epochs
-    if epochs.empty:  # every run diverged in its first epoch: nothing to draw
-        return {}
+# How each figure of FIGURES is drawn from an Analysis: a figure, or None when it has nothing to show.
+DRAWERS = {
+    "accuracy_curves": lambda a: plot_accuracy_curves(a.study, a.epochs),
+    "stability_mean_abs_change": lambda a: plot_heatmaps(a.study, a.cells, "mean_abs_change"),
+    "stability_worst_drop": lambda a: plot_heatmaps(a.study, a.cells, "worst_drop"),
+    "accuracy_vs_volatility": lambda a: plot_accuracy_vs_volatility(a.study, a.summary, a.cells),
+    "eval_modes": lambda a: plot_eval_modes(a.study, a.epochs),
+    "train_vs_test": lambda a: plot_train_vs_test(a.study, a.epochs),
+    "comparisons": lambda a: plot_comparisons(a.study, a.comparisons),
+    "remedies": lambda a: plot_remedies(a.study, a.claims),
+    "notebook_window": lambda a: plot_notebook_window(a.study, a.epochs),
+}
+
+
+def draw_figure(a: Analysis, name: str) -> plt.Figure | None:
+    """Figure `name` of FIGURES for the analysis `a`, in the report's style; None when it has
+    nothing to show (UNDRAWN says why) and for every figure when no run has a counted epoch
+    (every run diverged in its first epoch)."""
+    if a.epochs.empty:
+        return None
     with plt.rc_context(sns.axes_style("whitegrid")):
-        figures = {
-            "accuracy_curves": plot_accuracy_curves(study, epochs),
-            "stability_mean_abs_change": plot_heatmaps(study, cells, "mean_abs_change"),
-            "stability_worst_drop": plot_heatmaps(study, cells, "worst_drop"),
-            "accuracy_vs_volatility": plot_accuracy_vs_volatility(study, summary, cells),
-            "eval_modes": plot_eval_modes(study, epochs),
-            "train_vs_test": plot_train_vs_test(study, epochs),
-            "comparisons": plot_comparisons(study, a.comparisons),
-            "remedies": plot_remedies(study, a.claims),
-            "notebook_window": plot_notebook_window(study, epochs),
-        }
-    return {name: fig for name, fig in figures.items() if fig is not None}
+        return DRAWERS[name](a)
+
+
+def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
+    """The figures of `a` that have something to show, by name, in FIGURES order (open: the
+    caller saves or closes them)."""
+    return {name: fig for name in FIGURES if (fig := draw_figure(a, name)) is not None}
+
+
+def write_figures(a: Analysis, directory: Path, jobs: int = 1) -> list[str]:
+    """Draw each figure of `a` and write the drawn ones as directory/<name>.png (save_figures),
+    over `jobs` processes (bnstudy.report.forked: each figure whole in one of them, which
+    inherits `a`); the names drawn, in FIGURES order. Side effects: creates `directory` when a
+    figure is drawn; every figure is closed again."""
+    drawn = map_forked(lambda name: _write_figure(a, name, directory), FIGURES, jobs)
+    return [name for name, was_drawn in zip(FIGURES, drawn) if was_drawn]
+
+
+def _write_figure(a: Analysis, name: str, directory: Path) -> bool:
+    """Draw figure `name` of `a` and save it in `directory`; whether it had something to show."""
+    fig = draw_figure(a, name)
+    if fig is not None:
+        save_figures({name: fig}, directory)
+    return fig is not None
 
 
 def freeze_layout(fig: plt.Figure) -> Bbox:

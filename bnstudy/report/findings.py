@@ -9,7 +9,6 @@ import pandas as pd
 from bnstudy.results.aggregate import STUCK_BELOW
 from bnstudy.stats.claims import Claim
 from bnstudy.report.comparisons import comparable_runs
-from bnstudy.stats.contrasts import contrast
 from bnstudy.results.metrics import header
 from bnstudy.config.variants import BN_VARIANTS
 from bnstudy.report.wording import cell_text, join_words, pct, plural
@@ -30,7 +29,7 @@ def precise_bn_claims(summary: pd.DataFrame) -> list[Claim]:
         d = (block["worst_drop_precise_bn"] - block["worst_drop"]).set_axis(block["seed"]).dropna()
         if len(d):
             claims.append(Claim(PRECISE_BN, "statistics", "PreciseBN", "running statistics", "worst_drop",
-                                f"variant {variant}", contrast(d)))  # fmt: skip
+                                f"variant {variant}", d))  # fmt: skip
     return claims
 
 

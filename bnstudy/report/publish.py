@@ -39,7 +39,8 @@ import pandas as pd
 from bnstudy.results.aggregate import load_results
 from bnstudy.report.analysis import analyze
 from bnstudy.errors import UserError
-from bnstudy.report.figures import FIGURES, draw_figures, save_figures
+from bnstudy.report.figures import FIGURES, write_figures
+from bnstudy.report.forked import ChildDied, default_jobs
 from bnstudy.report.render import damaged_runs, extra_text, incomplete_cells, render_report, skipped_text
 from bnstudy.results.store import (atomic_write_text, check_no_links, check_writable, format_damaged, fsync_folder,
                            open_lock_file)  # fmt: skip
@@ -68,11 +69,12 @@ class Outputs:
     extra: str  # extra_text(...)
 
 
-def write_report(root: str | os.PathLike, include_extra: bool = False) -> Outputs:
+def write_report(root: str | os.PathLike, include_extra: bool = False, jobs: int | None = None) -> Outputs:
     """Load the study in `root` (its spec's runs, and with `include_extra` the other done
     runs there too) and write summary.csv, cells.csv, claims.csv, comparisons.csv,
     figures/ and report.md there, all or nothing (the module's docstring): a failure
-    (UserError: one line) leaves the previous report as it was. UserError too when there is
+    (UserError: one line) leaves the previous report as it was. `jobs` processes draw the
+    figures (figures.write_figures; default: forked.default_jobs()). UserError too when there is
     nothing to report, `root` is not writable, or another report is writing it."""
     study = load_results(root, include_extra)
     check_no_links(study.root)  # never write or delete through a linked figures/ or .reports/
@@ -82,15 +84,15 @@ def write_report(root: str | os.PathLike, include_extra: bool = False) -> Output
     incomplete = incomplete_cells(a.missing, a.extra)
     try:
         with new_version(study.root) as version:
-            drawn = [png.stem for png in save_figures(draw_figures(a), version / "figures")]
+            drawn = write_figures(a, version / "figures", default_jobs() if jobs is None else jobs)
             texts = {"summary.csv": a.summary.to_csv(index=False), "cells.csv": a.cells.to_csv(index=False),
                      "claims.csv": a.claims.to_csv(index=False), "comparisons.csv": a.comparisons.to_csv(index=False),
                      "report.md": render_report(a, drawn)}  # fmt: skip
             for name, text in texts.items():
                 atomic_write_text(version / name, text)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        raise UserError(f"{study.root}: cannot write the report ({exc.strerror or exc}{where})") from None
+    except (OSError, ChildDied) as exc:  # ChildDied: a process drawing figures was killed
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise UserError(f"{study.root}: cannot write the report ({getattr(exc, 'strerror', None) or exc}{where})") from None
     return Outputs(study.root / "summary.csv", study.root / "cells.csv",
                    [study.root / "figures" / f"{name}.png" for name in drawn], study.root / "report.md",
                    len(a.summary), study.skipped, incomplete, extra_text(study))  # fmt: skip

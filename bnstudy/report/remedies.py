@@ -20,7 +20,7 @@ import pandas as pd
 
 from bnstudy.stats.claims import Claim
 from bnstudy.report.comparisons import comparable_runs
-from bnstudy.stats.contrasts import compare, contrast, paired_differences
+from bnstudy.stats.contrasts import paired_differences
 from bnstudy.config.settings import BY_NAME
 from bnstudy.report.wording import value_text
 
@@ -80,11 +80,11 @@ def remedy_claims(summary: pd.DataFrame) -> list[Claim]:
             name = remedy_label(axis, value)
             for metric in ("worst_drop", "final_acc", "best_acc"):
                 claims.append(Claim(REMEDY, axis, name, BASELINE_NAME, metric, "",
-                                    compare(arm, axis, base, value, metric)))  # fmt: skip
+                                    paired_differences(arm, axis, base, value, metric)))  # fmt: skip
             # the remedy's eval-mode curve against the baseline's PreciseBN one, paired as above
             steady = arm.assign(**{STEADY: arm["worst_drop"].where(arm[axis] != base, arm["worst_drop_precise_bn"])})
             claims.append(Claim(REMEDY, axis, name, f"{BASELINE_NAME} with PreciseBN", "worst_drop", "",
-                                compare(steady, axis, base, value, STEADY)))  # fmt: skip
+                                paired_differences(steady, axis, base, value, STEADY)))  # fmt: skip
     return claims
 
 
@@ -99,12 +99,11 @@ def pooling_claims(summary: pd.DataFrame) -> list[Claim]:
     for pool in sorted(runs["pool"].unique()):
         d = paired_differences(runs[runs["pool"] == pool], "variant", "none", "bn_before", "final_acc")
         gains[pool] = d
-        claims.append(Claim(POOLING, "variant", "bn_before", "none", "final_acc", f"pool {pool}", contrast(d)))
+        claims.append(Claim(POOLING, "variant", "bn_before", "none", "final_acc", f"pool {pool}", d))
     if {"max", "avg"} <= gains.keys():
         both = pd.concat({"avg": gains["avg"], "max": gains["max"]}, axis=1, join="inner")
         d = (both["avg"] - both["max"]).dropna()
-        claims.append(Claim(POOLING, "pool", "gain with avg pooling", "gain with max pooling", "final_acc", "",
-                            contrast(d)))  # fmt: skip
+        claims.append(Claim(POOLING, "pool", "gain with avg pooling", "gain with max pooling", "final_acc", "", d))  # fmt: skip
     return claims
 
 

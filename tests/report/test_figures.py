@@ -23,7 +23,7 @@ from bnstudy.results import aggregate
 from bnstudy import cli  # noqa: E402
 from bnstudy.results.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.report.analysis import analyze  # noqa: E402
-from bnstudy.report.figures import PALETTE, PANEL, draw_figures, freeze_layout, save_figures  # noqa: E402
+from bnstudy.report.figures import DRAWERS, FIGURES, PALETTE, PANEL, draw_figures, freeze_layout, save_figures, write_figures  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -278,7 +278,8 @@ def test_a_remedies_study_leads_with_its_remedies_forest_plot(tmp_path):
         write_hand_run(tmp_path, group, hand_rows(group, [0.5, 0.7, 0.8, 0.84 - 0.01 * seed], precise=no_stats,
                                                   batch_stats=no_stats))  # fmt: skip
     a = hand_analysis(tmp_path)
-    fig = draw_figures(a)["remedies"]
+    drawn = draw_figures(a)
+    fig = drawn["remedies"]
     claims = a.claims[a.claims["family"] == REMEDY]
     assert [ax.get_title() for ax in fig.axes] == ["worst drop", "final accuracy", "best accuracy",
                                                     "worst drop, against PreciseBN"]  # fmt: skip
@@ -287,5 +288,14 @@ def test_a_remedies_study_leads_with_its_remedies_forest_plot(tmp_path):
         bar, point = ax.lines[0], ax.lines[1]
         np.testing.assert_allclose(bar.get_xdata(), [100 * claim.low, 100 * claim.high])
         np.testing.assert_allclose(point.get_xdata(), [100 * claim.mean])
-    assert lead_figure(a, list(draw_figures(a))) == "remedies"
-    plt.close("all")
+    assert lead_figure(a, list(drawn)) == "remedies"
+
+
+def test_figures_drawn_by_several_processes_are_the_ones_one_process_draws(real_analysis, tmp_path):
+    """The same names, and the same bytes in every PNG, whichever process drew it."""
+    assert list(DRAWERS) == list(FIGURES)  # every figure has its drawer, in the report's order
+    alone = write_figures(real_analysis, tmp_path / "one", jobs=1)
+    together = write_figures(real_analysis, tmp_path / "two", jobs=2)
+    assert alone == together and len(alone) > 2
+    for name in alone:
+        assert (tmp_path / "one" / f"{name}.png").read_bytes() == (tmp_path / "two" / f"{name}.png").read_bytes()

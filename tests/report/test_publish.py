@@ -24,7 +24,7 @@ from bnstudy.results import aggregate
 from bnstudy import cli
 from bnstudy.report import publish  # noqa: E402
 from bnstudy.report.analysis import analyze  # noqa: E402
-from bnstudy.report.figures import FIGURES, draw_figures, save_figures  # noqa: E402
+from bnstudy.report.figures import FIGURES, write_figures  # noqa: E402
 from bnstudy.report.render import render_report  # noqa: E402
 from bnstudy.results.store import RunStore  # noqa: E402
 
@@ -66,24 +66,23 @@ class Pipeline:
         study = aggregate.load_results(root)
         a = analyze(study)
         with tempfile.TemporaryDirectory() as folder:
-            figures = {png.stem: png.read_bytes() for png in save_figures(draw_figures(a), Path(folder))}
+            figures = {name: (Path(folder) / f"{name}.png").read_bytes() for name in write_figures(a, Path(folder))}
         return cls(study, a, figures, render_report(a, list(figures)))
 
     def install(self, monkeypatch) -> None:
         """Make publish.write_report produce this pipeline's report, in whatever folder it is given."""
 
-        def save(figures, directory: Path) -> list[Path]:
-            if figures:
+        def write(a, directory: Path, jobs: int = 1) -> list[str]:
+            if self.figures:
                 directory.mkdir(parents=True, exist_ok=True)
             for name, png in self.figures.items():
                 (directory / f"{name}.png").write_bytes(png)
-            return [directory / f"{name}.png" for name in self.figures]
+            return list(self.figures)
 
         monkeypatch.setattr(publish, "load_results", lambda root, include_extra=False: dataclasses.replace(
             self.study, root=Path(root)))  # fmt: skip
         monkeypatch.setattr(publish, "analyze", lambda study: self.analysis)
-        monkeypatch.setattr(publish, "draw_figures", lambda a: dict.fromkeys(self.figures))
-        monkeypatch.setattr(publish, "save_figures", save)
+        monkeypatch.setattr(publish, "write_figures", write)
         monkeypatch.setattr(publish, "render_report", lambda a, drawn: self.text)
 
 

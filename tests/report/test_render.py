@@ -4,8 +4,11 @@ sentences, partial and broken studies, one-line errors."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
+import signal
+import time
 
 import matplotlib
 
@@ -88,8 +91,8 @@ def reported(tmp_path, capsys):
     return tmp_path, {path: path.read_bytes() for path in written}
 
 
-def assert_fails_and_changes_nothing(root, before: dict, capsys, message: str) -> None:
-    assert cli.main(["report", str(root)]) == 2
+def assert_fails_and_changes_nothing(root, before: dict, capsys, message: str, *flags: str) -> None:
+    assert cli.main(["report", str(root), *flags]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("bnstudy: error: ")
     assert message in captured.err
@@ -118,8 +121,45 @@ def test_a_save_that_fails_midway_leaves_the_previous_report(reported, capsys, m
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_until_the_disk_is_full)
     open_before = plt.get_fignums()
-    assert_fails_and_changes_nothing(root, before, capsys, "cannot write the report (No space left on device: ")
+    assert_fails_and_changes_nothing(root, before, capsys, "cannot write the report (No space left on device: ",
+                                     "--jobs", "1")  # fmt: skip
     assert len(saves) == 3 and plt.get_fignums() == open_before  # every figure closed, also after the failure
+
+
+def in_a_figure_process(fault):
+    """A Figure.savefig that does `fault(path)` in a forked figure process and saves slowly
+    here, so that the forked process surely takes figures (bnstudy.report.forked)."""
+    here, real_savefig = os.getpid(), matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        if os.getpid() != here:
+            fault(path)
+        time.sleep(0.15)
+        return real_savefig(fig, path, *args, **kwargs)
+
+    return savefig
+
+
+def disk_full(path):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def killed(path):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("fault, message", [
+    (disk_full, "cannot write the report (No space left on device: "),
+    (killed, "cannot write the report (a forked child ended without its results (killed by signal 9))"),
+])  # fmt: skip
+def test_a_figure_process_that_fails_leaves_the_previous_report(reported, capsys, monkeypatch, fault, message):
+    root, before = reported
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", in_a_figure_process(fault))
+    open_before = plt.get_fignums()
+    assert_fails_and_changes_nothing(root, before, capsys, message, "--jobs", "2")
+    assert plt.get_fignums() == open_before
+    versions = [p.name for p in (root / ".reports").iterdir() if p.name.isdigit()]
+    assert versions == [os.readlink(root / ".reports" / "current")]  # the failed version is gone, figures and all
 
 
 def test_figures_the_new_report_does_not_draw_are_removed(tmp_path):
