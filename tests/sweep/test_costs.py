@@ -73,11 +73,20 @@ def test_calibration_times_this_machine_and_predicts_a_run_here():
     assert [size for size, _ in speed.by_batch] == [64, 128, 512] and speed.train == speed.by_batch[1][1]
     assert speed.train_factor(100) == speed.train and speed.train_factor(1024) == speed.by_batch[2][1]
     torch.set_num_threads(1)  # as a CPU worker trains
-    rows = execute(config, load_fashion_mnist(None, "cpu", config.limit_train, config.limit_test)).rows
-    actual = own_seconds(rows)
-    # single runs came within 5% on the 2-core machine (bn_before 256, none 32, bn_after 1024); a factor of
-    # 1.5 here, as other work on a shared machine may come and go between the two timings
-    assert abs(math.log(estimate_seconds(config, speed) / actual)) < math.log(1.5), (speed, actual)
+    data = load_fashion_mnist(None, "cpu", config.limit_train, config.limit_test)
+    # Single runs came within 5% on the 2-core machine (bn_before 256, none 32, bn_after 1024). Other work
+    # on a shared machine may come and go between the two timings: a factor of 1.5, and a second pair of
+    # timings when the first misses it (a wrong cost model misses it every time).
+    misses = []
+    for attempt in range(2):
+        if attempt:
+            speed = costs.measured_speed(config, *runner.time_model(config, batch_sizes=(64, 128, 512)))
+        actual = own_seconds(execute(config, data).rows)
+        if abs(math.log(estimate_seconds(config, speed) / actual)) < math.log(1.5):
+            break
+        misses.append((speed, actual))
+    else:
+        pytest.fail(f"the estimate missed the run's own time by more than 1.5x twice: {misses}")
 
 
 def test_the_sweep_calibrates_a_long_local_cpu_sweep_on_its_costliest_run(monkeypatch):
