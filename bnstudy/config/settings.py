@@ -214,7 +214,7 @@ class RunConfig:
         hashed_at_default=False, tag=lambda v: "" if v == "max" else "avgpool", label="pooling"))
     bn_impl: str = field(default="torch", metadata=setting(
         "nn.BatchNorm or the textbook's from-scratch batch_norm", choices=("torch", "scratch"), column=True,
-        tag=lambda v: "scratch" if v == "scratch" else "", inapplicable=_not_batch_norm))
+        tag=lambda v: "scratch" if v == "scratch" else "", label="BN implementation", inapplicable=_not_batch_norm))
     bn_momentum: float = field(default=0.1, metadata=setting(
         "BatchNorm's momentum, PyTorch's convention: running = (1 - m) * running + m * batch; about 2/m recent "
         "batches dominate", check=positive(1.0), metavar="M", column=True, hashed_at_default=False,
@@ -241,12 +241,12 @@ class RunConfig:
         per_member=True, tag=lambda v: f"s{v}"))
     epochs: int = field(metadata=setting("training epochs", check=integer(1, MAX_EPOCHS), run_default=5))
     limit_train: int | None = field(default=None, metadata=setting(
-        "use the first N training images", check=integer(2, TRAIN_SIZE), metavar="N"))
+        "use the first N training images", check=integer(2, TRAIN_SIZE), metavar="N", label="training images"))
     limit_test: int | None = field(default=None, metadata=setting(
-        "use the first M test images", check=integer(1, TEST_SIZE), metavar="M"))
+        "use the first M test images", check=integer(1, TEST_SIZE), metavar="M", label="test images"))
     precise_bn_samples: int = field(default=8192, metadata=setting(
         "training images that re-estimate BN statistics for the PreciseBN diagnostic", check=integer(2, TRAIN_SIZE),
-        metavar="K"))
+        metavar="K", label="PreciseBN images"))
     evals_per_epoch: int = field(default=1, metadata=setting(
         "test accuracy (eval mode, and PreciseBN for BN variants) measured this many times per epoch at evenly "
         "spaced steps, the last at the epoch's end, into runs/<run_id>.evals.csv (1: only the per-epoch CSV)",

@@ -19,6 +19,7 @@ import math
 
 import pandas as pd
 
+from bnstudy.config.settings import BY_NAME
 from bnstudy.results.aggregate import CELL_KEYS, CONFIG_KEYS, StudyResults
 from bnstudy.report.analysis import Analysis
 from bnstudy.report.axis_findings import ACTIVATION, MOMENTUM, activation_findings, momentum_findings
@@ -190,13 +191,28 @@ def lead_figure(a: Analysis, figures: list[str]) -> str | None:
 
 
 # ---------------------------------------------------------------- 3. what was run
+def fixed_settings(expected: pd.DataFrame) -> dict:
+    """{setting: its one value} for each run setting (CONFIG_KEYS) that has one value over
+    the runs `expected` (one row each) and means something for at least one of them: a
+    study of `none` alone has BN momentum 0.1 everywhere, but no BatchNorm for it to set
+    (Setting.inapplicable)."""
+    rows = [dict(zip(CONFIG_KEYS, row)) for row in expected[CONFIG_KEYS].itertuples(index=False)]
+    fixed = {}
+    for key in CONFIG_KEYS:
+        values = expected[key].drop_duplicates()
+        inapplicable = BY_NAME[key].inapplicable
+        if len(values) == 1 and (inapplicable is None or any(inapplicable(row) is None for row in rows)):
+            fixed[key] = values.iloc[0]
+    return fixed
+
+
 def what_was_run(a: Analysis) -> list[str]:
     """Bullet lines: the grid, fixed settings (named as the sentences name them), device and
     versions, run counts (the grid's, damaged, extra, stuck, diverged), time."""
     study, summary = a.study, a.summary
     values = {k: study.expected[k].drop_duplicates().sort_values().tolist() for k in CONFIG_KEYS}
     axes = [f"{SETTING_NAMES[k]} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
-    fixed = [setting_text(k, vs[0]) for k, vs in values.items() if len(vs) == 1 and k != "study"]
+    fixed = [setting_text(k, v) for k, v in fixed_settings(study.expected).items()]
     statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
     product = math.prod(len(vs) for vs in values.values())

@@ -27,7 +27,7 @@ def value_text(key: str, value) -> str:
 
 def setting_text(key: str, value) -> str:
     """A setting as labels and sentences show it: "learning rate 0.001", "batch size 256",
-    "limit_train all"."""
+    "training images all"."""
     return f"{SETTING_NAMES[key]} {value_text(key, value)}"
 
 

@@ -267,3 +267,20 @@ def test_a_linked_figures_folder_is_refused_and_its_target_untouched(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("bnstudy: error: ") and "symbolic link" in err and err.count("\n") == 1
     assert [p.name for p in elsewhere.iterdir()] == ["comparisons.png"] and not (study / "report.md").exists()
+
+
+def test_fixed_settings_leave_out_what_no_run_of_the_study_has(tmp_path):
+    """A study of `none` alone has no BatchNorm: its BN momentum and the other BN settings are
+    fixed at their defaults but set nothing, so What was run does not list them; one BN run
+    brings them back."""
+    from bnstudy.report.render import fixed_settings
+
+    # (bn_impl applies to `none` too: its scratch runs keep their own ids; docs/DESIGN.md)
+    bn_settings = {"norm", "bn_momentum", "ghost_batch_size", "frozen_bn_epochs"}
+    write_hand_run(tmp_path, cfg("none"), hand_rows(cfg("none"), [0.5, 0.6, 0.55, 0.7]))
+    fixed = fixed_settings(aggregate.load_results(tmp_path).expected)
+    assert not bn_settings & fixed.keys()
+    assert fixed["lr"] == 1e-3 and fixed["variant"] == "none" and fixed["limit_test"] == cfg("none").limit_test
+    write_hand_run(tmp_path, cfg("bn_before"), hand_rows(cfg("bn_before"), [0.5, 0.6, 0.55, 0.7]))
+    fixed = fixed_settings(aggregate.load_results(tmp_path).expected)
+    assert bn_settings <= fixed.keys() and fixed["bn_momentum"] == 0.1 and "variant" not in fixed
