@@ -6,10 +6,9 @@ This process and jobs - 1 children forked from it take the items' indices one at
 from a pipe, so a process that drew a cheap figure takes the next one (the kernel hands
 each 4-byte record to one reader). A child inherits fn, its data and every open file (the
 report's lock included, so another report waits until the last child is done), and pickles
-nothing but its results back. Fork, not spawn: a spawned child would
-import pandas, scipy and matplotlib again, which costs as much as the figures it draws.
-Forking is offered on Linux only (`default_jobs`): on macOS a forked child may crash in
-system libraries, and Windows has no fork.
+nothing but its results back. Fork, not spawn: a spawned child would import pandas, scipy
+and matplotlib again, which costs as much as the figures it draws. Forking is the default
+on Linux only (`default_jobs`): on macOS a forked child may crash in system libraries.
 
 Faults, in the spirit of the rest of the report (all or nothing):
 - An exception in this process is raised at once; one in a child (which then takes no more
