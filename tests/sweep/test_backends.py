@@ -31,7 +31,8 @@ from studies import tiny_spec
 
 from bnstudy.sweep import backends
 from bnstudy.engine import runner
-from bnstudy.sweep.backends import BACKENDS, InProcess, LocalOptions, LocalProcesses, plan_backend
+from bnstudy.sweep.backends import BACKENDS, InProcess, LocalProcesses, plan_backend
+from bnstudy.sweep.backends.local import LocalOptions
 from bnstudy.cli import main
 from bnstudy.engine.runner import worker_task
 from bnstudy.config.settings import CSV_COLUMNS

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from studies import tiny_spec
 
-from bnstudy.sweep.backends import _outcome
+from bnstudy.sweep.backends.dask_cluster import _outcome
 from bnstudy.cli import main
 from bnstudy.config.spec import load_study
 from bnstudy.results.store import RunStore
