@@ -2,12 +2,15 @@
 (tests/sweep/test_backends.py), on a real cluster started as README's "More machines" starts one
 (the `dask` command: a scheduler, then worker processes) where it matters: a scheduler
 killed mid-sweep ends it with one line; a task whose workers kept dying fails with a reason;
-a sweep started before any worker joins waits; TLS."""
+a sweep started before any worker joins waits; an address where no dask scheduler answers
+is one error within the deadline; TLS."""
 
 import contextlib
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +20,14 @@ from pathlib import Path
 import pytest
 from studies import tiny_spec
 
-from bnstudy.sweep.backends import _outcome
+from bnstudy.sweep.backends.dask_cluster import _outcome
 from bnstudy.cli import main
 from bnstudy.config.spec import load_study
 from bnstudy.results.store import RunStore
 
 distributed = pytest.importorskip("distributed")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Workers run `git status` (a run's git_commit), which takes .git/index.lock to refresh the
 # index; killed at that moment, one would leave the lock behind in this checkout.
 NO_GIT_LOCKS = {"GIT_OPTIONAL_LOCKS": "0"}
@@ -142,6 +145,63 @@ def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys)
     assert "3 runs in" in printed.out
     assert "no dask worker has joined yet" in printed.out
     assert "eta: waiting for a worker" in printed.err and "eta ~0s" not in printed.err.split("waiting")[0]
+
+
+# ---------------------------------------------------------------- an address that is no scheduler
+@contextlib.contextmanager
+def silent_server():
+    """A TCP server on localhost that accepts connections and never says a word; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):  # the server closed
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass  # its log goes to stderr, which the test reads
+
+
+@contextlib.contextmanager
+def http_server():
+    """An HTTP server on localhost (what `python3 -m http.server` runs); yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("server", [silent_server, http_server])
+def test_an_address_where_no_scheduler_answers_is_one_error_within_the_deadline(tmp_path, capsys, server):
+    import dask
+
+    spec, out = tmp_path / "tiny.toml", tmp_path / "out"
+    spec.write_text(SPEC)
+    status = []
+    with server() as port, dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        argv = ["sweep", str(spec), "--out", str(out), "--backend", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"]
+        sweep = threading.Thread(target=lambda: status.append(main(argv)), daemon=True)
+        sweep.start()
+        sweep.join(timeout=60)  # far beyond the 1 s deadline; without one it waits forever
+    assert status == [2], "the sweep is still waiting for an answer"
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy: error: --scheduler tcp://127.0.0.1:{port}: cannot connect: no dask scheduler answered "
+                   "within 1 s (is one running there? `dask scheduler` prints its address)\n")  # fmt: skip
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- a cluster over TLS
