@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,15 +102,30 @@ def _joblib_runner(slots: tuple[str, ...], task_fn: TaskFn) -> RunTasks:
             return
         # No more workers than tasks: each one costs a torch import and a dataset load.
         parallel = Parallel(n_jobs=min(len(slots), len(tasks)), return_as="generator_unordered", batch_size=1)
-        with _workers_start_deaf_to_sigint():  # the workers start in this call
-            outcomes = parallel(delayed(_in_worker)(task_fn, i, task) for i, task in enumerate(tasks))
+        outcomes = None
         try:
-            yield from outcomes
+            with _workers_start_deaf_to_sigint():  # the workers start in this call
+                outcomes = parallel(delayed(_in_worker)(task_fn, i, task) for i, task in enumerate(tasks))
+            for outcome in outcomes:  # not `yield from`: closing `run` would close `outcomes` unquietly
+                yield outcome
         except BrokenProcessPool:
             raise UserError("a local worker process died (killed, or out of memory?); finished runs are kept, "
                             "the same command reruns the rest") from None  # fmt: skip
+        finally:
+            if outcomes is not None:
+                _abandon(outcomes)
 
     return run
+
+
+def _abandon(outcomes) -> None:
+    """Close joblib's generator of outcomes (a no-op once it is exhausted) without joblib's
+    warning that the tasks not yet consumed are cancelled: the sweep is ending early (Ctrl-C,
+    a dead worker, an error) and says itself what becomes of its runs. Left to the garbage
+    collector, the warning came after the sweep's last line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"joblib\.parallel")
+        outcomes.close()
 
 
 def _in_worker(task_fn: TaskFn, index: int, task: list) -> tuple[int, list | TaskFailure]:

@@ -142,7 +142,7 @@ def test_ctrl_c_in_a_two_job_sweep_is_one_line_and_leaves_no_half_written_run(tm
     err = signal_when(sweep, reached, lambda: os.killpg(sweep.pid, signal.SIGINT), moment)
     assert sweep.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert err.splitlines()[-1] == INTERRUPTED
+    assert err.splitlines()[-1] == INTERRUPTED, err
     # Whole files or none under a run's names (a `.tmp` may stay, for the next sweep to remove).
     for json_path in store.runs_dir.glob("*.json"):
         assert json.loads(json_path.read_text())["status"] == "complete"
