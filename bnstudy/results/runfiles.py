@@ -353,9 +353,9 @@ def format_status(configs: list[RunConfig], store) -> str:
 
 
 def format_set_aside(moved: list[tuple[str, str]], store) -> str:
-    """What the sweep says about the damaged runs it set aside (RunStore.set_aside_damaged)."""
+    """What the sweep says about the runs it set aside (RunStore.set_aside_unusable): (run_id, why)."""
     runs = "run" if len(moved) == 1 else "runs"
-    return "\n".join([f"{len(moved)} damaged {runs} set aside in {store.damaged_dir}, to be redone:",
+    return "\n".join([f"{len(moved)} {runs} set aside in {store.damaged_dir}, to be redone:",
                       *format_damaged(moved)])  # fmt: skip
 
 

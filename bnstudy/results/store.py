@@ -160,6 +160,18 @@ def rows_to_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
     return buffer.getvalue()
 
 
+def unusable(config: RunConfig, run_id: str, check: RunCheck) -> str | None:
+    """Why a sweep sets aside the files of planned run `config`, found under `run_id` with
+    `check`, before it runs, or None to keep them: they are damaged; or the run is not done
+    and they are under the 6-digit id of bnstudy 0.2 and before: redone, it goes under its
+    own run_id, and they would stay behind as another spec's run."""
+    if check.state is RunState.DAMAGED:
+        return check.reason
+    if run_id != config.run_id and not check.state.is_done():
+        return f"{check.reason}, under its 6-digit id of bnstudy 0.2 and before; redone under its own"
+    return None
+
+
 # ---------------------------------------------------------------- the store
 class RunStore:
     """The files of one results folder (a study's, or `bnstudy run`'s --out)."""
@@ -180,7 +192,7 @@ class RunStore:
     def run_id_of(self, config: RunConfig) -> str:
         """The id that `config`'s files are under here: its run_id, or its legacy_run_id when
         only that has files and they are not another config's (`_legacy_check`). Every
-        lookup of a planned run goes through it (check, set_aside_damaged, the status
+        lookup of a planned run goes through it (check, set_aside_unusable, the status
         table, the report's grid), so a run written before the run_id grew keeps its id."""
         return config.legacy_run_id if self._legacy_check(config) is not None else config.run_id
 
@@ -275,18 +287,16 @@ class RunStore:
     def damaged_dir(self) -> Path:
         return self.root / "damaged"
 
-    def set_aside_damaged(self, checks: Mapping[str, RunCheck]) -> list[tuple[str, str]]:
-        """Move the files of each run that `checks` (run_id -> its `check`, made under the
-        lock) says is damaged into damaged_dir as <run_id>.<UTC time>.csv, .evals.csv and
-        .json (kept, never deleted: they may be worth a look), so that the run counts as
-        pending. Returns (run_id, reason) of each run moved. UserError when a file cannot be
-        moved. Call it holding the lock, with checks made under it: it reads no file itself."""
+    def set_aside_unusable(self, located: Mapping[RunConfig, tuple[str, RunCheck]]) -> list[tuple[str, str]]:
+        """Move the files of each planned run (config -> `locate`'s (run_id, check) of it,
+        made under the lock) that a sweep must not keep (`unusable`) into damaged_dir as
+        <run_id>.<UTC time>.csv, .evals.csv and .json (kept, never deleted: they may be
+        worth a look), so that the run counts as pending. Returns (run_id, why) of each run
+        moved. UserError when a file cannot be moved. It reads no file itself."""
         check_no_links(self.root)
-        moved = []
-        for run_id, check in checks.items():
-            if check.state is RunState.DAMAGED:
-                self._move_aside(run_id)
-                moved.append((run_id, check.reason))
+        moved = [(run_id, why) for config, (run_id, check) in located.items() if (why := unusable(config, run_id, check))]
+        for run_id, _ in moved:
+            self._move_aside(run_id)
         return moved
 
     def _move_aside(self, run_id: str) -> None:

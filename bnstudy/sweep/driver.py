@@ -109,11 +109,12 @@ def sweep(study: Study, options: SweepOptions) -> int:
 
 
 def check_runs(configs: list[RunConfig], store: RunStore) -> list[RunConfig]:
-    """The runs of `configs` that are not done, from one check of each run's files; the
-    damaged ones among them have their files set aside first (and it says so), to be redone
-    as pending runs. Call it holding the store's lock, so that the check stays true."""
+    """The runs of `configs` that are not done, from one check of each run's files; those
+    whose files must go first (store.unusable: damaged, or left by an older bnstudy) have
+    them set aside (and it says so), to be redone as pending runs. Call it holding the
+    store's lock, so that the check stays true."""
     located = [store.locate(config) for config in configs]  # (the id its files are under, their check)
-    if moved := store.set_aside_damaged(dict(located)):
+    if moved := store.set_aside_unusable(dict(zip(configs, located))):
         print(format_set_aside(moved, store), flush=True)
     return [config for config, (_, check) in zip(configs, located) if not check.state.is_done()]
 

@@ -53,7 +53,7 @@ def test_sweep_redoes_damaged_runs_after_setting_their_files_aside(swept, capsys
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    assert f"2 damaged runs set aside in {out / 'damaged'}, to be redone:" in printed
+    assert f"2 runs set aside in {out / 'damaged'}, to be redone:" in printed
     assert "0 already done, 2 to run" in printed
     assert [store.state(c.run_id) for c in (cut, emptied)] == ["complete", "complete"]
     assert json.loads(store.json_path(cut.run_id).read_text())["epochs_done"] == 2

@@ -45,9 +45,9 @@ def write(store: RunStore, config: RunConfig, status: str, epochs: int = 2) -> N
     store.write_run(outcome(config, status, rows, error="RuntimeError: boom" if status == "failed" else None))
 
 
-def checked(store: RunStore, runs) -> dict:
-    """run_id -> RunStore.check of each of `runs` (ids or configs), as a sweep checks them."""
-    return dict(store.locate(run) if isinstance(run, RunConfig) else (run, store.check(run)) for run in runs)
+def located(store: RunStore, configs) -> dict:
+    """config -> RunStore.locate of each of `configs`, as a sweep checks them."""
+    return {config: store.locate(config) for config in configs}
 
 
 def test_done_means_whole_files_that_agree(tmp_path):
@@ -242,7 +242,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     csv_text = "".join(store.csv_path(damaged.run_id).read_text().splitlines(keepends=True)[:-1])
     store.csv_path(damaged.run_id).write_text(csv_text)
     json_text = store.json_path(damaged.run_id).read_text()
-    moved = store.set_aside_damaged(checked(store, CONFIGS))
+    moved = store.set_aside_unusable(located(store, CONFIGS))
     assert moved == [(damaged.run_id, "CSV has 1 epochs, JSON says 2 of 2")]
     kept = sorted(store.damaged_dir.iterdir())
     assert [p.name.split(".")[0] for p in kept] == [damaged.run_id] * 2
@@ -250,7 +250,7 @@ def test_damaged_runs_are_set_aside_not_deleted(tmp_path):
     assert kept[0].read_text() == csv_text and kept[1].read_text() == json_text
     assert kept[0].name[:-4] == kept[1].name[:-5]  # one time stamp for both files
     assert [store.state(c.run_id) for c in CONFIGS[:3]] == ["pending", "complete", "failed"]
-    assert store.set_aside_damaged(checked(store, CONFIGS)) == []
+    assert store.set_aside_unusable(located(store, CONFIGS)) == []
 
 
 def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path):
@@ -259,7 +259,7 @@ def test_a_damaged_run_that_cannot_be_set_aside_is_one_error_and_stays(tmp_path)
     store.csv_path(CONFIGS[0].run_id).write_text("")
     store.damaged_dir.write_text("a file in the way")
     with pytest.raises(UserError, match=f"{store.damaged_dir}: cannot set damaged run {CONFIGS[0].run_id} aside"):
-        store.set_aside_damaged(checked(store, CONFIGS[:1]))
+        store.set_aside_unusable(located(store, CONFIGS[:1]))
     assert store.check(CONFIGS[0].run_id).reason == "empty CSV"
 
 
@@ -469,7 +469,7 @@ def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, dam
     damage(store.evals_path(config.run_id))
     check = store.check(config.run_id)
     assert check.state == "damaged" and check.reason.startswith(reason)
-    assert store.set_aside_damaged({config.run_id: check}) == [(config.run_id, check.reason)]
+    assert store.set_aside_unusable({config: (config.run_id, check)}) == [(config.run_id, check.reason)]
     assert not list(store.runs_dir.iterdir())  # CSV, points and JSON all set aside, none deleted
     assert sorted(p.name.removeprefix(config.run_id + ".").split(".", 2)[-1] for p in store.damaged_dir.iterdir()) == (
         ["csv", "json"] if "no points" in reason else ["csv", "evals.csv", "json"])
@@ -687,8 +687,8 @@ def test_a_run_of_another_config_with_the_same_id_is_damaged_to_a_plan_that_expe
     reason = "JSON is another run's with this id (lr 0.001009, not 0.001442): a collision of its hash"
     assert (store.check(second).state, store.check(second).reason) == ("damaged", reason)
     assert f"  {second.run_id}: {reason}" in format_status([second], store).splitlines()
-    assert store.set_aside_damaged(checked(store, [first])) == []
-    assert store.set_aside_damaged(checked(store, [second])) == [(second.run_id, reason)]
+    assert store.set_aside_unusable(located(store, [first])) == []
+    assert store.set_aside_unusable(located(store, [second])) == [(second.run_id, reason)]
     assert store.state(second) == "pending" and len(list(store.damaged_dir.iterdir())) == 2
 
 
@@ -714,7 +714,7 @@ def test_a_run_written_before_the_run_id_grew_is_found_under_its_old_id(tmp_path
     assert store.state(old) == store.state(old.legacy_run_id) == store.state(new) == "complete"
     assert store.check(old).config == old and store.state(old.run_id) == "pending"
     assert format_status([old, new], store).splitlines()[-1].split()[:3] == ["all", "2", "0"]  # and no other runs
-    assert store.set_aside_damaged(checked(store, [old, new])) == []
+    assert store.set_aside_unusable(located(store, [old, new])) == []
 
 
 def test_an_old_run_that_failed_or_is_damaged_is_redone_under_its_new_id(tmp_path):
@@ -724,10 +724,18 @@ def test_an_old_run_that_failed_or_is_damaged_is_redone_under_its_new_id(tmp_pat
     write_legacy(store, damaged, "complete")
     store.csv_path(damaged.legacy_run_id).write_text("run_id\n")
     assert (store.state(failed), store.state(damaged)) == ("failed", "damaged")
-    assert store.set_aside_damaged(checked(store, [failed, damaged])) == [(damaged.legacy_run_id, "CSV columns are not a run's")]
-    assert store.run_id_of(damaged) == damaged.run_id and store.state(damaged) == "pending"
+    moved = store.set_aside_unusable(located(store, [failed, damaged]))
+    assert moved == [(failed.legacy_run_id, "failed, under its 6-digit id of bnstudy 0.2 and before; redone under its own"),
+                     (damaged.legacy_run_id, "CSV columns are not a run's")]  # fmt: skip
+    assert [store.run_id_of(c) for c in (failed, damaged)] == [failed.run_id, damaged.run_id]
+    assert store.state(failed) == store.state(damaged) == "pending"
     write(store, failed, "complete")  # the sweep's rerun, under the new id
     assert store.run_id_of(failed) == failed.run_id and store.state(failed) == "complete"
+    # nothing left behind: the old failed run's JSON went aside with the damaged one's files, kept
+    assert store.run_ids_on_disk() == [failed.run_id]
+    assert "belong to other specs" not in format_status([failed, damaged], store)
+    assert sorted(p.name.split(".")[0] for p in store.damaged_dir.iterdir()) == sorted(
+        [failed.legacy_run_id] * 2 + [damaged.legacy_run_id] * 2)  # fmt: skip
 
 
 def test_rows_of_another_id_than_the_old_json_are_damaged(tmp_path):
@@ -745,7 +753,7 @@ def test_an_old_run_that_shares_its_6_digit_id_with_a_planned_one_stays_its_own(
     assert first.legacy_run_id == second.legacy_run_id and first.run_id != second.run_id
     write_legacy(store, first, "complete", epochs=1)  # by bnstudy before the run_id grew
     assert [store.run_id_of(c) for c in COLLIDING] == [first.legacy_run_id, second.run_id]
-    assert [store.state(c) for c in COLLIDING] == ["complete", "pending"] and store.set_aside_damaged(checked(store, COLLIDING)) == []
+    assert [store.state(c) for c in COLLIDING] == ["complete", "pending"] and store.set_aside_unusable(located(store, COLLIDING)) == []
     write(store, second, "complete", epochs=1)
     assert [store.check(c).config for c in COLLIDING] == list(COLLIDING)
 

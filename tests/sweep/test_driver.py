@@ -396,7 +396,7 @@ def test_a_sweep_checks_each_runs_files_once_at_its_start(tmp_path, monkeypatch,
     monkeypatch.setattr(RunStore, "_check", lambda self, run_id: checked.append(run_id) or read(self, run_id))
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
-    assert "1 damaged run set aside" in capsys.readouterr().out
+    assert f"1 run set aside in {store.damaged_dir}, to be redone:\n  {configs[0].run_id}: empty CSV" in capsys.readouterr().out
     assert sorted(checked) == sorted([c.run_id for c in configs] + [configs[0].run_id])
     assert [check(store, c.run_id).state for c in configs] == [RunState.COMPLETE] * 3
 
@@ -429,8 +429,8 @@ def test_the_store_never_deletes_or_moves_through_a_link(tmp_path):
     (elsewhere / ".x.csv.abc.tmp").write_text("not a stale temporary of this study\n")
     store.root.mkdir()
     store.runs_dir.symlink_to(elsewhere)
-    damaged = {"x": RunCheck(RunState.DAMAGED, "empty CSV")}
-    for act in (store.remove_stale_temps, lambda: store.set_aside_damaged(damaged), lambda: store.lock().__enter__(),
+    damaged = {load_study(tiny_spec(tmp_path)).runs()[0]: ("x", RunCheck(RunState.DAMAGED, "empty CSV"))}
+    for act in (store.remove_stale_temps, lambda: store.set_aside_unusable(damaged), lambda: store.lock().__enter__(),
                 lambda: check_no_links(store.root)):  # fmt: skip
         with pytest.raises(UserError, match="a symbolic link"):
             act()
