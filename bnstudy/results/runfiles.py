@@ -3,14 +3,15 @@ not whole or do not agree with each other, why (RunStore.check uses it).
 
 A run is done when its JSON parses, every field of it has its type (`JSON_FIELDS`), its
 config gives back the file's run_id (or its legacy_run_id: files written before the run_id
-grew), and its CSV has a run's columns, the file's run_id and the config on every row, epochs 1..n, numbers in their ranges where numbers belong (accuracies
-in [0, 1], losses and times non-negative), every epoch finite but a diverged run's last,
-whose training loss is not, and as many rows as the JSON says; a run with points has each
-of them, its own, at its epoch, point and step, the epoch's last equal to its row.
-Torch-free; reads only what it is given. Also the types of a run's result: its status
-(RunStatus, as the JSON writes it), its state on disk (RunState), the result itself as it
-travels from training to its files (RunOutcome); and how those states are shown
-(format_status, format_damaged), which store.py passes on.
+grew), and its CSV has a run's columns, the file's run_id and the config on every row,
+epochs 1..n, numbers in their ranges where numbers belong (accuracies in [0, 1], losses and
+times non-negative), every epoch finite but a diverged run's last, whose training loss is
+not, and as many rows as the JSON says; a run with points has each of them, its own, at its
+epoch, point and step, the epoch's last equal to its row. Torch-free; reads only what it is
+given. Also the types of a run's result: its status (RunStatus, as the JSON writes it), its
+state on disk (RunState), the result itself as it travels from training to its files
+(RunOutcome); and how those states are shown (format_status, format_damaged), which
+store.py passes on.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def read_row(header: list[str], line: list[str], epoch: int, run_id: str, config
         raise Damage(f"CSV row {epoch} is run {_shown(row['run_id'])}")
     for column in IDENTITY_COLUMNS[1:]:
         if column in header and not _same_setting(column, row[column], getattr(config, column)):
-            raise Damage(f"CSV row {epoch} has {column} {ascii(row[column])[:60]}, its JSON {getattr(config, column)!r}")
+            raise Damage(f"CSV row {epoch} has {column} {ascii(row[column])[:60]}, "
+                         f"its JSON {getattr(config, column)!r}")
     if row["epoch"] != str(epoch):
         raise Damage(f"CSV row {epoch} says epoch {row['epoch']!r}")
     row["epoch"] = epoch
@@ -300,7 +302,8 @@ def check_points(path: Path, metadata: dict, config: RunConfig, rows: list[dict]
             raise Damage(f"points file row {i + 1} is not this run's point {point + 1} of epoch {epoch + 1}")
         accuracies = [_accuracy(text, f"points file row {i + 1}") for text in line[5:7] if text or has_bn]
         if len(accuracies) != (2 if has_bn else 1):
-            raise Damage(f"points file row {i + 1} has not the accuracies of a run {'with' if has_bn else 'without'} BN")
+            kind = "with" if has_bn else "without"
+            raise Damage(f"points file row {i + 1} has not the accuracies of a run {kind} BN")
         row = rows[epoch]
         if point + 1 == k and accuracies != [row["test_acc"], *([row["test_acc_precise_bn"]] if has_bn else [])]:
             raise Damage(f"points file's last point of epoch {epoch + 1} is not its CSV row")

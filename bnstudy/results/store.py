@@ -35,7 +35,8 @@ from pathlib import Path
 from bnstudy.errors import UserError
 from bnstudy.results.runfiles import (Damage, RunCheck, RunOutcome, RunState, RunStatus, check_points, read_metadata,
                               read_rows)  # fmt: skip
-from bnstudy.results.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401  (for cli, sweep, report)
+# for cli, sweep and report:
+from bnstudy.results.runfiles import format_damaged, format_set_aside, format_status  # noqa: F401
 from bnstudy.config.settings import CSV_COLUMNS, EVALS_COLUMNS, RunConfig
 
 
@@ -100,8 +101,8 @@ def check_no_links(root: str | os.PathLike) -> None:
     for name in STUDY_FOLDERS:
         path = Path(root) / name
         if path.is_symlink():
-            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/, figures/ and .reports/ must be its "
-                            "own folders (bnstudy writes, moves and deletes in them, never through a link)")  # fmt: skip
+            raise UserError(f"{path}: a symbolic link; a study's runs/, damaged/, figures/ and .reports/ must be "
+                            "its own folders (bnstudy writes, moves and deletes in them, never through a link)")
 
 
 @contextlib.contextmanager
@@ -224,7 +225,8 @@ class RunStore:
         if check.config is not None and check.config.identity() != config.identity():
             theirs, ours = check.config.identity(), config.identity()
             differ = ", ".join(f"{key} {theirs[key]}, not {ours[key]}" for key in ours if theirs[key] != ours[key])
-            check = RunCheck(RunState.DAMAGED, f"JSON is another run's with this id ({differ}): a collision of its hash")
+            why = f"JSON is another run's with this id ({differ}): a collision of its hash"
+            check = RunCheck(RunState.DAMAGED, why)
         return config.run_id, check
 
     def _check(self, run_id: str) -> RunCheck:
@@ -294,7 +296,8 @@ class RunStore:
         worth a look), so that the run counts as pending. Returns (run_id, why) of each run
         moved. UserError when a file cannot be moved. It reads no file itself."""
         check_no_links(self.root)
-        moved = [(run_id, why) for config, (run_id, check) in located.items() if (why := unusable(config, run_id, check))]
+        moved = [(run_id, why) for config, (run_id, check) in located.items()
+                 if (why := unusable(config, run_id, check))]  # fmt: skip
         for run_id, _ in moved:
             self._move_aside(run_id)
         return moved
@@ -309,7 +312,8 @@ class RunStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(path, self.damaged_dir / f"{run_id}.{stamp}{path.name.removeprefix(run_id)}")
         except OSError as exc:
-            raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there ({exc.strerror})") from None
+            raise UserError(f"{self.damaged_dir}: cannot set damaged run {run_id} aside there "
+                            f"({exc.strerror})") from None
 
     def write_run(self, outcome: RunOutcome) -> tuple[Path, Path]:
         """Write the run's CSV (its rows), then its points file when its config asks for
@@ -356,7 +360,8 @@ class RunStore:
             except BlockingIOError:
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); wait for it or stop it") from None
+                raise UserError(f"{self.root}: another sweep is writing this study ({holder}); "
+                                "wait for it or stop it") from None
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)

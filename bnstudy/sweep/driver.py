@@ -195,7 +195,8 @@ def vet(task: list[RunConfig], answer, device: str, mixed_ok: bool = False) -> l
     vetted = []
     for config, result in zip(task, answer):
         problem = result_problem(config, result, mixed_ok)
-        vetted += failed_results([config], device, f"the worker's result was refused: {problem}") if problem else [result]
+        refused = f"the worker's result was refused: {problem}"
+        vetted += failed_results([config], device, refused) if problem else [result]
     return vetted
 
 
@@ -317,7 +318,8 @@ def format_summary(study: Study, skipped: int, tally: Tally, store: RunStore) ->
     """The closing screen: what ran, how long, where the files are, what failed."""
     ran = sum(tally.ran.values())
     if not ran:
-        lines = [f"{study.name}: nothing to run, " + ("the 1 run is done" if skipped == 1 else f"all {skipped} runs are done")]
+        done = "the 1 run is done" if skipped == 1 else f"all {skipped} runs are done"
+        lines = [f"{study.name}: nothing to run, {done}"]
     else:
         counts = ", ".join(f"{n} {status}" for status, n in tally.ran.items())
         already = f"; {skipped} {'was' if skipped == 1 else 'were'} already done" if skipped else ""

@@ -378,7 +378,8 @@ def test_statuses_and_states_are_the_texts_of_the_json_and_the_status_table():
     assert [state.value for state in RunState] == ["complete", "diverged", "failed", "damaged", "pending"]
     assert [state for state in RunState if state.is_done()] == [RunState.COMPLETE, RunState.DIVERGED]
     assert [status.state for status in RunStatus] == [RunState.COMPLETE, RunState.DIVERGED, RunState.FAILED]
-    assert [RunStatus.of(value) for value in ("failed", "done", None, ["complete"])] == [RunStatus.FAILED, None, None, None]
+    statuses = [RunStatus.of(value) for value in ("failed", "done", None, ["complete"])]
+    assert statuses == [RunStatus.FAILED, None, None, None]
 
 
 def test_a_write_whose_move_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):
@@ -458,7 +459,8 @@ def points_of(config: RunConfig, rows: list[dict], inner: float = 0.25) -> list[
 
 @pytest.mark.parametrize("damage, reason", [
     (lambda path: path.unlink(), "no points file (evals.csv)"),
-    (lambda path: path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n"), "points file is not this run's"),
+    (lambda path: path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n"),
+     "points file is not this run's"),
 ])  # fmt: skip
 def test_a_run_with_points_is_done_only_with_its_whole_points_file(tmp_path, damage, reason):
     store, config = RunStore(tmp_path), dataclasses.replace(CONFIGS[0], evals_per_epoch=2)
@@ -556,7 +558,8 @@ def points_file_edit(column: str, value: str | None = None, row: int = 1):
     """A damage: `value` in `column` of the points file's row `row`; None: the other run's id."""
 
     def damage(path: Path, other_run_id: str) -> None:
-        path.write_text("".join(line + "\n" for line in cell(row, column, other_run_id if value is None else value)(path.read_text().splitlines())))
+        edit = cell(row, column, other_run_id if value is None else value)
+        path.write_text("".join(line + "\n" for line in edit(path.read_text().splitlines())))
 
     return damage
 
@@ -640,8 +643,8 @@ def numerically_equal(a, b) -> bool:
 
 def test_tampering_with_one_cell_or_field_is_harmless_or_damage(tmp_path):
     store, rng = RunStore(tmp_path), random.Random(18)
-    bn, none, diverged = (dataclasses.replace(CONFIGS[2], evals_per_epoch=2), dataclasses.replace(CONFIGS[0], evals_per_epoch=2),
-                          CONFIGS[3])  # fmt: skip
+    bn, none = (dataclasses.replace(CONFIGS[i], evals_per_epoch=2) for i in (2, 0))
+    diverged = CONFIGS[3]
     for config, status in ((bn, "complete"), (none, "complete"), (diverged, "diverged")):
         rows = hand_rows(config, [0.45, 0.5], nan_from=2 if status == "diverged" else None)
         points = points_of(config, rows) if config.evals_per_epoch > 1 else ()
@@ -725,8 +728,8 @@ def test_an_old_run_that_failed_or_is_damaged_is_redone_under_its_new_id(tmp_pat
     store.csv_path(damaged.legacy_run_id).write_text("run_id\n")
     assert (store.state(failed), store.state(damaged)) == ("failed", "damaged")
     moved = store.set_aside_unusable(located(store, [failed, damaged]))
-    assert moved == [(failed.legacy_run_id, "failed, under its 6-digit id of bnstudy 0.2 and before; redone under its own"),
-                     (damaged.legacy_run_id, "CSV columns are not a run's")]  # fmt: skip
+    old_failed = "failed, under its 6-digit id of bnstudy 0.2 and before; redone under its own"
+    assert moved == [(failed.legacy_run_id, old_failed), (damaged.legacy_run_id, "CSV columns are not a run's")]
     assert [store.run_id_of(c) for c in (failed, damaged)] == [failed.run_id, damaged.run_id]
     assert store.state(failed) == store.state(damaged) == "pending"
     write(store, failed, "complete")  # the sweep's rerun, under the new id
@@ -753,7 +756,8 @@ def test_an_old_run_that_shares_its_6_digit_id_with_a_planned_one_stays_its_own(
     assert first.legacy_run_id == second.legacy_run_id and first.run_id != second.run_id
     write_legacy(store, first, "complete", epochs=1)  # by bnstudy before the run_id grew
     assert [store.run_id_of(c) for c in COLLIDING] == [first.legacy_run_id, second.run_id]
-    assert [store.state(c) for c in COLLIDING] == ["complete", "pending"] and store.set_aside_unusable(located(store, COLLIDING)) == []
+    assert [store.state(c) for c in COLLIDING] == ["complete", "pending"]
+    assert store.set_aside_unusable(located(store, COLLIDING)) == []
     write(store, second, "complete", epochs=1)
     assert [store.check(c).config for c in COLLIDING] == list(COLLIDING)
 

@@ -187,7 +187,8 @@ def test_a_sweep_writes_each_runs_points_beside_its_csv(tmp_path):
     for config in configs:
         assert store.state(config.run_id) == "complete"
         with open(store.evals_path(config.run_id)) as f:
-            assert [(p["run_id"], p["step"]) for p in csv.DictReader(f)] == [(config.run_id, s) for s in "4 8 12 16".split()]
+            steps = [(p["run_id"], p["step"]) for p in csv.DictReader(f)]
+        assert steps == [(config.run_id, s) for s in "4 8 12 16".split()]
         assert "evals" not in json.loads(store.json_path(config.run_id).read_text())
 
 
@@ -298,7 +299,8 @@ def test_a_workers_result_never_decides_where_the_driver_writes(tmp_path, monkey
     store = RunStore(out)
     assert sorted(p.name for p in store.runs_dir.iterdir()) == sorted(
         f"{c.run_id}{suffix}" for c in configs.values() for suffix in (".csv", ".json"))
-    assert [store.state(configs[v].run_id) for v in ("none", "bn_before", "bn_after")] == ["complete", "failed", "failed"]
+    states = [store.state(configs[v].run_id) for v in ("none", "bn_before", "bn_after")]
+    assert states == ["complete", "failed", "failed"]
     evil, other = (json.loads(store.json_path(configs[v].run_id).read_text()) for v in ("bn_before", "bn_after"))
     assert evil["run_id"] == configs["bn_before"].run_id and evil["config"] == configs["bn_before"].identity()
     assert evil["error"].startswith("the worker's result was refused: it is for run '../../../../elsewhere/EVIL'")
@@ -329,7 +331,8 @@ def test_a_result_whose_files_do_not_check_out_is_rewritten_as_the_run_failed(tm
 
 
 @pytest.mark.parametrize("field, value", [("bnstudy_version", "0.0.9"), ("git_commit", "0" * 40)])
-def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp_path, monkeypatch, capsys, field, value):
+def test_a_worker_on_another_version_or_commit_fails_its_runs_unless_allowed(tmp_path, monkeypatch, capsys, field,
+                                                                             value):  # fmt: skip
     spec, out = tiny_spec(tmp_path, seeds=(0,)), tmp_path / "out"
     tampered_worker(monkeypatch, lambda config, metadata: metadata.update({field: value}))
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 1
@@ -396,7 +399,8 @@ def test_a_sweep_checks_each_runs_files_once_at_its_start(tmp_path, monkeypatch,
     monkeypatch.setattr(RunStore, "_check", lambda self, run_id: checked.append(run_id) or read(self, run_id))
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1"]) == 0
-    assert f"1 run set aside in {store.damaged_dir}, to be redone:\n  {configs[0].run_id}: empty CSV" in capsys.readouterr().out
+    said = f"1 run set aside in {store.damaged_dir}, to be redone:\n  {configs[0].run_id}: empty CSV"
+    assert said in capsys.readouterr().out
     assert sorted(checked) == sorted([c.run_id for c in configs] + [configs[0].run_id])
     assert [check(store, c.run_id).state for c in configs] == [RunState.COMPLETE] * 3
 
@@ -418,8 +422,9 @@ def test_a_study_folder_whose_runs_damaged_or_figures_is_a_link_is_refused(tmp_p
     before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/, figures/ and .reports/ "
-                   "must be its own folders (bnstudy writes, moves and deletes in them, never through a link)\n")  # fmt: skip
+    assert err == (f"bnstudy: error: {out / name}: a symbolic link; a study's runs/, damaged/, figures/ and "
+                   ".reports/ must be its own folders (bnstudy writes, moves and deletes in them, never through a "
+                   "link)\n")  # fmt: skip
     assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
 
 
