@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bnstudy"
 
 @pytest.mark.parametrize("code", [
     "from bnstudy.cli import main; main(['--help'])",
-    "import bnstudy.report.render, bnstudy.config.spec, bnstudy.results.store, bnstudy.sweep.driver, bnstudy.sweep.costs",
+    "import bnstudy.report.render, bnstudy.config.spec, bnstudy.results.store, bnstudy.sweep.driver, "
+    "bnstudy.sweep.costs",
 ])  # fmt: skip
 def test_the_commands_that_do_not_train_do_not_import_torch(code):
     probe = f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
