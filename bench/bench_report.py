@@ -32,7 +32,8 @@ FLOOR = "import pandas, scipy.stats, matplotlib.pyplot, seaborn"
 def wall(command: list[str]) -> float:
     """Seconds `command` takes, run from the repository (its output discarded; it must succeed)."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     return time.perf_counter() - start
 
 

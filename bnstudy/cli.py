@@ -101,7 +101,8 @@ def cmd_run(args) -> int:
 def add_study_location_args(p, set_help: str) -> None:
     """--out and --set, which sweep and status share: where a spec's results live and the
     overrides that change its runs (and so their ids)."""
-    p.add_argument("--out", type=check_path, default=None, metavar="DIR", help="results folder (default: results/<name>)")
+    p.add_argument("--out", type=check_path, default=None, metavar="DIR",
+                   help="results folder (default: results/<name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
@@ -111,7 +112,8 @@ def results_dir(study, out: str | None) -> str:
 
 
 def add_sweep_parser(commands) -> None:
-    from bnstudy.sweep.backends import BACKENDS, DEFAULT_BACKEND  # no torch, no joblib: every command builds this parser
+    # no torch, no joblib: every command builds this parser
+    from bnstudy.sweep.backends import BACKENDS, DEFAULT_BACKEND
 
     p = commands.add_parser("sweep", help="run a study's grid, skipping the runs already done",
                             description="Run every run of a TOML study spec that is not done yet, writing each "
@@ -192,7 +194,8 @@ def add_report_parser(commands) -> None:
 
 def cmd_report(args) -> int:
     from bnstudy.report.forked import check_jobs
-    from bnstudy.report.publish import format_outputs, write_report  # pandas, seaborn, matplotlib: loaded only for this command
+    # pandas, seaborn, matplotlib: loaded only for this command
+    from bnstudy.report.publish import format_outputs, write_report
 
     if args.jobs is not None:
         check_jobs(args.jobs)

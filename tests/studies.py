@@ -48,7 +48,8 @@ def hand_points(config: RunConfig, test_acc, precise=None) -> list[dict]:
         epoch, point = i // k + 1, i % k + 1
         step = round(point * steps / k)
         rows.append({"run_id": config.run_id, "epoch": epoch, "point": point, "step": (epoch - 1) * steps + step,
-                     "epoch_fraction": epoch - 1 + step / steps, "test_acc": acc, "test_acc_precise_bn": pbn})  # fmt: skip
+                     "epoch_fraction": epoch - 1 + step / steps, "test_acc": acc,
+                     "test_acc_precise_bn": pbn})  # fmt: skip
     return rows
 
 

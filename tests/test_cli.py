@@ -34,7 +34,8 @@ def test_run_writes_csv_and_json_and_prints_each_epoch(tmp_path):
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     assert meta["status"] == "complete" and meta["config"]["seed"] == 3 and meta["device"] == "cpu"
     assert {"started", "ended", "torch_version", "bnstudy_version", "git_commit"} <= set(meta)
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted([csv_path.name, csv_path.with_suffix(".json").name])
+    assert (sorted(p.name for p in (out / "runs").iterdir())
+            == sorted([csv_path.name, csv_path.with_suffix(".json").name]))  # fmt: skip
 
 
 def test_none_writes_empty_diagnostic_fields(tmp_path):
@@ -85,10 +86,12 @@ def test_evals_per_epoch_writes_each_point_where_the_steps_say(tmp_path):
     (json_path,) = (tmp_path / "runs").glob("*.json")
     run_id = json_path.stem
     assert "-s0-k4-" in run_id
-    assert sorted(p.name for p in json_path.parent.iterdir()) == [f"{run_id}.csv", f"{run_id}.evals.csv", json_path.name]
+    assert (sorted(p.name for p in json_path.parent.iterdir())
+            == [f"{run_id}.csv", f"{run_id}.evals.csv", json_path.name])  # fmt: skip
     rows, points = read_csv(json_path.with_suffix(".csv")), read_csv(json_path.with_suffix(".evals.csv"))
     assert list(rows[0]) == CSV_COLUMNS and list(points[0]) == EVALS_COLUMNS
-    assert [(p["run_id"], p["epoch"], p["point"]) for p in points] == [(run_id, str(e), str(j)) for e in (1, 2) for j in (1, 2, 3, 4)]
+    assert ([(p["run_id"], p["epoch"], p["point"]) for p in points]
+            == [(run_id, str(e), str(j)) for e in (1, 2) for j in (1, 2, 3, 4)])  # fmt: skip
     assert [int(p["step"]) for p in points] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [float(p["epoch_fraction"]) for p in points] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     for row, last in zip(rows, points[3::4]):
@@ -127,7 +130,8 @@ def _assert_one_line_error(capsys, argv, out, expected):
     (["--variant", "bn_before", "--bn-momentum", "nan"], "--bn-momentum: must be a finite number"),
     (["--variant", "bn_before", "--limit-test", "1"], "--limit-test: must be >= 2 for a variant with BatchNorm"),
     (["--variant", "none", "--seed", str(2**64)], "--seed: must be between 0 and 4294967295"),
-    (["--variant", "bn_before", "--precise-bn-samples", str(2**64)], "--precise-bn-samples: must be between 2 and 60000"),
+    (["--variant", "bn_before", "--precise-bn-samples", str(2**64)],
+     "--precise-bn-samples: must be between 2 and 60000"),
     (["--variant", "none", "--epochs", str(10**400)], "--epochs: must be between 1 and 10000"),
     (["--variant", "none", "--lr", "1e-320"], "--lr: must be >= 1e-12 (got 1e-320)"),
     (["--variant", "none", "--evals-per-epoch", "0"], "--evals-per-epoch: must be between 1 and 100 (got 0)"),
@@ -162,7 +166,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, flags
 def test_corrupt_dataset_is_one_line_exit_2(capsys, tmp_path):
     data = tmp_path / "fmnist"
     data.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
         (data / name).write_bytes(b"\0\0\x08\x03" + b"\0" * 20)
     out = tmp_path / "out"
     _assert_one_line_error(capsys, ["run", "--variant", "none", "--data", str(data), "--out", str(out)], out, str(data))

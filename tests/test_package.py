@@ -1,6 +1,7 @@
 """The package's shape: the commands that do not train never import torch (at run time,
 here; for every module, the import contract in pyproject.toml that `lint-imports` checks,
-run here and by `make test`)."""
+run here and by `make test`), and no line of the repository's *.py files is over 120
+characters."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bnstudy"
 
 @pytest.mark.parametrize("code", [
     "from bnstudy.cli import main; main(['--help'])",
-    "import bnstudy.report.render, bnstudy.config.spec, bnstudy.results.store, bnstudy.sweep.driver, bnstudy.sweep.costs",
+    "import bnstudy.report.render, bnstudy.config.spec, bnstudy.results.store, bnstudy.sweep.driver, "
+    "bnstudy.sweep.costs",
 ])  # fmt: skip
 def test_the_commands_that_do_not_train_do_not_import_torch(code):
     probe = f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
@@ -60,3 +62,31 @@ def test_the_import_contracts_fail_on_a_forbidden_import(tmp_path, module, line,
     result = lint_imports(tmp_path)
     assert result.returncode != 0, result.stdout + result.stderr
     assert any(line.endswith(" BROKEN") and broken in line for line in result.stdout.splitlines()), result.stdout
+
+
+LINE_LIMIT = 120  # characters: the code style's line length
+
+
+def python_files(root: Path) -> list[Path]:
+    """The *.py files of the repository at `root`: the ones git tracks (`git ls-files`), or,
+    where git or its checkout is missing, every one under bnstudy/, tests/ and bench/."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", "*.py"], capture_output=True, text=True, cwd=root,
+                                check=True).stdout.split("\0")  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout
+        listed = []
+    paths = [root / name for name in listed if name]
+    if not paths:
+        paths = sorted(path for folder in ("bnstudy", "tests", "bench") for path in (root / folder).rglob("*.py"))
+    return [path for path in paths if path.is_file()]  # a tracked file deleted in the work tree has no lines
+
+
+def test_no_line_is_over_120_characters():
+    """Every line of every *.py file, `# fmt: skip` ones included, fits in LINE_LIMIT characters."""
+    root = PACKAGE.parent
+    paths = python_files(root)
+    assert paths, f"no *.py files found under {root}"
+    long = [f"{path.relative_to(root)}:{number}:{len(line)}" for path in paths
+            for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1)
+            if len(line) > LINE_LIMIT]  # fmt: skip
+    assert not long, f"{len(long)} lines over {LINE_LIMIT} characters (file:line:length):\n" + "\n".join(long)

@@ -197,7 +197,8 @@ def _decoded(directory: Path) -> tuple[torch.Tensor, ...]:
         _DECODED.clear()
         _DECODED[key] = (read_idx(paths["train_images"], IMAGES_MAGIC, TRAIN_SIZE),
                          read_idx(paths["test_images"], IMAGES_MAGIC, TEST_SIZE),
-                         _labels(paths["train_labels"], TRAIN_SIZE), _labels(paths["test_labels"], TEST_SIZE))  # fmt: skip
+                         _labels(paths["train_labels"], TRAIN_SIZE),
+                         _labels(paths["test_labels"], TEST_SIZE))  # fmt: skip
     return _DECODED[key]
 
 

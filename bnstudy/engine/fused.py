@@ -1,15 +1,15 @@
 """Train G runs of one shape as ONE grouped network (HFTA-style), for GPU throughput.
 
-A LeNet step on Fashion-MNIST is a few dozen tiny kernels: on a GPU their launch
-overhead, not arithmetic, sets the speed. G runs that share a fusion key (RunConfig.fusion_key: all settings but seed and lr) are
-trained as one network whose every kernel does all G runs' work: grouped convolutions,
-BatchNorm (or Batch Renormalization) over G·C channels (per-member statistics for free),
-GroupNorm and LayerNorm as a GroupNorm of G times the groups (norms.REGISTRY's fused
-builders), batched matmuls
-(torch.baddbmm) and one optimizer step over stacked parameters with per-member learning
-rates. Each member keeps its own seed, initialisation (its solo model's, copied), data
-order and PreciseBN subset, and reproduces its solo `train.fit` run within float
-tolerance (tests/engine/test_fused.py).
+A LeNet step on Fashion-MNIST is a few dozen tiny kernels: on a GPU their launch overhead,
+not arithmetic, sets the speed. G runs that share a fusion key (RunConfig.fusion_key: all
+settings but seed and lr) are trained as one network whose every kernel does all G runs'
+work: grouped convolutions, BatchNorm (or Batch Renormalization) over G·C channels
+(per-member statistics for free), GroupNorm and LayerNorm as a GroupNorm of G times the
+groups (norms.REGISTRY's fused builders), batched matmuls (torch.baddbmm) and one
+optimizer step over stacked parameters with per-member learning rates. Each member keeps
+its own seed, initialisation (its solo model's, copied), data order and PreciseBN subset,
+and reproduces its solo `train.fit` run within float tolerance
+(tests/engine/test_fused.py).
 
 Layouts (G members, batch B):
 

@@ -66,10 +66,10 @@ FIGURES = {  # name: (heading, what it shows)
                  "with its paired t 95% interval; the last panel compares the remedy's worst drop with the "
                  "baseline's after PreciseBN. Colours as in the paired differences between variants."),
     "notebook_window": ("The notebook's window", "Per notebook log (rows) and variant (columns), each run's test "
-                        "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy best match "
-                        "the log's first and last), at "
-                        "every point of its fine curve where it has one, else at the epoch ends: eval mode and "
-                        "PreciseBN, one line per seed; black stars: the log's own test accuracy."),
+                        "accuracy over its window (the 5 consecutive epochs whose first and last train accuracy "
+                        "best match the log's first and last), at every point of its fine curve where it has one, "
+                        "else at the epoch ends: eval mode and PreciseBN, one line per seed; black stars: the log's "
+                        "own test accuracy."),
 }  # fmt: skip
 # Why a figure can be left out of a report: it would have nothing to show.
 NO_CHANGE = ("no run that left chance has two finite epochs, so there is no change from one epoch to the next "
@@ -212,7 +212,8 @@ def plot_lines(study: StudyResults, long: pd.DataFrame, y: str, ylabel: str, tit
     lines = f"line: mean over {seeds_note(frame)}" + ("; band: lowest to highest seed" if band else "")
     diverged = int((study.runs["status"] == RunStatus.DIVERGED).sum())
     if diverged:  # else a line that stops early looks like a plotting fault
-        lines += f"; {plural(diverged, 'diverged run')} {'ends at its' if diverged == 1 else 'end at their'} last finite epoch"
+        lines += (f"; {plural(diverged, 'diverged run')} "
+                  f"{'ends at its' if diverged == 1 else 'end at their'} last finite epoch")  # fmt: skip
     panel = LONE_PANEL if axes.size == 1 else PANEL
     finish_grid(fig, axes, panel, legend, f"{title}\n{data_note(study)}\n{lines}")
     return fig

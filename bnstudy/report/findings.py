@@ -85,7 +85,8 @@ def stuck_text(summary: pd.DataFrame, extra: list[str]) -> str | None:
     if stuck.empty:
         return None
     return (f"{len(stuck)} of {plural(len(summary), 'run')} stuck at chance (best test accuracy below "
-            f"{pct(STUCK_BELOW)}), left out of the volatility numbers: {'; '.join(grouped_runs(stuck, extra))}.")  # fmt: skip
+            f"{pct(STUCK_BELOW)}), left out of the volatility numbers: "
+            f"{'; '.join(grouped_runs(stuck, extra))}.")  # fmt: skip
 
 
 def diverged_text(summary: pd.DataFrame, extra: list[str]) -> str:

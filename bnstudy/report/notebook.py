@@ -38,7 +38,8 @@ WINDOW = 5  # epochs, as in each log
 TOLERANCE = 0.005  # how close to a log's last train accuracy a run must get to reach it
 NOTEBOOK_VARIANT = "bn_before"
 NOTEBOOK_SETTING = {"optimizer": "adam", "lr": 1e-3, "batch_size": 256,
-                    "activation": BY_NAME["activation"].default, "bn_momentum": BY_NAME["bn_momentum"].default}  # fmt: skip
+                    "activation": BY_NAME["activation"].default,
+                    "bn_momentum": BY_NAME["bn_momentum"].default}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +164,9 @@ def window_curves(epochs: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     long = pd.concat(frames, ignore_index=True).melt(id_vars=columns[:5], value_vars=list(POINT_CURVES),
                                                      var_name="statistics", value_name="accuracy")  # fmt: skip
-    return long.dropna(subset=["accuracy"]).assign(accuracy=lambda f: 100 * f["accuracy"].astype(float),
-                                                   statistics=lambda f: f["statistics"].map(EVAL_MODES))[columns]  # fmt: skip
+    return long.dropna(subset=["accuracy"]).assign(
+        accuracy=lambda f: 100 * f["accuracy"].astype(float), statistics=lambda f: f["statistics"].map(EVAL_MODES)
+    )[columns]
 
 
 # ---------------------------------------------------------------- verdicts

@@ -92,7 +92,8 @@ def write_report(root: str | os.PathLike, include_extra: bool = False, jobs: int
                 atomic_write_text(version / name, text)
     except (OSError, ChildDied) as exc:  # ChildDied: a process drawing figures was killed
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        raise UserError(f"{study.root}: cannot write the report ({getattr(exc, 'strerror', None) or exc}{where})") from None
+        raise UserError(f"{study.root}: cannot write the report "
+                        f"({getattr(exc, 'strerror', None) or exc}{where})") from None  # fmt: skip
     return Outputs(study.root / "summary.csv", study.root / "cells.csv",
                    [study.root / "figures" / f"{name}.png" for name in drawn], study.root / "report.md",
                    len(a.summary), study.skipped, incomplete, extra_text(study))  # fmt: skip

@@ -103,7 +103,7 @@ def pooling_claims(summary: pd.DataFrame) -> list[Claim]:
     if {"max", "avg"} <= gains.keys():
         both = pd.concat({"avg": gains["avg"], "max": gains["max"]}, axis=1, join="inner")
         d = (both["avg"] - both["max"]).dropna()
-        claims.append(Claim(POOLING, "pool", "gain with avg pooling", "gain with max pooling", "final_acc", "", d))  # fmt: skip
+        claims.append(Claim(POOLING, "pool", "gain with avg pooling", "gain with max pooling", "final_acc", "", d))
     return claims
 
 

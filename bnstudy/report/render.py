@@ -211,7 +211,8 @@ def what_was_run(a: Analysis) -> list[str]:
     versions, run counts (the grid's, damaged, extra, stuck, diverged), time."""
     study, summary = a.study, a.summary
     values = {k: study.expected[k].drop_duplicates().sort_values().tolist() for k in CONFIG_KEYS}
-    axes = [f"{SETTING_NAMES[k]} ({', '.join(value_text(k, v) for v in vs)})" for k, vs in values.items() if len(vs) > 1]
+    axes = [f"{SETTING_NAMES[k]} ({', '.join(value_text(k, v) for v in vs)})"
+            for k, vs in values.items() if len(vs) > 1]  # fmt: skip
     fixed = [setting_text(k, v) for k, v in fixed_settings(study.expected).items()]
     statuses = summary.loc[summary["run_id"].isin(study.expected["run_id"]), "status"].value_counts()
     span = pd.to_datetime(study.runs["ended"], utc=True).max() - pd.to_datetime(study.runs["started"], utc=True).min()
@@ -219,7 +220,8 @@ def what_was_run(a: Analysis) -> list[str]:
     shape = (" × ".join(axes) or "a single run") if product == len(study.expected) else \
         f"arms, not their full product, over {' × '.join(axes)}"  # fmt: skip
     return [
-        f"**Grid**: {shape}: {plural(len(study.expected), 'run')} in {plural(a.n_cells, 'cell')} ({study.grid_source}).",
+        f"**Grid**: {shape}: {plural(len(study.expected), 'run')} in {plural(a.n_cells, 'cell')} "
+        f"({study.grid_source}).",
         f"**Fixed settings**: {', '.join(fixed) or 'none'}.",
         f"**Device**: {listing(study.runs['device'])}; torch {listing(study.runs['torch_version'])}, "
         f"bnstudy {listing(study.runs['bnstudy_version'])}, commit {listing(study.runs['git_commit'])}.",
@@ -338,8 +340,8 @@ def remedies_section(a: Analysis) -> list[str]:
             "with the baseline's by seed. 'with PreciseBN' compares the remedy's eval-mode worst drop with the "
             "baseline's after re-estimating its statistics: the steadiness a remedy could reach.",
             claims_md(rows, pair_name), md_table(times),
-            "Seconds per epoch from the runs' own rows, so an arm whose runs shared the machine with other work "
-            "reads slower than it is; bench/bench_remedies.py times the arms' training steps side by side."]  # fmt: skip
+            "Seconds per epoch from the runs' own rows, so an arm whose runs shared the machine with other work reads "
+            "slower than it is; bench/bench_remedies.py times the arms' training steps side by side."]  # fmt: skip
 
 
 def statistics_section(a: Analysis) -> list[str]:

@@ -267,7 +267,8 @@ def load_results(root: str | os.PathLike, include_extra: bool = False) -> StudyR
     store = RunStore(root)
     if not root.is_dir():
         problem = "not a folder" if root.exists() else "no such folder"
-        raise UserError(f"{root}: {problem}; give a study's results folder, e.g. results/default (`make sweep` makes one)")
+        raise UserError(f"{root}: {problem}; give a study's results folder, e.g. results/default "
+                        "(`make sweep` makes one)")  # fmt: skip
     run_ids = store.run_ids_on_disk()
     if not run_ids:
         raise UserError(f"{root}: no run files in {store.runs_dir} (is this a study folder?)")
@@ -315,7 +316,8 @@ def summarize_runs(study: StudyResults) -> pd.DataFrame:
     summary["diverged"] = summary["status"] == RunStatus.DIVERGED
     summary = summary.astype({"epochs_used": int, **dict.fromkeys(ALL_METRICS, float)})
     summary["stuck"] = stuck(summary["best_acc"])
-    columns = [*CONFIG_KEYS, "status", "diverged", "stuck", "epochs_used", *ALL_METRICS, "train_seconds", "eval_seconds"]
+    columns = [*CONFIG_KEYS, "status", "diverged", "stuck", "epochs_used", *ALL_METRICS,
+               "train_seconds", "eval_seconds"]  # fmt: skip
     return summary[columns].reset_index().sort_values([*CELL_KEYS, "seed"], ignore_index=True)
 
 

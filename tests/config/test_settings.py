@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.config.settings import (BY_NAME, REQUIRED, SETTINGS, RunConfig, SettingError, _declared, applicable, from_record,
-                              setting)  # fmt: skip
+from bnstudy.config.settings import (BY_NAME, REQUIRED, SETTINGS, RunConfig, SettingError, _declared, applicable,
+                                     from_record, setting)  # fmt: skip
 
 BASE = RunConfig(variant="bn_before", lr=1e-3, batch_size=64, epochs=5)
 FIXTURE_RUNS = Path(__file__).parents[1] / "fixtures" / "v0_1_study" / "runs"

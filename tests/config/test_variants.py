@@ -30,7 +30,8 @@ def test_a_variant_without_measured_costs_is_estimated_with_the_fallback(monkeyp
 
 def test_every_name_gets_a_colour_known_or_not():
     colours = variants.palette(["none", "bn_after", "gone", "also_gone"])
-    assert colours["none"] == variants.variant("none").colour and colours["bn_after"] == variants.variant("bn_after").colour
+    assert (colours["none"] == variants.variant("none").colour
+            and colours["bn_after"] == variants.variant("bn_after").colour)  # fmt: skip
     assert colours["gone"] != colours["also_gone"] and set(colours.values()) <= {
         *(v.colour for v in variants.VARIANT_TABLE), *variants.FALLBACK_COLOURS}
 

@@ -87,7 +87,8 @@ def test_batch_renorm_follows_the_papers_algorithm_with_r_and_d_constant_in_back
     x = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
     weight, bias = (p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias))
     x_ref = x.clone().requires_grad_()
-    expected, r, d = renorm_reference(x_ref, weight, bias, layer.running_mean.clone(), layer.running_var.clone(), 2.0, 1.5)
+    expected, r, d = renorm_reference(x_ref, weight, bias, layer.running_mean.clone(), layer.running_var.clone(),
+                                      2.0, 1.5)  # fmt: skip
     assert (r == 2.0).any() and (r == 0.5).any() and (d.abs() == 1.5).any() and ((d.abs() < 1.5) & (d != 0)).any()
     running_mean, running_var = layer.running_mean.clone(), layer.running_var.clone()
     y, grad_x, grad_w, grad_b = forward_backward(layer, x)
@@ -127,8 +128,9 @@ def test_the_renorm_schedule_warms_up_for_an_epoch_then_relaxes_over_two():
 
 
 # ---------------------------------------------------------------- Ghost BatchNorm
-@pytest.mark.parametrize("n, size, expected", [(128, 32, [32] * 4), (129, 32, [32, 32, 32, 33]), (100, 32, [32] * 3 + [4]),
-                                               (20, 32, [20]), (33, 32, [33]), (64, 64, [64])])  # fmt: skip
+@pytest.mark.parametrize("n, size, expected", [(128, 32, [32] * 4), (129, 32, [32, 32, 32, 33]),
+                                               (100, 32, [32] * 3 + [4]), (20, 32, [20]), (33, 32, [33]),
+                                               (64, 64, [64])])  # fmt: skip
 def test_ghost_batches_split_a_batch_and_a_lone_rest_joins_the_last(n, size, expected):
     assert ghost_sizes(n, size) == expected and sum(expected) == n
 
@@ -295,10 +297,12 @@ class ToyAffine(nn.Module):
 
 @pytest.fixture
 def toy_norm(monkeypatch):
-    """The toy layer registered as norm "toy": its declaration and its builders, one line each."""
-    monkeypatch.setitem(variants.NORM_TABLE, "toy", variants.Norm("toy", "a per-channel affine map", False, False, "toy"))
-    monkeypatch.setitem(norms.REGISTRY, "toy", norms.NormLayer(variants.norm("toy"), lambda nf, nd, s: ToyAffine(nf, nd),
-                                                               lambda G, nf, nd, s: ToyAffine(G * nf, nd), (ToyAffine,)))
+    """The toy layer registered as norm "toy": its declaration and its builders, one entry each."""
+    monkeypatch.setitem(variants.NORM_TABLE, "toy",
+                        variants.Norm("toy", "a per-channel affine map", False, False, "toy"))  # fmt: skip
+    monkeypatch.setitem(norms.REGISTRY, "toy",
+                        norms.NormLayer(variants.norm("toy"), lambda nf, nd, s: ToyAffine(nf, nd),
+                                        lambda G, nf, nd, s: ToyAffine(G * nf, nd), (ToyAffine,)))  # fmt: skip
 
 
 def test_a_norm_added_by_its_two_registry_entries_builds_solo_and_fused_and_its_runs_are_done(toy_norm, tmp_path,

@@ -17,7 +17,8 @@ def test_a_group_trains_in_fused_chunks_that_match_solo_runs(monkeypatch):
     of 32 are 8 steps, so after steps 4 and 8) match its solo run."""
     data = runner.worker_dataset(None, "cpu", 256, 200)
     configs = [RunConfig(variant="bn_before", lr=lr, batch_size=32, epochs=2, seed=s, limit_train=256, limit_test=200,
-                         precise_bn_samples=64, evals_per_epoch=2) for s, lr in ((0, 1e-3), (1, 1e-2), (2, 3e-3))]  # fmt: skip
+                         precise_bn_samples=64, evals_per_epoch=2)
+               for s, lr in ((0, 1e-3), (1, 1e-2), (2, 3e-3))]  # fmt: skip
     monkeypatch.setattr(runner, "max_group_size", lambda device, batch_size: 2)
     results = runner.run_group(configs, data)
     assert [outcome.metadata["group_size"] for outcome in results] == [2, 2, 1]

@@ -96,7 +96,8 @@ def replay(cfg: RunConfig, data, at_steps=()) -> tuple[list[dict], dict]:
             hits += (logits.argmax(1) == data.train_y[idx]).tolist()
             step += 1
             if step in at_steps:
-                precise = precise_bn_accuracy(model, data, subset, cfg.batch_size) if norms.running_stat_layers(model) else None
+                precise = (precise_bn_accuracy(model, data, subset, cfg.batch_size)
+                           if norms.running_stat_layers(model) else None)  # fmt: skip
                 points[step] = (eval_accuracy(model, data), precise)
         assert len(losses) == n  # exactly this epoch's samples
         with torch.no_grad():
@@ -167,7 +168,8 @@ def test_rows_have_the_schema_columns_and_identity(small_data):
     cfg = config(epochs=1, study="s")
     (row,) = fit(cfg, small_data).rows
     assert list(row) == CSV_COLUMNS
-    assert (row["run_id"], row["study"], row["variant"], row["lr"], row["batch_size"]) == (cfg.run_id, "s", "bn_before", 1e-3, 100)
+    assert (row["run_id"], row["study"], row["variant"], row["lr"], row["batch_size"]) == (
+        cfg.run_id, "s", "bn_before", 1e-3, 100)  # fmt: skip
     assert row["samples_per_second"] == pytest.approx(len(small_data.train_x) / row["train_seconds"])
     assert row["train_seconds"] > 0 and row["eval_seconds"] > 0
 
@@ -186,7 +188,8 @@ def test_same_seed_gives_the_same_metrics(small_data):
 def test_different_seeds_give_different_initialisation_order_and_metrics(small_data):
     a, b = build_model(config(seed=0), "cpu"), build_model(config(seed=1), "cpu")
     assert not torch.equal(a[0].weight, b[0].weight)
-    assert not torch.equal(precise_bn_subset(config(seed=0), 1024, "cpu"), precise_bn_subset(config(seed=1), 1024, "cpu"))
+    assert not torch.equal(precise_bn_subset(config(seed=0), 1024, "cpu"),
+                           precise_bn_subset(config(seed=1), 1024, "cpu"))  # fmt: skip
     rows_a, rows_b = (fit(config(seed=s, epochs=1), small_data).rows for s in (0, 1))
     assert rows_a[0]["train_loss"] != rows_b[0]["train_loss"]
 
@@ -206,7 +209,8 @@ def partly_trained(bn_impl: str, data):
 def assert_unchanged(model, measure) -> None:
     """measure() leaves `model`'s state_dict (parameters, running statistics, counters),
     BN momenta and train/eval mode exactly as they were."""
-    before, momenta, mode = copy.deepcopy(model.state_dict()), [m.momentum for m in norms.running_stat_layers(model)], model.training
+    before, momenta, mode = (copy.deepcopy(model.state_dict()), [m.momentum for m in norms.running_stat_layers(model)],
+                             model.training)  # fmt: skip
     measure()
     assert model.training == mode
     assert [m.momentum for m in norms.running_stat_layers(model)] == momenta

@@ -80,9 +80,12 @@ def activation_study(before_minus_after: dict[str, float]) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("differences, verdicts, sentence", [
-    ({"sigmoid": 0.03, "relu": 0.02, "tanh": 0.04}, ["higher"] * 3, "holds for every activation: bn_before falls further"),
-    ({"sigmoid": -0.03, "relu": -0.02, "tanh": -0.04}, ["lower"] * 3, "holds for every activation: bn_before falls less far"),
-    ({"sigmoid": 0.03, "relu": -0.02, "tanh": 0.0}, ["higher", "lower", "difference rounds to 0"], "clear only with sigmoid"),
+    ({"sigmoid": 0.03, "relu": 0.02, "tanh": 0.04}, ["higher"] * 3,
+     "holds for every activation: bn_before falls further"),
+    ({"sigmoid": -0.03, "relu": -0.02, "tanh": -0.04}, ["lower"] * 3,
+     "holds for every activation: bn_before falls less far"),
+    ({"sigmoid": 0.03, "relu": -0.02, "tanh": 0.0}, ["higher", "lower", "difference rounds to 0"],
+     "clear only with sigmoid"),
     ({"sigmoid": 0.0, "relu": 0.0, "tanh": 0.0}, ["difference rounds to 0"] * 3, "For no activation"),
 ])  # fmt: skip
 def test_the_before_after_verdict_per_activation(differences, verdicts, sentence):

@@ -113,7 +113,8 @@ def test_report_writes_comparisons_csv_and_its_forest_plot(tmp_path):
     pd.testing.assert_frame_equal(written, comparisons.comparison_table(claims), check_dtype=False)
     summary = typed(pd.read_csv(tmp_path / "summary.csv"))
     # mean |change| per seed: bn_before (20 + 20 + 25 + 0.4 s) / 3, bn_after (10 + 2 + 8) / 3 pp: 15 + 0.4 * 1.5 / 3
-    row = written[(written["a"] == "bn_before") & (written["b"] == "bn_after") & (written["metric"] == "mean_abs_change")]
+    row = written[(written["a"] == "bn_before") & (written["b"] == "bn_after")
+                  & (written["metric"] == "mean_abs_change")]  # fmt: skip
     assert row["mean"].item() == pytest.approx(0.152)
     text = (tmp_path / "report.md").read_text()
     assert "## Paired comparisons between variants" in text and "(figures/comparisons.png)" in text

@@ -23,7 +23,16 @@ from bnstudy.results import aggregate
 from bnstudy import cli  # noqa: E402
 from bnstudy.results.aggregate import EVAL_MODES  # noqa: E402
 from bnstudy.report.analysis import analyze  # noqa: E402
-from bnstudy.report.figures import DRAWERS, FIGURES, PALETTE, PANEL, draw_figures, freeze_layout, save_figures, write_figures  # noqa: E402
+from bnstudy.report.figures import (  # noqa: E402
+    DRAWERS,
+    FIGURES,
+    PALETTE,
+    PANEL,
+    draw_figures,
+    freeze_layout,
+    save_figures,
+    write_figures,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -189,16 +198,18 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
 
 
 BOTH = ("none", "bn_before")
-REMEDY_ROWS = [("none", {}), ("bn_before", {}), ("bn_before", {"norm": "group"}),  # a remedies study's 8 arms: titles wider
+# a remedies study's 8 arms: titles wider than panels
+REMEDY_ROWS = [("none", {}), ("bn_before", {}), ("bn_before", {"norm": "group"}),
                ("bn_before", {"ghost_batch_size": 32}), ("bn_before", {"frozen_bn_epochs": 2}),
                ("bn_before", {"bn_momentum": 0.3}), ("bn_before", {"pool": "avg"}), ("bn_before", {"norm": "layer"}),
-               ("bn_before", {"norm": "batchrenorm"})]  # than panels
+               ("bn_before", {"norm": "batchrenorm"})]
 
 
 @pytest.mark.parametrize("runs", [[(v, row) for v in BOTH for row in ({"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2})],
                                   [(v, row) for v in BOTH for row in ({"bn_momentum": 0.01}, {"bn_momentum": 0.1})],
                                   REMEDY_ROWS],
-                         ids=["row names in the margin", "row names in titles", "titles wider than a panel"])  # fmt: skip
+                         ids=["row names in the margin", "row names in titles",
+                              "titles wider than a panel"])  # fmt: skip
 def test_a_grid_of_panels_keeps_its_texts_apart(tmp_path, runs):
     """The line figures are laid out by hand (finish_grid): each panel PANEL inches, and no
     panel, title, row name in the margin, legend or figure title on another. With a varying

@@ -31,7 +31,8 @@ def test_the_logs_own_metrics():
     a, b = LOG_A.metrics(), LOG_B.metrics()  # 0.838, 0.821, 0.704, 0.842, 0.686 and 0.835, 0.802, 0.857, 0.801, 0.805
     assert a["mean_abs_change"] == pytest.approx((0.017 + 0.117 + 0.138 + 0.156) / 4)
     assert a["worst_drop"] == pytest.approx(0.842 - 0.686) and a["lowest_acc"] == 0.686
-    assert a["late_std"] == pytest.approx(np.std([0.704, 0.842, 0.686])) and a["gen_gap"] == pytest.approx(0.919 - 0.686)
+    assert (a["late_std"] == pytest.approx(np.std([0.704, 0.842, 0.686]))
+            and a["gen_gap"] == pytest.approx(0.919 - 0.686))  # fmt: skip
     assert b["worst_drop"] == pytest.approx(0.857 - 0.801) and b["lowest_acc"] == 0.801
     assert b["mean_abs_change"] == pytest.approx((0.033 + 0.055 + 0.056 + 0.004) / 4)
 
@@ -84,7 +85,8 @@ def test_windows_follow_training_progress_not_epoch_numbers(tmp_path):
         assert windows[["start", "end"]].drop_duplicates().values.tolist() == [list(WINDOWS[log.name])]
         assert windows["reached"].all()
     table = section(study).table
-    assert table.loc["log A: bn_before (2 runs)", "worst_drop"] == pytest.approx((0 + (0.84 - 0.66)) / 2)  # 0.84 at epoch 7, 0.66 at 8
+    # 0.84 at epoch 7, 0.66 at 8
+    assert table.loc["log A: bn_before (2 runs)", "worst_drop"] == pytest.approx((0 + (0.84 - 0.66)) / 2)
     assert table.loc["log B: bn_before (2 runs)", "lowest_acc"] == pytest.approx((0.81 + 0.66) / 2)
     assert table.loc["log A: bn_before (2 runs)", "train_first"] == pytest.approx(0.909)
 
@@ -95,7 +97,8 @@ def test_a_study_too_short_for_a_log_says_so(tmp_path):
     short = section(write_study(tmp_path / "short", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84]}))
     assert short.verdicts == {"A": "too short", "B": "too short"} and short.table.empty
     assert "highest 90.0%" in short.absent  # one line for a section that would compare nothing
-    longer = section(write_study(tmp_path / "longer", {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84, 0.83, 0.82, 0.85]}))
+    longer = section(write_study(tmp_path / "longer",
+                                 {("bn_before", 0): [0.8, 0.81, 0.82, 0.83, 0.84, 0.83, 0.82, 0.85]}))  # fmt: skip
     assert longer.absent is None and longer.verdicts == {"A": "too short", "B": "partly"}  # window 4-8: 0.84 -> 0.82
     assert list(longer.table.index) == ["log A: notebook", "log B: notebook", "log B: bn_before (1 run)"]
     assert len(longer.sentences) <= 3
@@ -119,7 +122,8 @@ def test_verdict_words_and_ranges():
         "reproduces", "its 15.6 pp lies within our 2 seeds' range, 0.0 to 20.0 pp")
     assert notebook.verdict(pd.Series([0.17, 0.2]), 0.156)[0] == "reproduces"
     assert notebook.verdict(pd.Series([0.0, 0.156]), 0.156)[0] == "reproduces"
-    assert notebook.verdict(pd.Series([0.0, 0.15]), 0.156) == ("partly", "our 2 seeds drop at most 15.0 pp against its 15.6 pp")
+    assert notebook.verdict(pd.Series([0.0, 0.15]), 0.156) == (
+        "partly", "our 2 seeds drop at most 15.0 pp against its 15.6 pp")
     assert notebook.verdict(pd.Series([0.0, 0.0]), 0.156)[0] == "not"
 
 
@@ -169,7 +173,8 @@ def test_the_window_figure_draws_each_runs_window(fine_study):
             assert drawn == {curve, precise, stars}
             after = [line for line in panels[f"log {name}: bn_after"].get_lines() if len(line.get_xdata())]
             ends = 100 * np.array(FINE[3::4][start - 1 : start + 4])
-            assert any(np.allclose(line.get_ydata(), ends) and np.allclose(line.get_xdata(), range(1, 6)) for line in after)
+            assert any(np.allclose(line.get_ydata(), ends) and np.allclose(line.get_xdata(), range(1, 6))
+                       for line in after)  # fmt: skip
     finally:
         plt.close(fig)
 

@@ -83,7 +83,8 @@ def test_a_study_of_momentum_alone_is_the_momentum_studys_not_a_remedies_one():
     from bnstudy.report import axis_findings
 
     summary = study()
-    momentum_only = summary[(summary["norm"] == "batch") & (summary["pool"] == "max") & (summary["variant"] == "bn_before")]
+    momentum_only = summary[(summary["norm"] == "batch") & (summary["pool"] == "max")
+                            & (summary["variant"] == "bn_before")]  # fmt: skip
     assert remedies.remedy_claims(momentum_only) == [] and len(axis_findings.momentum_claims(momentum_only)) == 2
     assert axis_findings.momentum_claims(summary) == []  # in a remedies study, momentum is one remedy among others
 

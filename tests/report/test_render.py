@@ -187,7 +187,8 @@ def test_report_files_open_in_pandas_and_viewers(written):
     summary = pd.read_csv(written / "summary.csv")
     cells = pd.read_csv(written / "cells.csv")
     assert len(summary) == 12 and len(cells) == 6
-    assert {"run_id", "variant", "lr", "seed", "diverged", "epochs_used", *aggregate.ALL_METRICS} <= set(summary.columns)
+    assert ({"run_id", "variant", "lr", "seed", "diverged", "epochs_used", *aggregate.ALL_METRICS}
+            <= set(summary.columns))  # fmt: skip
     assert {"n", "n_expected", "n_diverged", "seed_std", "final_acc_mean", "worst_drop_std"} <= set(cells.columns)
     text = (written / "report.md").read_text()
     links = re.findall(r"\]\((figures/[^)]+)\)", text)

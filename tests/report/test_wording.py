@@ -6,7 +6,17 @@ import math
 
 import pandas as pd
 
-from bnstudy.report.wording import cell_text, extra_axes, join_words, pct, per_variant, plural, pp, setting_text, value_text
+from bnstudy.report.wording import (
+    cell_text,
+    extra_axes,
+    join_words,
+    pct,
+    per_variant,
+    plural,
+    pp,
+    setting_text,
+    value_text,
+)
 
 
 def test_settings_read_as_words():
@@ -25,7 +35,8 @@ def test_a_cell_names_the_settings_that_vary_beyond_the_plotted_axes():
                           "evals_per_epoch": [1, 1]})  # fmt: skip
     extra = extra_axes(cells)
     assert extra == ["bn_momentum", "optimizer"]
-    assert cell_text(cells.iloc[1], extra) == "none at learning rate 0.001, batch size 256, BN momentum 0.01, optimizer sgd"
+    assert cell_text(cells.iloc[1], extra) == (
+        "none at learning rate 0.001, batch size 256, BN momentum 0.01, optimizer sgd")
 
 
 def test_numbers_and_lists():

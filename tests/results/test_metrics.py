@@ -12,6 +12,7 @@ def test_every_computed_metric_is_declared_and_every_declared_one_computed():
 
 def test_a_declaration_names_a_metric_everywhere():
     m = metrics.METRICS["worst_drop_precise_bn"]
-    assert (m.label, m.unit, m.header, m.better) == ("worst drop, PreciseBN", "pp", "worst drop, PreciseBN (pp)", "lower")
+    assert (m.label, m.unit, m.header, m.better) == (
+        "worst drop, PreciseBN", "pp", "worst drop, PreciseBN (pp)", "lower")  # fmt: skip
     assert metrics.METRICS["fine_worst_drop"].curve == metrics.EVERY_POINT
     assert metrics.METRICS["final_acc"].better == "higher" and metrics.METRICS["final_acc"].unit == "%"

@@ -113,7 +113,8 @@ def dask_threads():
     """A LocalCluster of two one-thread workers in this process (cheap: no process to start);
     yields its address."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:  # fmt: skip
         yield cluster.scheduler_address
 
 

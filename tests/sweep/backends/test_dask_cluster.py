@@ -132,7 +132,8 @@ def test_a_task_whose_workers_kept_dying_is_a_failure_saying_how_often_and_where
 def test_a_sweep_started_before_any_worker_joins_waits_for_one(tmp_path, capsys):
     spec = tmp_path / "tiny.toml"
     spec.write_text(SPEC.replace("seed = [0, 1, 2]", "seed = [0]"))
-    with distributed.LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+            n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:  # fmt: skip
         status = []
         sweep = sweep_in_thread(["sweep", str(spec), "--out", str(tmp_path / "out"), "--backend", "dask",
                                  "--scheduler", cluster.scheduler_address], status)  # fmt: skip
@@ -225,7 +226,8 @@ def certificates(folder: Path) -> tuple[Path, Path, Path]:
     def signed(subject: str, public_key, extensions) -> "x509.Certificate":
         builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("bnstudy test CA"))
                    .public_key(public_key).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))  # fmt: skip
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))  # fmt: skip
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(ca_key, hashes.SHA256())
@@ -237,7 +239,8 @@ def certificates(folder: Path) -> tuple[Path, Path, Path]:
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
          False),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)])  # fmt: skip
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+         False)])  # fmt: skip
     paths = folder / "ca.pem", folder / "node.pem", folder / "node.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(node.public_bytes(serialization.Encoding.PEM))
@@ -290,7 +293,8 @@ def test_a_sweep_over_tls_with_certificates_from_flags_or_daskss_config(tmp_path
         err = capsys.readouterr().err
         assert err == (f"bnstudy: error: --scheduler {address}: a tls:// scheduler needs the cluster's CA certificate "
                        "and this client's certificate and key: --tls-ca-file, --tls-cert and --tls-key, or dask's "
-                       "configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT, "
+                       "configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+                       "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT, "
                        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY)\n")  # fmt: skip
         # nor does plain tcp:// reach it
         with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
