@@ -181,6 +181,11 @@ def test_unwritable_out_is_one_line_exit_2(capsys, tmp_path):
                            "not a folder")  # fmt: skip
 
 
+def test_a_bad_report_jobs_count_is_one_line_before_the_study_is_read(capsys, tmp_path):
+    study = tmp_path / "study"
+    _assert_one_line_error(capsys, ["report", str(study), "--jobs", "0"], study, "--jobs: must be between 1 and 64")
+
+
 def test_errors_show_no_traceback_from_the_console_script(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bnstudy", "run", "--variant", "none", "--lr", "-1",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)  # fmt: skip

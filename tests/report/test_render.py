@@ -285,10 +285,3 @@ def test_fixed_settings_leave_out_what_no_run_of_the_study_has(tmp_path):
     write_hand_run(tmp_path, cfg("bn_before"), hand_rows(cfg("bn_before"), [0.5, 0.6, 0.55, 0.7]))
     fixed = fixed_settings(aggregate.load_results(tmp_path).expected)
     assert bn_settings <= fixed.keys() and fixed["bn_momentum"] == 0.1 and "variant" not in fixed
-
-
-@pytest.mark.parametrize("jobs", ["0", "65"])
-def test_a_bad_jobs_count_is_one_line_and_changes_nothing(reported, capsys, jobs):
-    root, before = reported
-    assert_fails_and_changes_nothing(root, before, capsys, f"--jobs: must be between 1 and 64 (got {jobs})", "--jobs",
-                                     jobs)  # fmt: skip
