@@ -9,6 +9,7 @@ import math
 import pandas as pd
 
 from bnstudy.config.spec import RunConfig
+from bnstudy.report.figures import FIGURES, draw_figure
 from bnstudy.results.runfiles import RunOutcome
 from bnstudy.engine.runner import now, run_metadata
 from bnstudy.results.store import RunStore
@@ -77,3 +78,9 @@ def tiny_spec(name: str, grid: str, **settings) -> str:
     then the [grid] lines `grid`."""
     fixed = "".join(f"{key} = {value!r}\n" for key, value in {**TINY_SETTINGS, **settings}.items())
     return f'name = "{name}"\n{fixed}[grid]\n{grid}'
+
+
+def draw_figures(a) -> dict:
+    """Every figure of the Analysis `a` that has something to show, by name, in FIGURES
+    order, open: the test closes them."""
+    return {name: fig for name in FIGURES if (fig := draw_figure(a, name)) is not None}

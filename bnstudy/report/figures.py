@@ -469,14 +469,8 @@ def draw_figure(a: Analysis, name: str) -> plt.Figure | None:
         return DRAWERS[name](a)
 
 
-def draw_figures(a: Analysis) -> dict[str, plt.Figure]:
-    """The figures of `a` that have something to show, by name, in FIGURES order (open: the
-    caller saves or closes them)."""
-    return {name: fig for name in FIGURES if (fig := draw_figure(a, name)) is not None}
-
-
 def write_figures(a: Analysis, directory: Path, jobs: int = 1) -> list[str]:
-    """Draw each figure of `a` and write the drawn ones as directory/<name>.png (save_figures),
+    """Draw each figure of `a` and write the drawn ones as directory/<name>.png (save_figure),
     over `jobs` processes (bnstudy.report.forked: each figure whole in one of them, which
     inherits `a`); the names drawn, in FIGURES order. Side effects: creates `directory` when a
     figure is drawn; every figure is closed again."""
@@ -488,7 +482,7 @@ def _write_figure(a: Analysis, name: str, directory: Path) -> bool:
     """Draw figure `name` of `a` and save it in `directory`; whether it had something to show."""
     fig = draw_figure(a, name)
     if fig is not None:
-        save_figures({name: fig}, directory)
+        save_figure(fig, directory / f"{name}.png")
     return fig is not None
 
 
@@ -506,18 +500,13 @@ def freeze_layout(fig: plt.Figure) -> Bbox:
     return fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
 
 
-def save_figures(figures: dict[str, plt.Figure], directory: Path) -> list[Path]:
-    """Write each figure as directory/<name>.png at 150 dpi, laid out and measured once
-    (freeze_layout) and drawn once; the paths. PNG only: report.md shows the PNGs, and an SVG
-    beside each cost a second draw of every figure (about 15% of the report's time) for a file
-    nothing read. Closes every figure, also when a save fails."""
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write `fig` as the PNG `path` at 150 dpi, laid out and measured once (freeze_layout)
+    and drawn once, creating its folder. PNG only: report.md shows the PNGs, and an SVG beside
+    each cost a second draw of every figure (about 15% of the report's time) for a file
+    nothing read. Closes `fig`, also when the save fails."""
     try:
-        if figures:
-            directory.mkdir(parents=True, exist_ok=True)
-        paths = [directory / f"{name}.png" for name in figures]
-        for path, fig in zip(paths, figures.values()):
-            fig.savefig(path, dpi=150, bbox_inches=freeze_layout(fig))
-        return paths
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches=freeze_layout(fig))
     finally:
-        for fig in figures.values():
-            plt.close(fig)
+        plt.close(fig)

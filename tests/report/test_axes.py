@@ -12,12 +12,11 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from studies import tiny_spec  # noqa: E402
+from studies import draw_figures, tiny_spec  # noqa: E402
 
 from bnstudy.results import aggregate
 from bnstudy import cli  # noqa: E402
 from bnstudy.report.analysis import analyze  # noqa: E402
-from bnstudy.report.figures import draw_figures  # noqa: E402
 
 AXES_SPEC = tiny_spec("axes", 'variant = ["none", "bn_before"]\nactivation = ["sigmoid", "relu"]\n'
                                'bn_momentum = [0.1, 0.03]\nseed = [0]\n')

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from studies import VARIANTS, cfg, hand_rows, write_hand_run  # noqa: E402
+from studies import VARIANTS, cfg, draw_figures, hand_rows, write_hand_run  # noqa: E402
 
 from bnstudy.results import aggregate
 from bnstudy import cli  # noqa: E402
@@ -28,9 +28,9 @@ from bnstudy.report.figures import (  # noqa: E402
     FIGURES,
     PALETTE,
     PANEL,
-    draw_figures,
+    draw_figure,
     freeze_layout,
-    save_figures,
+    save_figure,
     write_figures,
 )
 
@@ -190,7 +190,7 @@ def test_scatter_leaves_out_cells_without_a_change_and_says_so(tmp_path):
     steady, short = cfg("none"), cfg("bn_before")
     write_hand_run(tmp_path, steady, hand_rows(steady, [0.5, 0.6, 0.7, 0.8]))
     write_hand_run(tmp_path, short, hand_rows(short, [0.5, 0.1], nan_from=2), status="diverged")  # one finite epoch
-    fig = draw_figures(hand_analysis(tmp_path))["accuracy_vs_volatility"]
+    fig = draw_figure(hand_analysis(tmp_path), "accuracy_vs_volatility")
     ax = fig.axes[0]
     points = next(c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets()))
     np.testing.assert_allclose(points.get_offsets(), [[10.0, 80.0]])
@@ -236,7 +236,7 @@ def test_heat_map_values_read_on_their_cells(tmp_path):
     """The darkest cell (the largest value) is annotated in white, a light one in dark grey."""
     for variant, acc in {"none": [0.5, 0.6, 0.7, 0.8], "bn_before": [0.6, 0.8, 0.5, 0.85]}.items():
         write_hand_run(tmp_path, cfg(variant), hand_rows(cfg(variant), acc))  # worst drops 0 and 30 pp
-    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    fig = draw_figure(hand_analysis(tmp_path), "stability_worst_drop")
     colours = {ax.get_title(): [(t.get_text(), to_hex(t.get_color())) for t in ax.texts] for ax in fig.axes if ax.texts}
     assert colours == {"none": [("0.0", to_hex("0.15"))], "bn_before": [("30.0", to_hex("white"))]}
 
@@ -247,7 +247,7 @@ def test_heat_map_titles_naming_other_settings_do_not_overlap(tmp_path):
     for variant, momentum in itertools.product(("bn_before", "bn_after"), (0.01, 0.1)):
         config = cfg(variant, bn_momentum=momentum)
         write_hand_run(tmp_path, config, hand_rows(config, [0.5, 0.7, 0.6, 0.8]))
-    fig = draw_figures(hand_analysis(tmp_path))["stability_worst_drop"]
+    fig = draw_figure(hand_analysis(tmp_path), "stability_worst_drop")
     freeze_layout(fig)
     panels = [ax for ax in fig.axes if ax.get_title()]  # not the colour bar
     assert {ax.get_title() for ax in panels} >= {"bn_before (BN momentum 0.01)", "bn_after (BN momentum 0.01)"}
@@ -265,7 +265,8 @@ def test_each_file_draws_its_figure_once_and_shows_all_of_it(real_analysis, tmp_
     draws, real_draw = {}, Figure.draw
     monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.update({fig: draws.get(fig, 0) + 1})
                         or real_draw(fig, renderer))  # fmt: skip
-    save_figures(drawn, tmp_path)
+    for name, fig in drawn.items():
+        save_figure(fig, tmp_path / f"{name}.png")
     pad = plt.rcParams["savefig.pad_inches"]
     for name, fig in drawn.items():
         assert draws[fig] == len(list(tmp_path.glob(f"{name}.*"))), name
