@@ -24,6 +24,7 @@ from bnstudy.results.aggregate import CELL_KEYS, CONFIG_KEYS, StudyResults
 from bnstudy.report.analysis import Analysis
 from bnstudy.report.axis_findings import ACTIVATION, MOMENTUM, activation_findings, momentum_findings
 from bnstudy.stats.claims import ALPHA, Verdict
+from bnstudy.stats.contrasts import EXACT, EXACT_UP_TO, MC_RESAMPLES, NO_TEST
 from bnstudy.report.comparisons import COMPARISON, comparable_runs
 from bnstudy.sweep.costs import format_duration
 from bnstudy.report.figures import FIGURES, UNDRAWN
@@ -305,15 +306,26 @@ def pair_name(row: pd.Series) -> str:
     return f"{row['a']} − {row['b']}" + (f" ({row['scope']})" if row["scope"] else "")
 
 
+def method_words(methods: pd.Series) -> str:
+    """The claims' tests in words, from claims.csv's `method` column: exact, Monte Carlo
+    (above contrasts.EXACT_UP_TO pairs), or both."""
+    tested = set(methods) - {NO_TEST}
+    exact, drawn = EXACT in tested, bool(tested - {EXACT})
+    random = f"over {MC_RESAMPLES:,} random sign patterns"
+    if exact and drawn:
+        return f"sign-flip tests (exact up to {EXACT_UP_TO} pairs, {random} above)"
+    return f"sign-flip tests {random}" if drawn else "exact sign-flip tests"
+
+
 def claims_note(a: Analysis) -> str:
     """What the comparisons table cannot say, in at most three sentences."""
     m = int(a.claims["p"].notna().sum())
     return (f"Each row pairs runs that differ in the variant only (same cell and seed; runs stuck at chance left "
-            f"out). The p-values are exact sign-flip tests, Holm-adjusted over all {m} claims of this report; a "
-            f"claim needs adjusted p below {ALPHA:g} and a mean that does not round to 0.0 pp (the interval, a "
-            f"paired t one, shows the size and can disagree with the test near the edge). 'detectable' is the "
-            f"smallest true difference those pairs find with 80% power at Holm's strictest threshold, and '~N "
-            f"seeds' how many would find the observed one.")  # fmt: skip
+            f"out). The p-values are {method_words(a.claims['method'])}, Holm-adjusted over all {m} claims of this "
+            f"report; a claim needs adjusted p below {ALPHA:g} and a mean that does not round to 0.0 pp (the "
+            f"interval, a paired t one, shows the size and can disagree with the test near the edge). 'detectable' "
+            f"is the smallest true difference those pairs find with 80% power at Holm's strictest threshold, and "
+            f"'~N seeds' how many would find the observed one.")  # fmt: skip
 
 
 def axis_sections(a: Analysis) -> list[str]:

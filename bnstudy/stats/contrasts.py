@@ -47,6 +47,7 @@ MC_SEED = 0
 POWER = 0.8  # the planner's power
 CONFIDENCE = 0.95
 NO_TEST = "none (fewer than 2 pairs)"
+EXACT = "sign-flip, exact"  # the method of an exact test; a Monte Carlo one says how many signs it drew
 CONFIG_KEYS = list(RUN_SETTINGS)
 
 
@@ -104,7 +105,7 @@ def sign_flip_p(differences: np.ndarray, axis: int = -1) -> tuple[np.ndarray | f
     result = stats.permutation_test(  # batches of about 2^16 sign patterns x series: fast in the cache
         (differences,), _mean, permutation_type="samples", vectorized=True, axis=axis, batch=max(16, 2**16 // series),
         n_resamples=np.inf if exact else MC_RESAMPLES, rng=np.random.default_rng(MC_SEED))  # fmt: skip
-    method = "sign-flip, exact" if exact else f"sign-flip, {MC_RESAMPLES:,} random signs"
+    method = EXACT if exact else f"sign-flip, {MC_RESAMPLES:,} random signs"
     p = result.pvalue
     return (float(p) if np.ndim(p) == 0 else p), method
 

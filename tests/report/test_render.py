@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from studies import cfg, hand_rows, write_hand_run  # noqa: E402
@@ -285,3 +286,16 @@ def test_fixed_settings_leave_out_what_no_run_of_the_study_has(tmp_path):
     write_hand_run(tmp_path, cfg("bn_before"), hand_rows(cfg("bn_before"), [0.5, 0.6, 0.55, 0.7]))
     fixed = fixed_settings(aggregate.load_results(tmp_path).expected)
     assert bn_settings <= fixed.keys() and fixed["bn_momentum"] == 0.1 and "variant" not in fixed
+
+
+def test_the_comparisons_note_names_the_tests_the_claims_ran():
+    """Exact below 17 pairs, Monte Carlo above: the note says which the report's claims used
+    (the default study's 18 and 27 pairs are Monte Carlo; it said "exact")."""
+    from bnstudy.report.render import method_words
+    from bnstudy.stats import contrasts
+
+    exact, drawn = (contrasts.sign_flip_p(np.arange(1.0, n + 1))[1] for n in (6, 18))
+    assert method_words(pd.Series([exact, contrasts.NO_TEST])) == "exact sign-flip tests"
+    assert method_words(pd.Series([drawn, drawn])) == "sign-flip tests over 100,000 random sign patterns"
+    assert method_words(pd.Series([exact, drawn])) == ("sign-flip tests (exact up to 16 pairs, over 100,000 random "
+                                                       "sign patterns above)")  # fmt: skip
